@@ -1,0 +1,109 @@
+"""The norm factory every model receives: ``norm(dim, site=..., layout=...) -> nn.Module``.
+
+Models never name a norm class. They ask the factory for "the norm at this site, of this width" and
+may pass *hints* for that site (``affine=False`` in DiT, ``bias=False`` and a width-dependent
+``alpha_init`` in LLaMA, ``eps=1e-6`` in timm models). A hint that the chosen norm does not take is
+dropped, so a model can state LayerNorm's eps and LLaMA's alpha without knowing which norm it gets.
+
+Settings are merged, later winning:
+    class defaults  <  model hints  <  config options  <  config ``sites.<site>`` options
+Config options are strict: an option the chosen norm does not accept is an error that lists the
+accepted ones. A ``null`` config option means "not set" (the model's hint or the class default).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from dyt.nn.norms import check_layout
+from dyt.nn.registry import get_norm_class
+
+# Arguments the factory itself supplies; never config options.
+_RESERVED = {"dim", "layout", "device", "dtype"}
+
+
+def _options_of(cls: type[nn.Module]) -> set[str]:
+    params = inspect.signature(cls.__init__).parameters
+    return {p for p in params if p != "self"} - _RESERVED
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    """An OmegaConf node or mapping as a plain dict (no Hydra dependency in the library)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a dependency, but the library does not need it
+        pass
+    return dict(cfg)
+
+
+class NormFactory:
+    """Builds the configured norm at every site of a model. See the module docstring for precedence."""
+
+    def __init__(self, name: str, options: Mapping[str, Any] | None = None,
+                 sites: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self.name = name
+        self.cls = get_norm_class(name)
+        self._accepted = _options_of(self.cls)
+        self.options = self._checked({k: v for k, v in (options or {}).items() if v is not None}, "norm")
+        self.sites = {site: self._checked(dict(opts or {}), f"norm.sites.{site}")
+                      for site, opts in (sites or {}).items()}
+        self.used_sites: set[str] = set()
+
+    def _checked(self, options: dict[str, Any], where: str) -> dict[str, Any]:
+        unknown = sorted(set(options) - self._accepted)
+        if unknown:
+            raise ValueError(f"{where}: option(s) {unknown} are not accepted by norm {self.name!r}; "
+                             f"valid options are: {', '.join(sorted(self._accepted))}")
+        return options
+
+    @property
+    def pointwise(self) -> bool:
+        """True for statistics-free norms (DyT, Derf): the paper's recipe quirks key on this."""
+        return bool(getattr(self.cls, "pointwise", False))
+
+    def settings(self, site: str, **hints: Any) -> dict[str, Any]:
+        """The merged keyword arguments the norm at ``site`` is built with."""
+        merged = {k: v for k, v in hints.items() if k in self._accepted}
+        merged.update(self.options)
+        merged.update(self.sites.get(site, {}))
+        return merged
+
+    def __call__(self, dim: int, site: str = "block", layout: str = "channels_last", *,
+                 device=None, dtype=None, **hints: Any) -> nn.Module:
+        self.used_sites.add(site)
+        return self.cls(dim, layout=check_layout(layout), device=device, dtype=dtype,
+                        **self.settings(site, **hints))
+
+    def check_sites_used(self) -> None:
+        """Raise if the config set options for a site that no layer of the model asked for (a typo)."""
+        unused = sorted(set(self.sites) - self.used_sites)
+        if unused:
+            raise ValueError(f"norm.sites names site(s) {unused} that this model does not have; "
+                             f"its sites are: {', '.join(sorted(self.used_sites))}")
+
+    def __repr__(self) -> str:
+        return f"NormFactory({self.name!r}, options={self.options}, sites={self.sites})"
+
+
+def build_norm_factory(cfg: NormFactory | str | Mapping[str, Any] | None = None) -> NormFactory:
+    """A factory from a norm name, a ``configs/norm/*.yaml`` mapping (``name`` + options + ``sites``),
+    or an existing factory. ``None`` means LayerNorm."""
+    if isinstance(cfg, NormFactory):
+        return cfg
+    if cfg is None:
+        return NormFactory("layernorm")
+    if isinstance(cfg, str):
+        return NormFactory(cfg)
+    options = _plain(cfg)
+    if "name" not in options:
+        raise ValueError(f"a norm config needs a 'name' key (one of the registered norms); got keys {sorted(options)}")
+    name = options.pop("name")
+    sites = options.pop("sites", None)
+    return NormFactory(name, options, sites)

@@ -1,0 +1,88 @@
+"""The normalization layers DyT replaces: LayerNorm and RMSNorm, in both layouts.
+
+Both compute statistics over the channel dimension. ``layout="channels_last"`` normalizes the last
+dimension of (..., C); ``layout="channels_first"`` normalizes dimension 1 of (N, C, H, W) as ConvNeXt's
+stem and downsampling layers do. Parameter names (``weight``, ``bias``) match ``torch.nn`` and timm,
+so their state dicts load unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dyt.nn.registry import register_norm
+
+LAYOUTS = ("channels_last", "channels_first")
+
+
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; valid layouts are: {', '.join(LAYOUTS)}")
+    return layout
+
+
+class _ChannelNorm(nn.Module):
+    """Shared parameters and bookkeeping of the per-channel affine norms."""
+
+    pointwise = False  # computes statistics over channels (a reduction), unlike DyT
+
+    def __init__(self, dim: int, *, eps: float, layout: str, affine: bool, bias: bool,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.dim, self.eps, self.layout = dim, eps, check_layout(layout)
+        self.affine = affine
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(dim, **factory)) if affine else None
+        self.bias = nn.Parameter(torch.empty(dim, **factory)) if affine and bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "channels_first":
+            return self._normalize(x.movedim(1, -1)).movedim(-1, 1)
+        return self._normalize(x)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return (f"{self.dim}, eps={self.eps}, layout={self.layout}, affine={self.affine}, "
+                f"bias={self.bias is not None}")
+
+
+@register_norm("layernorm")
+class LayerNorm(_ChannelNorm):
+    """LayerNorm over channels: ``(x - mean) / sqrt(var + eps) * weight + bias``."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, layout: str = "channels_last", affine: bool = True,
+                 bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(dim, eps=eps, layout=layout, affine=affine, bias=bias, device=device, dtype=dtype)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
+
+
+@register_norm("rmsnorm")
+class RMSNorm(_ChannelNorm):
+    """RMSNorm over channels: ``x / sqrt(mean(x^2) + eps) * weight (+ bias)``; LLaMA has no bias."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, layout: str = "channels_last", affine: bool = True,
+                 bias: bool = False, device=None, dtype=None) -> None:
+        super().__init__(dim, eps=eps, layout=layout, affine=affine, bias=bias, device=device, dtype=dtype)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in fp32 as LLaMA and Hugging Face do; the output returns to the input dtype.
+        y = x.float()
+        y = (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        if self.weight is not None:
+            y = y * self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        return y

@@ -1,0 +1,126 @@
+"""Point-wise replacements for normalization: Dynamic Tanh (DyT) and Dynamic erf (Derf).
+
+DyT (paper Sec. 4, Eq. 2): ``DyT(x) = weight * tanh(alpha * x) + bias`` with ``alpha`` one learnable
+scalar per layer (init 0.5) and ``weight``/``bias`` per channel (init 1 and 0). Nothing is reduced
+over channels or tokens. The paper's ablations are options of the same layer: the squashing function
+(Table 7: tanh, hardtanh, sigmoid, identity) and a fixed alpha (Table 8).
+
+Derf (Chen et al. 2025, Eq. 10): ``Derf(x) = weight * erf(alpha * x + shift) + bias`` with ``alpha``
+(init 0.5) and ``shift`` (init 0) learnable scalars.
+
+Parameter names (``alpha``, ``weight``, ``bias``; ``alpha`` of shape (1,)) match the official code,
+so its checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dyt.nn.norms import check_layout
+from dyt.nn.registry import register_norm
+
+# Table 7 of the paper. sigmoid is used as is (not re-centred): the paper attributes tanh's lead over it
+# to tanh being zero-centred.
+SQUASH = {
+    "tanh": torch.tanh,
+    "hardtanh": nn.functional.hardtanh,
+    "sigmoid": torch.sigmoid,
+    "identity": lambda x: x,
+}
+
+
+class _PointwiseNorm(nn.Module):
+    """Per-channel ``weight``/``bias`` around a scalar-parameterised element-wise function."""
+
+    pointwise = True  # no statistics: models key recipe quirks (DiT zero-init, LLaMA embed scale) on this
+
+    def __init__(self, dim: int, *, layout: str, affine: bool, bias: bool, device=None, dtype=None) -> None:
+        super().__init__()
+        self.dim, self.layout, self.affine = dim, check_layout(layout), affine
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(dim, **factory)) if affine else None
+        self.bias = nn.Parameter(torch.empty(dim, **factory)) if affine and bias else None
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def _affine(self, y: torch.Tensor) -> torch.Tensor:
+        shape = (-1, *([1] * (y.dim() - 2))) if self.layout == "channels_first" else (-1,)
+        if self.weight is not None:
+            y = y * self.weight.view(shape)
+        if self.bias is not None:
+            y = y + self.bias.view(shape)
+        return y
+
+
+@register_norm("dyt")
+class DyT(_PointwiseNorm):
+    """Dynamic Tanh: ``weight * squash(alpha * x) + bias`` (paper Eq. 2 with ``squash=tanh``).
+
+    Args:
+        dim: number of channels.
+        alpha_init: initial value of the scalar ``alpha`` (paper default 0.5; LLaMA per Table 10).
+        squash: ``tanh`` (DyT), or the Table 7 ablations ``hardtanh``, ``sigmoid``, ``identity``.
+        learn_alpha: ``False`` keeps ``alpha`` fixed at ``alpha_init`` (Table 8's "without alpha").
+        layout: ``channels_last`` (..., C) or ``channels_first`` (N, C, ...).
+        affine: per-channel ``weight`` (and ``bias``); DiT's norms have none, adaLN supplies them.
+        bias: per-channel ``bias``; LLaMA's DyT has none, as its RMSNorm had none.
+    """
+
+    def __init__(self, dim: int, *, alpha_init: float = 0.5, squash: str = "tanh", learn_alpha: bool = True,
+                 layout: str = "channels_last", affine: bool = True, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__(dim, layout=layout, affine=affine, bias=bias, device=device, dtype=dtype)
+        if squash not in SQUASH:
+            raise ValueError(f"unknown squash {squash!r}; valid choices are: {', '.join(SQUASH)}")
+        self.alpha_init, self.squash, self.learn_alpha = float(alpha_init), squash, learn_alpha
+        alpha = torch.empty(1, device=device, dtype=dtype)
+        if learn_alpha:
+            self.alpha = nn.Parameter(alpha)
+        else:
+            self.register_buffer("alpha", alpha)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        with torch.no_grad():
+            self.alpha.fill_(self.alpha_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._affine(SQUASH[self.squash](self.alpha * x))
+
+    def extra_repr(self) -> str:
+        return (f"{self.dim}, alpha_init={self.alpha_init}, squash={self.squash}, "
+                f"learn_alpha={self.learn_alpha}, layout={self.layout}, affine={self.affine}, "
+                f"bias={self.bias is not None}")
+
+
+@register_norm("derf")
+class Derf(_PointwiseNorm):
+    """Dynamic erf: ``weight * erf(alpha * x + shift) + bias`` with learnable scalars ``alpha``, ``shift``."""
+
+    def __init__(self, dim: int, *, alpha_init: float = 0.5, shift_init: float = 0.0,
+                 layout: str = "channels_last", affine: bool = True, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__(dim, layout=layout, affine=affine, bias=bias, device=device, dtype=dtype)
+        self.alpha_init, self.shift_init = float(alpha_init), float(shift_init)
+        self.alpha = nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.shift = nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        with torch.no_grad():
+            self.alpha.fill_(self.alpha_init)
+            self.shift.fill_(self.shift_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._affine(torch.erf(self.alpha * x + self.shift))
+
+    def extra_repr(self) -> str:
+        return (f"{self.dim}, alpha_init={self.alpha_init}, shift_init={self.shift_init}, "
+                f"layout={self.layout}, affine={self.affine}, bias={self.bias is not None}")
