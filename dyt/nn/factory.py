@@ -93,8 +93,8 @@ class NormFactory:
 
 
 def build_norm_factory(cfg: NormFactory | str | Mapping[str, Any] | None = None) -> NormFactory:
-    """A factory from a norm name, a ``configs/norm/*.yaml`` mapping (``name`` + options + ``sites``),
-    or an existing factory. ``None`` means LayerNorm."""
+    """A factory from a norm name, a ``configs/norm/*.yaml`` mapping (``name``, optional ``tag``, options,
+    ``sites``), or an existing factory. ``None`` means LayerNorm."""
     if isinstance(cfg, NormFactory):
         return cfg
     if cfg is None:
@@ -106,4 +106,5 @@ def build_norm_factory(cfg: NormFactory | str | Mapping[str, Any] | None = None)
         raise ValueError(f"a norm config needs a 'name' key (one of the registered norms); got keys {sorted(options)}")
     name = options.pop("name")
     sites = options.pop("sites", None)
+    options.pop("tag", None)  # the label of this norm config in run dirs and tables, not a layer option
     return NormFactory(name, options, sites)
