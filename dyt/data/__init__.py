@@ -1,0 +1,1 @@
+"""Datasets and loaders, one file per data family."""

@@ -1,0 +1,1 @@
+"""Metrics beyond a task's own loss: FID, the lm-eval bridge."""

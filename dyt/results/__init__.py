@@ -1,0 +1,1 @@
+"""Reading run dirs and building paper-vs-ours tables and figures."""
