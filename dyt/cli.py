@@ -35,3 +35,76 @@ def _headline(metrics: dict[str, Any] | None) -> float | None:
         if metrics and key in metrics:
             return float(metrics[key])
     return None
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float] | None:
+    """eval.py: re-evaluate one run (``run=``), or build the tables and figures from ``runs_root``."""
+    if cfg.run:
+        metrics = evaluate_run(cfg.run, device=cfg.device, extra=cfg.extra, overrides=list(cfg.overrides))
+        print(json.dumps(metrics, indent=2, sort_keys=True), flush=True)
+        return metrics
+    from pathlib import Path
+
+    from dyt.results.plots import plot_curves
+    from dyt.results.runs import find_runs
+    from dyt.results.tables import build_tables, load_paper, write_tables
+
+    runs = find_runs(cfg.runs_root)
+    if not runs:
+        print(f"no run dirs under {cfg.runs_root!r}: train something first (python train.py), "
+              "or point runs_root= at your runs", flush=True)
+        return None
+    unfinished = [str(r.path) for r in runs if not r.finished]
+    if unfinished:
+        print(f"skipping {len(unfinished)} unfinished run(s) (no results.json): {', '.join(unfinished)}")
+    tables = build_tables(runs, load_paper(cfg.paper))
+    for text in tables.values():
+        print(text)
+    for path in write_tables(tables, cfg.out_dir):
+        print(f"wrote {path}")
+    if cfg.figures:
+        for path in plot_curves(runs, Path(cfg.out_dir) / "figures"):
+            print(f"wrote {path}")
+    return None
+
+
+def evaluate_run(path: str, device: str = "auto", extra: bool = True,
+                 overrides: list[str] | None = None) -> dict[str, float]:
+    """Evaluate the newest checkpoint of a run dir (or a checkpoint file) with the config it was trained
+    with: the task's metrics for the raw and the EMA model (suffix ``_ema``), and with ``extra`` its costly
+    metrics on the EMA model (raw if none). The metrics are merged into the run dir's ``results.json``."""
+    import copy
+    from pathlib import Path
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from dyt.engine.checkpoint import load_checkpoint, load_model_state
+    from dyt.io import atomic_write_json
+
+    ckpt = load_checkpoint(path)
+    run_cfg = OmegaConf.create(ckpt["config"])
+    if overrides:
+        run_cfg = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(overrides))
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    task = build_task(run_cfg)
+    model = task.build_model()
+    load_model_state(model, ckpt["model"], source=ckpt["path"])
+    model.to(dev)
+    metrics = dict(task.evaluate(model, dev))
+    run_dir = Path(ckpt["path"]).parent.parent
+    final = model
+    if ckpt.get("ema"):
+        final = copy.deepcopy(model)
+        load_model_state(final, ckpt["ema"], source=f"{ckpt['path']} (EMA)")
+        metrics.update({f"{k}_ema": v for k, v in task.evaluate(final, dev).items()})
+    if extra:
+        # Costly metrics once, on the model papers report: the EMA model where there is one (DiT's FID).
+        metrics.update(task.eval_extra(final, dev, run_dir))
+    results_file = run_dir / "results.json"
+    if (run_dir / "config.yaml").exists():
+        results = json.loads(results_file.read_text()) if results_file.exists() else {}
+        results.update(metrics)
+        atomic_write_json(results_file, results)
+    return metrics

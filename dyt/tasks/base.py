@@ -26,6 +26,8 @@ class Task:
     """Base class of every objective. Subclasses implement the four abstract methods."""
 
     def __init__(self, cfg: Any) -> None:
+        # Keep construction cheap (no data loading, no downloads): configs are composed and their
+        # models built on the meta device in tests for every recipe.
         self.cfg = cfg
 
     # ---- required -------------------------------------------------------------------------------
@@ -65,6 +67,11 @@ class Task:
             (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
         return [{"params": decay, "weight_decay": weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
+
+    def eval_extra(self, model: nn.Module, device: torch.device, run_dir: Any) -> dict[str, float]:
+        """Costly final metrics that only ``eval.py`` computes (FID from samples, lm-eval scores).
+        Default: none."""
+        return {}
 
     def on_step_end(self, model: nn.Module, step: int) -> None:
         """Called after each optimizer step (e.g. DINO's teacher update). Default: nothing."""

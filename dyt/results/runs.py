@@ -1,0 +1,83 @@
+"""Reading run dirs: what each run was (experiment, model, norm, seed) and what it measured.
+
+A run dir holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON object per log
+line) and, once finished, ``results.json`` (final metrics). ``metrics.jsonl`` is the source of truth
+for curves; ``results.json`` for tables.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class Run:
+    """One finished or unfinished run dir."""
+
+    path: Path
+    experiment: str
+    model: str
+    norm: str
+    seed: int
+    paper_ref: dict[str, str] | None
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.results)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Every line of ``metrics.jsonl`` (a torn last line, from a kill mid-write, is skipped)."""
+        lines = []
+        path = self.path / "metrics.jsonl"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    lines.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return lines
+
+    def curve(self, key: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of ``key`` over training."""
+        points = [(m["step"], m[key]) for m in self.metrics() if key in m and "step" in m]
+        return [s for s, _ in points], [v for _, v in points]
+
+
+def load_run(path: str | Path) -> Run:
+    """The run in ``path`` (a run dir with ``config.yaml``)."""
+    path = Path(path)
+    config_file = path / "config.yaml"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path} is not a run dir: it has no config.yaml (written when training starts)")
+    cfg = yaml.safe_load(config_file.read_text())
+    results_file = path / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    norm = cfg.get("norm", {})
+    return Run(path=path, experiment=cfg.get("experiment_name", path.parent.parent.name),
+               model=cfg.get("model", {}).get("name", "?"), norm=norm.get("tag") or norm.get("name", "?"),
+               seed=int(cfg.get("seed", 0)), paper_ref=cfg.get("paper_ref"), results=results)
+
+
+def find_runs(root: str | Path) -> list[Run]:
+    """Every run dir below ``root`` (any depth), sorted by experiment, norm and seed."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    # Hydra keeps its own copy of the config in <run>/hydra/.hydra/config.yaml: not a run dir.
+    runs = [load_run(p.parent) for p in root.rglob("config.yaml") if ".hydra" not in p.parts]
+    return sorted(runs, key=lambda r: (r.experiment, r.norm, r.seed))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
