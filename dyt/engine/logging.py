@@ -1,0 +1,134 @@
+"""Run outputs other than checkpoints: ``metrics.jsonl``, W&B, and progress on the console.
+
+Everything here is a no-op on ranks other than 0. ``metrics.jsonl`` holds one JSON object per line
+with ``step`` and ``epoch`` plus metric keys (``train/loss``, ``val/top1``, ``val/top1_ema``, ...);
+it is the source of truth for tables and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROGRESS_MODES = ("auto", "bar", "log", "off")
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``; every line is flushed so a checkpoint can record the file's length."""
+
+    def __init__(self, path: str | os.PathLike, enabled: bool) -> None:
+        self.path, self.enabled = Path(path), enabled
+        self._file = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (lives as long as the run)
+
+    def truncate(self, nbytes: int) -> None:
+        """Drop everything logged after a checkpoint that recorded ``nbytes`` (used on resume)."""
+        if self._file is not None:
+            self._file.flush()
+            self._file.truncate(min(nbytes, self.tell()))
+            self._file.seek(0, os.SEEK_END)
+
+    def tell(self) -> int:
+        """Current length of the file in bytes (0 on other ranks)."""
+        return self._file.tell() if self._file is not None else 0
+
+    def log(self, step: int, epoch: int, metrics: dict[str, Any]) -> None:
+        if self._file is not None:
+            row = {"step": step, "epoch": epoch, **{k: _plain(v) for k, v in metrics.items()}}
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _plain(v: Any) -> Any:
+    v = v.item() if hasattr(v, "item") else v
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+class WandbRun:
+    """A W&B run named ``<experiment>/<norm>/seed<k>``, grouped by experiment, tagged by model / norm /
+    seed / task. ``run_id`` (from the checkpoint) makes a resumed run continue the same W&B run."""
+
+    def __init__(self, cfg: Any, config: dict[str, Any], run_id: str, enabled: bool) -> None:
+        self.run = None
+        if not enabled:
+            return
+        import wandb
+
+        lg = cfg.logger
+        norm, model = cfg.norm.get("name", "norm"), cfg.get("model", {}).get("name", "model")
+        task = str(cfg.get("task", {}).get("_target_", "task")).rsplit(".", 1)[-1]
+        tags = [f"model:{model}", f"norm:{norm}", f"seed:{cfg.seed}", f"task:{task}", *lg.get("tags", [])]
+        self.run = wandb.init(project=lg.get("project", "dyt"), entity=lg.get("entity"), mode=lg.get("mode"),
+                              id=run_id, resume="allow", name=f"{cfg.experiment_name}/{norm}/seed{cfg.seed}",
+                              group=str(cfg.experiment_name), tags=tags, config=config, dir=str(cfg.run_dir))
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.log({k: _plain(v) for k, v in metrics.items()}, step=step)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None
+
+
+def new_wandb_id() -> str:
+    """A fresh W&B run id (only generated for a run that has no checkpoint yet)."""
+    import wandb
+
+    return wandb.util.generate_id()
+
+
+class Progress:
+    """A progress bar with throughput on a TTY (``bar``) or one line every ``log_every`` steps (``log``)."""
+
+    def __init__(self, mode: str, total_steps: int, start_step: int, log_every: int, enabled: bool) -> None:
+        if mode not in PROGRESS_MODES:
+            raise ValueError(f"unknown trainer.progress {mode!r}; valid choices are: {', '.join(PROGRESS_MODES)}")
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "log"
+        self.mode = mode if enabled else "off"
+        self.total, self.log_every, self.bar = total_steps, max(1, log_every), None
+        self._t0 = time.time()
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step")
+
+    def update(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
+        """Called after every step with the latest training scalars."""
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            if step % self.log_every == 0:
+                self.bar.set_postfix(loss=f"{metrics.get('train/loss', float('nan')):.4f}",
+                                     thr=f"{metrics.get('train/throughput', 0):.0f}/s", refresh=False)
+        elif self.mode == "log" and (step % self.log_every == 0 or step == self.total):
+            shown = "  ".join(f"{k.split('/', 1)[-1]} {v:.4g}" for k, v in metrics.items()
+                              if isinstance(v, (int, float)))
+            print(f"[step {step}/{self.total} epoch {epoch} {time.time() - self._t0:.0f}s] {shown}", flush=True)
+
+    def write(self, line: str) -> None:
+        """A message that does not break the bar (eval results, checkpoints)."""
+        if self.mode == "off":
+            return
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

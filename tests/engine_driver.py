@@ -1,0 +1,55 @@
+"""Train the tiny digits task from the command line (used by the kill/resume, signal and torchrun tests).
+
+    python tests/engine_driver.py <run_dir> [dotlist overrides ...]
+
+``DYT_TEST_KILL_IN_CKPT_WRITE=k`` makes the process SIGKILL itself halfway through writing its
+k-th checkpoint file (a partial temporary file is left behind). Prints the results as one JSON line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from dyt.engine import Trainer  # noqa: E402
+from dyt.engine import checkpoint as ckpt_module  # noqa: E402
+from tests.engine_helpers import DigitsTask, make_cfg  # noqa: E402
+
+
+def kill_during_write(kth: int) -> None:
+    """Replace the checkpoint module's ``torch.save`` by one that dies mid-file on call ``kth``."""
+    real_save, calls = torch.save, [0]
+
+    def save(obj, f, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] < kth:
+            return real_save(obj, f, *args, **kwargs)
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    ckpt_module.torch = type("TorchWithDyingSave", (), {"save": staticmethod(save),
+                                                        "__getattr__": lambda self, n: getattr(torch, n)})()
+
+
+def main() -> None:
+    cfg = make_cfg(sys.argv[1], sys.argv[2:])
+    if os.environ.get("DYT_TEST_KILL_IN_CKPT_WRITE"):
+        kill_during_write(int(os.environ["DYT_TEST_KILL_IN_CKPT_WRITE"]))
+    results = Trainer(cfg).fit(DigitsTask(cfg))
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()

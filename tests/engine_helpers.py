@@ -1,0 +1,130 @@
+"""A tiny task and config for the engine tests: an MLP with DyT on scikit-learn's digits.
+
+Fault injection lives here, not in the engine: task options make ``on_step_end`` kill the process
+(SIGKILL) or send it a signal at a given step, and ``training_step`` return NaN at a given step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import Dataset
+
+from dyt.nn import DyT
+from dyt.tasks.base import Task
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+N_TRAIN = 1024  # digits used for training; the other 773 are the validation set
+
+
+def make_cfg(run_dir: str | os.PathLike, overrides: list[str] | None = None) -> Any:
+    """The engine's config files (trainer/default, optim/adamw, logger/jsonl) plus the tiny task,
+    with dotlist ``overrides`` such as ``trainer.max_steps=10``."""
+    cfg = OmegaConf.create({
+        "experiment_name": "engine_test", "seed": 0, "run_dir": str(run_dir),
+        "model": {"name": "tiny_mlp", "width": 32, "depth": 2, "dropout": 0.0},
+        "norm": {"name": "dyt"},
+        "task": {"_target_": "tests.engine_helpers.DigitsTask", "noise": 0.0,
+                 "kill_at_step": None, "signal_at_step": None, "nan_at_step": None},
+        "trainer": OmegaConf.load(CONFIGS / "trainer/default.yaml"),
+        "optim": OmegaConf.load(CONFIGS / "optim/adamw.yaml"),
+        "logger": OmegaConf.load(CONFIGS / "logger/jsonl.yaml"),
+    })
+    cfg.trainer.batch_size = 32
+    cfg.trainer.progress = "off"
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides or []))
+
+
+class Block(nn.Module):
+    """Pre-norm residual MLP block with DyT as its norm."""
+
+    def __init__(self, width: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = DyT(width)
+        self.fc = nn.Linear(width, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop(torch.nn.functional.gelu(self.fc(self.norm(x))))
+
+
+class TinyNet(nn.Module):
+    """64 pixels -> ``depth`` residual blocks -> 10 classes."""
+
+    def __init__(self, width: int, depth: int, dropout: float) -> None:
+        super().__init__()
+        self.embed = nn.Linear(64, width)
+        self.blocks = nn.ModuleList(Block(width, dropout) for _ in range(depth))
+        self.head = nn.Linear(width, 10)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        return list(self.blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+class Digits(Dataset):
+    """Digits scaled to [0, 1], with optional Gaussian pixel noise (item-level randomness)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, noise: float) -> None:
+        self.x, self.y, self.noise = x, y, noise
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x[i]
+        return (x + self.noise * torch.randn_like(x) if self.noise else x), self.y[i]
+
+
+class DigitsTask(Task):
+    """Classification of 8x8 digits; reports ``val/loss`` and ``val/top1``."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        d = load_digits()
+        self.x = torch.tensor(d.data, dtype=torch.float32) / 16.0
+        self.y = torch.tensor(d.target)
+        self.calls = 0
+
+    def build_model(self) -> nn.Module:
+        m = self.cfg.model
+        return TinyNet(m.width, m.depth, m.dropout)
+
+    def train_data(self) -> Dataset:
+        return Digits(self.x[:N_TRAIN], self.y[:N_TRAIN], self.cfg.task.noise)
+
+    def training_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = batch
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        self.calls += 1
+        if self.cfg.task.nan_at_step is not None and self.calls // self.cfg.trainer.grad_accum + 1 >= \
+                self.cfg.task.nan_at_step:
+            loss = loss * float("nan")
+        return loss, {"acc": (logits.argmax(-1) == y).float().mean().item()}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        x, y = self.x[N_TRAIN:].to(device), self.y[N_TRAIN:].to(device)
+        logits = model(x).float()
+        return {"val/loss": nn.functional.cross_entropy(logits, y).item(),
+                "val/top1": 100.0 * (logits.argmax(-1) == y).float().mean().item()}
+
+    def on_step_end(self, model: nn.Module, step: int) -> None:
+        t = self.cfg.task
+        if t.kill_at_step == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if t.signal_at_step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
