@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dyt.nn.kernels import check_impl, fast_tanh, fused_or_none
 from dyt.nn.norms import check_layout
 from dyt.nn.registry import register_norm
 
@@ -69,14 +70,20 @@ class DyT(_PointwiseNorm):
         layout: ``channels_last`` (..., C) or ``channels_first`` (N, C, ...).
         affine: per-channel ``weight`` (and ``bias``); DiT's norms have none, adaLN supplies them.
         bias: per-channel ``bias``; LLaMA's DyT has none, as its RMSNorm had none.
+        impl: ``auto`` (the fused kernel of ``dyt.nn.kernels`` where one serves the input, else plain
+            PyTorch), ``fused`` (the kernel or an error), ``eager`` (plain PyTorch, exact ``torch.tanh``).
+            Only ``squash="tanh"`` has a kernel.
     """
 
     def __init__(self, dim: int, *, alpha_init: float = 0.5, squash: str = "tanh", learn_alpha: bool = True,
-                 layout: str = "channels_last", affine: bool = True, bias: bool = True,
+                 layout: str = "channels_last", affine: bool = True, bias: bool = True, impl: str = "auto",
                  device=None, dtype=None) -> None:
         super().__init__(dim, layout=layout, affine=affine, bias=bias, device=device, dtype=dtype)
         if squash not in SQUASH:
             raise ValueError(f"unknown squash {squash!r}; valid choices are: {', '.join(SQUASH)}")
+        if check_impl(impl) == "fused" and squash != "tanh":
+            raise ValueError(f"impl='fused' needs squash='tanh' (got {squash!r}); use impl='auto' or 'eager'")
+        self.impl = impl
         self.alpha_init, self.squash, self.learn_alpha = float(alpha_init), squash, learn_alpha
         alpha = torch.empty(1, device=device, dtype=dtype)
         if learn_alpha:
@@ -91,6 +98,12 @@ class DyT(_PointwiseNorm):
             self.alpha.fill_(self.alpha_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.squash == "tanh":
+            y = fused_or_none(x, self.alpha, self.weight, self.bias, fn="tanh", layout=self.layout, impl=self.impl)
+            if y is not None:
+                return y
+            if self.impl != "eager" and torch.compiler.is_compiling():
+                return self._affine(fast_tanh(self.alpha * x))  # Inductor fuses this cheap tanh in place
         return self._affine(SQUASH[self.squash](self.alpha * x))
 
     def extra_repr(self) -> str:
@@ -104,9 +117,10 @@ class Derf(_PointwiseNorm):
     """Dynamic erf: ``weight * erf(alpha * x + shift) + bias`` with learnable scalars ``alpha``, ``shift``."""
 
     def __init__(self, dim: int, *, alpha_init: float = 0.5, shift_init: float = 0.0,
-                 layout: str = "channels_last", affine: bool = True, bias: bool = True,
+                 layout: str = "channels_last", affine: bool = True, bias: bool = True, impl: str = "auto",
                  device=None, dtype=None) -> None:
         super().__init__(dim, layout=layout, affine=affine, bias=bias, device=device, dtype=dtype)
+        self.impl = check_impl(impl)  # as DyT's: auto | fused | eager
         self.alpha_init, self.shift_init = float(alpha_init), float(shift_init)
         self.alpha = nn.Parameter(torch.empty(1, device=device, dtype=dtype))
         self.shift = nn.Parameter(torch.empty(1, device=device, dtype=dtype))
@@ -119,7 +133,9 @@ class Derf(_PointwiseNorm):
             self.shift.fill_(self.shift_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._affine(torch.erf(self.alpha * x + self.shift))
+        y = fused_or_none(x, self.alpha, self.weight, self.bias, fn="erf", layout=self.layout, impl=self.impl,
+                          shift=self.shift)
+        return self._affine(torch.erf(self.alpha * x + self.shift)) if y is None else y
 
     def extra_repr(self) -> str:
         return (f"{self.dim}, alpha_init={self.alpha_init}, shift_init={self.shift_init}, "
