@@ -1,0 +1,73 @@
+"""Causal language modelling (paper Table 4: LLaMA-2 7B-70B on The Pile, RMSNorm vs DyT).
+
+A batch is (B, seq_len + 1) packed tokens from ``dyt.data.text``; the model reads the first ``seq_len``
+and the loss is the mean next-token cross-entropy over the last ``seq_len``. Validation reports the
+per-token loss and its perplexity over the held-out split (``val/loss``, ``val/ppl``). The zero-shot
+"score" of Table 4 comes from ``dyt.metrics.lm_eval``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+import models
+from dyt.data.text import build_text_dataset
+from dyt.tasks.base import Task
+
+
+def next_token_loss(model: nn.Module, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of predicting ``tokens[:, 1:]`` from ``tokens[:, :-1]`` (logits taken in fp32)."""
+    logits = model(tokens[:, :-1])
+    return F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction=reduction)
+
+
+class LanguageModelingTask(Task):
+    """Next-token prediction with a LLaMA preset and any norm (``configs/task/lm.yaml``)."""
+
+    def build_model(self) -> nn.Module:
+        return models.create_model(self.cfg.model, norm=self.cfg.norm)
+
+    def train_data(self) -> Dataset:
+        return build_text_dataset(self.cfg.data, "train")
+
+    def eval_data(self) -> Dataset:
+        data = build_text_dataset(self.cfg.data, "val")
+        limit = self.cfg.task.get("eval_max_sequences")
+        return data if limit is None else Subset(data, range(min(int(limit), len(data))))
+
+    def training_step(self, model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        return next_token_loss(model, batch), {}
+
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        """With ``task.decay_all_params`` every parameter decays, norms, ``alpha`` and ``embed_scale``
+        included, as in the paper's fms-fsdp training (``AdamW(model.parameters(), weight_decay=0.1)``);
+        otherwise the base rule (no decay for 1-D parameters)."""
+        if self.cfg.task.get("decay_all_params", False):
+            return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+        return super().param_groups(model, weight_decay)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        data = self.eval_data()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        loader = DataLoader(Subset(data, range(rank, len(data), world)), batch_size=self.cfg.task.eval_batch_size)
+        was_training = model.training
+        model.eval()
+        # Summed loss and token count, reduced over ranks so every rank returns the same numbers.
+        totals = torch.zeros(2, dtype=torch.float64, device=device)
+        for tokens in loader:
+            tokens = tokens.to(device)
+            totals[0] += next_token_loss(model, tokens, reduction="sum").double()
+            totals[1] += tokens[:, 1:].numel()
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        model.train(was_training)
+        loss = (totals[0] / totals[1]).item()
+        return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
