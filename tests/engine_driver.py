@@ -2,8 +2,10 @@
 
     python tests/engine_driver.py <run_dir> [dotlist overrides ...]
 
-``DYT_TEST_KILL_IN_CKPT_WRITE=k`` makes the process SIGKILL itself halfway through writing its
-k-th checkpoint file (a partial temporary file is left behind). Prints the results as one JSON line.
+Fault injection through the environment, so that "the same command" can be re-run:
+``DYT_TEST_KILL_IN_CKPT_WRITE=k`` makes the process SIGKILL itself halfway through writing its k-th
+checkpoint file (a partial temporary file is left behind); ``DYT_TEST_KILL_AT_STEP=n`` makes it SIGKILL
+itself right after optimizer step n. Prints the results as one JSON line (rank 0).
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from dyt.engine import Trainer  # noqa: E402
-from dyt.engine import checkpoint as ckpt_module  # noqa: E402
 from tests.engine_helpers import DigitsTask, make_cfg  # noqa: E402
 
 
 def kill_during_write(kth: int) -> None:
-    """Replace the checkpoint module's ``torch.save`` by one that dies mid-file on call ``kth``."""
+    """Replace ``torch.save`` by one that dies halfway through its ``kth`` file."""
     real_save, calls = torch.save, [0]
 
     def save(obj, f, *args, **kwargs):
@@ -38,12 +39,13 @@ def kill_during_write(kth: int) -> None:
         f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
-    ckpt_module.torch = type("TorchWithDyingSave", (), {"save": staticmethod(save),
-                                                        "__getattr__": lambda self, n: getattr(torch, n)})()
+    torch.save = save
 
 
 def main() -> None:
     cfg = make_cfg(sys.argv[1], sys.argv[2:])
+    if os.environ.get("DYT_TEST_KILL_AT_STEP"):
+        cfg.task.kill_at_step = int(os.environ["DYT_TEST_KILL_AT_STEP"])
     if os.environ.get("DYT_TEST_KILL_IN_CKPT_WRITE"):
         kill_during_write(int(os.environ["DYT_TEST_KILL_IN_CKPT_WRITE"]))
     results = Trainer(cfg).fit(DigitsTask(cfg))

@@ -110,8 +110,8 @@ class DigitsTask(Task):
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
         self.calls += 1
-        if self.cfg.task.nan_at_step is not None and self.calls // self.cfg.trainer.grad_accum + 1 >= \
-                self.cfg.task.nan_at_step:
+        step = (self.calls - 1) // self.cfg.trainer.grad_accum + 1  # 1-based, like metrics.jsonl
+        if self.cfg.task.nan_at_step is not None and step >= self.cfg.task.nan_at_step:
             loss = loss * float("nan")
         return loss, {"acc": (logits.argmax(-1) == y).float().mean().item()}
 

@@ -181,14 +181,16 @@ def safe_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        if "weights only load failed" in str(e).lower() or "weights_only" in str(e):
+        # weights_only names the global it blocked (e.g. "GLOBAL posix.system"); garbage fails otherwise.
+        blocked = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "global" in line]
+        if blocked:
             raise CheckpointError(f"refusing to load {path}: it holds pickled objects other than tensors and "
-                                  f"plain containers, which could execute code (torch.load weights_only=True "
-                                  f"rejected it: {str(e).splitlines()[0]})") from e
-        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupt: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}). Delete it and point "
-                              f"{path.parent / LAST} at an earlier checkpoint, or remove the run dir to "
-                              "start afresh") from e
+                                  "plain containers, which could execute code (torch.load with "
+                                  f"weights_only=True: {blocked[0]})") from e
+        detail = next((line.strip() for line in str(e).splitlines()[::-1] if line.strip()), "")
+        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupt; {type(e).__name__}: "
+                              f"{detail}). Delete it and point {path.parent / LAST} at an earlier checkpoint, "
+                              "or remove the run dir to start afresh") from e
 
 
 def _dcp_full_state(path: Path, prefixes: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:
