@@ -18,7 +18,7 @@ from torch import nn
 from dyt.nn import build_norm_factory
 
 # Family modules whose presets register on import.
-FAMILIES = ("vit", "convnext")
+FAMILIES = ("vit", "convnext", "dit", "llama")
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _loaded = False

@@ -1,0 +1,201 @@
+"""FID of class-conditional samples: resumable, distributed sample generation, statistics and the
+Frechet distance.
+
+FID (Heusel et al. 2017) is ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))`` between Gaussians fitted
+to feature sets. The paper's Table 3 uses the ADM evaluation suite with "the standard ImageNet
+reference batch" (paper.md Sec. 2): pass its ``.npz`` (``mu``/``sigma`` keys) as ``task.fid.reference``.
+Our features come from the same FID Inception weights run in PyTorch (``dyt.metrics.features``); ADM
+runs the TensorFlow graph, whose internal resize differs slightly, so compare with the paper's numbers
+knowing that small offset.
+
+Samples are generated in chunks of ``chunk_size`` written atomically to ``<run_dir>/samples/``; chunk
+``k`` always holds samples ``k * chunk_size ...`` with labels ``i % num_classes`` (class-balanced) and
+noise seeded by ``(seed, k)``, so the set is the same for any number of ranks and an interrupted run
+resumes at its first missing chunk. Rank ``r`` generates chunks ``k % world == r``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+# ---- the distance ------------------------------------------------------------------------------
+
+def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased) covariance of (N, D) features, in float64."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or len(f) < 2:
+        raise ValueError(f"need at least two feature vectors of shape (N, D), got {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
+
+    ``tr((S1 S2)^(1/2))`` is computed as the sum of square roots of the eigenvalues of the symmetric
+    ``S1^(1/2) S2 S1^(1/2)`` (same spectrum as ``S1 S2``), which avoids a non-symmetric matrix square
+    root and its spurious imaginary parts.
+    """
+    mu1, mu2 = (torch.as_tensor(np.asarray(m), dtype=torch.float64) for m in (mu1, mu2))
+    s1, s2 = (torch.as_tensor(np.asarray(s), dtype=torch.float64) for s in (sigma1, sigma2))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.numel(), mu1.numel()):
+        raise ValueError(f"mismatched statistics: mu {tuple(mu1.shape)} vs {tuple(mu2.shape)}, "
+                         f"sigma {tuple(s1.shape)} vs {tuple(s2.shape)}")
+    evals, evecs = torch.linalg.eigh(s1)
+    sqrt_s1 = (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
+    middle = sqrt_s1 @ s2 @ sqrt_s1
+    tr_covmean = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    return float(((mu1 - mu2) ** 2).sum() + s1.trace() + s2.trace() - 2 * tr_covmean)
+
+
+# ---- images and features -----------------------------------------------------------------------
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images in [-1, 1] (N, C, H, W) -> uint8 (N, H, W, C), rounded as DiT's sample saving does."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def extract_features(extractor: nn.Module, images: np.ndarray, device: torch.device | str = "cpu",
+                     batch_size: int = 200) -> np.ndarray:
+    """Features (N, D) of uint8 images (N, H, W, C)."""
+    extractor = extractor.to(device)
+    out = [extractor(torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).to(device)).double().cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def load_images(folder: str | Path) -> np.ndarray:
+    """Every image file under ``folder`` (sorted), as uint8 RGB (N, H, W, 3); all must share one size."""
+    from PIL import Image
+
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+    paths = sorted(p for p in Path(folder).expanduser().rglob("*") if p.suffix.lower() in suffixes)
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(suffixes))}) under {str(folder)!r}")
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+def reference_statistics(reference: str | Path, extractor: nn.Module, device: torch.device | str,
+                         cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Reference ``(mu, sigma)``: from an ``.npz`` with ``mu``/``sigma`` (ADM's reference batches) or with
+    images ``arr_0`` (N, H, W, 3), or from a folder of images (cached in ``cache`` when given)."""
+    path = Path(reference).expanduser()
+    if cache is not None and cache.is_file():
+        path = cache
+    if path.suffix == ".npz":
+        with np.load(path) as f:
+            if "mu" in f and "sigma" in f:
+                return f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+            if "arr_0" not in f:
+                raise ValueError(f"{path} holds neither 'mu'/'sigma' statistics nor 'arr_0' images; keys: {list(f)}")
+            images = f["arr_0"]
+    elif path.is_dir():
+        images = load_images(path)
+    else:
+        raise FileNotFoundError(f"FID reference {str(reference)!r} is neither an .npz file nor a folder of images")
+    mu, sigma = feature_statistics(extract_features(extractor, images, device))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, mu=mu, sigma=sigma)
+    return mu, sigma
+
+
+def save_grid(images: np.ndarray, path: str | Path, nrow: int = 8, scale: int = 1) -> Path:
+    """uint8 images (N, H, W, C) as one PNG grid of ``nrow`` columns, each pixel ``scale`` x ``scale``."""
+    from PIL import Image
+
+    n, h, w, c = images.shape
+    rows = -(-n // nrow)
+    grid = np.full((rows * (h + 2) + 2, nrow * (w + 2) + 2, c), 255, dtype=np.uint8)
+    for i, im in enumerate(images):
+        r, k = divmod(i, nrow)
+        grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + k * (w + 2):2 + k * (w + 2) + w] = im
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+    return path
+
+
+# ---- sample generation -------------------------------------------------------------------------
+
+def class_balanced_labels(start: int, stop: int, num_classes: int) -> torch.Tensor:
+    """Labels of samples ``start..stop-1``: ``i % num_classes``, so any prefix of whole rounds is balanced."""
+    return torch.arange(start, stop) % num_classes
+
+
+def generate_samples(generate: Callable[[torch.Tensor, torch.Generator], torch.Tensor], num_samples: int,
+                     num_classes: int, out_dir: str | Path, device: torch.device, batch_size: int = 125,
+                     chunk_size: int = 1000, seed: int = 0) -> np.ndarray:
+    """Generate ``num_samples`` class-balanced samples into ``out_dir`` (resumable, see the module
+    docstring) and return them all as uint8 (N, H, W, C) on every rank.
+
+    ``generate(labels, generator)`` returns images in [-1, 1] for labels on ``device``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    num_chunks = -(-num_samples // chunk_size)
+    paths = [out_dir / f"chunk_{k:05d}.npy" for k in range(num_chunks)]
+    for k in range(rank, num_chunks, world):
+        if paths[k].is_file():
+            continue
+        start, stop = k * chunk_size, min((k + 1) * chunk_size, num_samples)
+        generator = torch.Generator(device).manual_seed(seed * 1_000_003 + k)
+        chunk = [to_uint8(generate(class_balanced_labels(i, min(i + batch_size, stop), num_classes).to(device),
+                                   generator)) for i in range(start, stop, batch_size)]
+        tmp = paths[k].with_suffix(".tmp.npy")
+        np.save(tmp, np.concatenate(chunk))
+        os.replace(tmp, paths[k])
+    if dist.is_initialized():
+        dist.barrier()
+    return np.concatenate([np.load(p) for p in paths])
+
+
+def fid_for_task(task: Any, model: nn.Module, device: torch.device, run_dir: Path) -> dict[str, float]:
+    """Sample from ``model`` with ``task.generate`` and score the samples as ``task.fid`` configures;
+    writes ``<run_dir>/samples/`` and ``<run_dir>/samples_grid.png``. Returns ``{"fid": ...}``."""
+    from dyt.metrics.features import DigitFeatures, InceptionFeatures
+
+    f = task.cfg.task.fid
+    was_training = model.training
+    model.eval()
+    samples = generate_samples(lambda labels, g: task.generate(model, labels, g), f.num_samples,
+                               model.num_classes, run_dir / "samples", device, f.batch_size, f.chunk_size, f.seed)
+    model.train(was_training)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    metrics: dict[str, float] = {}
+    if rank == 0:
+        grid = samples[:f.grid_rows * model.num_classes]
+        order = np.argsort(np.arange(len(grid)) % model.num_classes, kind="stable")  # one row per class
+        save_grid(grid[order], run_dir / "samples_grid.png", nrow=f.grid_rows, scale=f.grid_scale)
+        if f.features == "digits":
+            extractor, _ = DigitFeatures.fit()
+            ref = to_uint8(task.train_data().images)
+            mu_ref, sigma_ref = feature_statistics(extract_features(extractor, ref, device))
+        elif f.features == "inception":
+            if f.reference is None:
+                raise ValueError("task.fid.reference is required: an ADM .npz (e.g. VIRTUAL_imagenet256_labeled.npz) "
+                                 "or a folder of reference images")
+            extractor = InceptionFeatures(f.inception_path)
+            mu_ref, sigma_ref = reference_statistics(f.reference, extractor, device,
+                                                     cache=None if str(f.reference).endswith(".npz")
+                                                     else run_dir / "fid_reference_stats.npz")
+        else:
+            raise ValueError(f"task.fid.features must be 'inception' or 'digits', got {f.features!r}")
+        mu, sigma = feature_statistics(extract_features(extractor, samples, device))
+        metrics = {"fid": frechet_distance(mu, sigma, mu_ref, sigma_ref), "fid_num_samples": float(len(samples))}
+    if dist.is_initialized():
+        box = [metrics]
+        dist.broadcast_object_list(box, src=0)
+        metrics = box[0]
+    return metrics
