@@ -1,0 +1,167 @@
+"""LLaMA-2 (models/llama.py): Hugging Face parity, paper-size parameter counts, the DyT recipe quirks."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from transformers import LlamaForCausalLM
+
+import models
+from dyt.nn import get_norm_class, norm_names
+from models.llama import Llama, alpha_init_for_width, from_hf_state_dict, hf_config, to_hf_state_dict
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+PAPER_SIZES = ("llama2_7b", "llama2_13b", "llama2_34b", "llama2_70b")
+SMALL = dict(n_layers=2, vocab_size=320, multiple_of=32)
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2], ids=["mha", "gqa"])
+def test_rmsnorm_logits_equal_hugging_face(n_kv_heads):
+    torch.manual_seed(0)
+    ours = Llama(dim=64, n_heads=4, n_kv_heads=n_kv_heads, norm="rmsnorm", **SMALL).eval()
+    with torch.no_grad():  # non-trivial norm weights so that a mis-mapped norm shows
+        for name, p in ours.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    hf = LlamaForCausalLM(hf_config(ours)).eval()
+    hf.load_state_dict(to_hf_state_dict(ours.state_dict()))
+    tokens = torch.randint(0, SMALL["vocab_size"], (2, 33))
+    with torch.no_grad():
+        diff = (ours(tokens) - hf(tokens).logits).abs().max().item()
+    assert diff <= 1e-5
+
+
+def test_state_dict_converts_both_ways():
+    hf = LlamaForCausalLM(hf_config(Llama(dim=64, n_heads=4, n_kv_heads=2, norm="rmsnorm", **SMALL)))
+    ours = Llama(dim=64, n_heads=4, n_kv_heads=2, norm="rmsnorm", **SMALL)
+    ours.load_state_dict(from_hf_state_dict(hf.state_dict()))
+    back = to_hf_state_dict(ours.state_dict())
+    reference = {k: v for k, v in hf.state_dict().items() if "rotary" not in k}
+    assert back.keys() == reference.keys()
+    assert all(torch.equal(back[k], reference[k]) for k in reference)
+
+
+def test_dyt_model_does_not_convert_to_hugging_face():
+    with pytest.raises(KeyError, match="alpha"):
+        to_hf_state_dict(Llama(dim=64, n_heads=4, norm="dyt", **SMALL).state_dict())
+
+
+@pytest.mark.parametrize("name", PAPER_SIZES)
+def test_paper_sizes_build_on_meta_with_hugging_face_parameter_counts(name):
+    with torch.device("meta"):
+        ours = models.create_model(name, norm="rmsnorm")
+        hf = LlamaForCausalLM(hf_config(ours))
+    assert _params(ours) == _params(hf)
+
+
+def test_paper_sizes_are_the_fms_fsdp_shapes():
+    expected = {"llama2_7b": (4096, 32, 32, 32, 11008), "llama2_13b": (5120, 40, 40, 40, 13824),
+                "llama2_34b": (8192, 48, 64, 8, 22016), "llama2_70b": (8192, 80, 64, 8, 28672)}
+    for name, shape in expected.items():
+        with torch.device("meta"):
+            m = models.create_model(name, norm="rmsnorm")
+        assert (m.dim, len(m.layers), m.n_heads, m.n_kv_heads, m.hidden_dim, m.vocab_size) == (*shape, 32000)
+    assert _params(m) == 68_976_648_192  # LLaMA-2 70B
+
+
+def test_dyt_adds_one_alpha_per_norm_and_the_embedding_scalar():
+    with torch.device("meta"):
+        rms, dyt = (models.create_model("llama2_7b", norm=n) for n in ("rmsnorm", "dyt"))
+    assert _params(dyt) - _params(rms) == (2 * 32 + 1) + 1  # alphas of 65 norms + embed_scale
+
+
+@pytest.mark.parametrize("width, expected", [
+    (1024, (1.0, 1.0)), (2048, (1.0, 0.5)), (4096, (0.8, 0.2)), (5120, (0.6, 0.15)), (8192, (0.2, 0.05)),
+    (256, (1.0, 1.0)), (3072, (1.0, 0.5)), (16384, (0.2, 0.05))])
+def test_alpha_init_by_width_follows_table_11(width, expected):
+    assert alpha_init_for_width(width) == expected
+
+
+def test_dyt_sites_take_attention_and_other_alpha_without_bias():
+    with torch.device("meta"):
+        m = models.create_model("llama2_13b", norm="dyt")
+    block = m.layers[0]
+    assert (block.attention_norm.alpha_init, block.ffn_norm.alpha_init, m.norm.alpha_init) == (0.6, 0.15, 0.15)
+    assert all(n.bias is None for n in (block.attention_norm, block.ffn_norm, m.norm))
+
+
+def test_config_alpha_overrides_the_width_default():
+    norm = {"name": "dyt", "alpha_init": 0.3, "sites": {"attn": {"alpha_init": 0.9}}}
+    m = models.create_model("llama_tiny", norm=norm)
+    assert (m.layers[1].attention_norm.alpha.item(), m.layers[1].ffn_norm.alpha.item(), m.norm.alpha.item()) \
+        == pytest.approx((0.9, 0.3, 0.3))
+
+
+@pytest.mark.parametrize("norm, scaled", [("dyt", True), ("derf", True), ("rmsnorm", False), ("layernorm", False)])
+def test_embed_scale_auto_is_sqrt_d_for_pointwise_norms_only(norm, scaled):
+    m = models.create_model("llama_tiny", norm=norm)
+    assert (m.embed_scale is not None) == scaled
+    if scaled:
+        assert m.embed_scale.item() == pytest.approx(math.sqrt(64))
+    assert models.create_model("llama_tiny", norm=norm, embed_scale="none").embed_scale is None
+
+
+def test_rmsnorm_uses_llama_eps():
+    assert models.create_model("llama_tiny", norm="rmsnorm").norm.eps == 1e-5
+
+
+def test_unknown_embed_scale_is_refused():
+    with pytest.raises(ValueError, match="sqrt_d"):
+        models.create_model("llama_tiny", norm="dyt", embed_scale="sqrt")
+
+
+def test_meta_model_materialises_with_reset_parameters():
+    with torch.device("meta"):
+        m = models.create_model("llama_tiny", norm="dyt")
+    m.to_empty(device="cpu")
+    m.reset_parameters()
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+    assert m.layers[0].feed_forward.w1.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert m.embed_scale.item() == 8.0 and m.layers[0].attention_norm.alpha.item() == 1.0
+
+
+def test_fsdp_units_are_the_blocks():
+    m = models.create_model("llama_tiny", norm="rmsnorm")
+    assert m.fsdp_units() == list(m.layers)
+
+
+@pytest.mark.parametrize("norm", norm_names())
+def test_every_norm_trains_forward_and_backward(norm):
+    # Plain PyTorch point-wise norms: compiling their fused CPU kernels is tested with the norms.
+    eager = "impl" in inspect.signature(get_norm_class(norm).__init__).parameters
+    m = models.create_model("llama_tiny", norm={"name": norm, **({"impl": "eager"} if eager else {})})
+    tokens = torch.randint(0, 512, (2, 16))
+    logits = m(tokens)
+    assert logits.shape == (2, 16, 512)
+    logits.logsumexp(-1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_logits_are_causal():
+    m = models.create_model("llama_tiny", norm={"name": "dyt", "impl": "eager"}).eval()
+    tokens = torch.randint(0, 512, (1, 12))
+    changed = tokens.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1) % 512
+    with torch.no_grad():
+        assert torch.allclose(m(tokens)[0, :8], m(changed)[0, :8], atol=1e-6)
+
+
+@pytest.mark.parametrize("experiment", [f"paper/{n}" for n in PAPER_SIZES])
+@pytest.mark.parametrize("norm", ["rmsnorm", "dyt"])
+def test_paper_experiments_compose_and_build_on_meta(experiment, norm):
+    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
+        cfg = compose("train", overrides=[f"experiment={experiment}", f"norm={norm}"])
+    assert cfg.trainer.batch_size * 4096 * (512 if cfg.trainer.batch_size == 2 else 1024) == 4_194_304
+    assert (cfg.optim.betas, cfg.optim.weight_decay, cfg.trainer.clip_grad) == ([0.9, 0.95], 0.1, 1.0)
+    with torch.device("meta"):
+        m = models.create_model(cfg.model, norm=cfg.norm)
+    assert m.vocab_size == 32000 and (m.embed_scale is not None) == (norm == "dyt")
