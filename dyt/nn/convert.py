@@ -1,0 +1,228 @@
+"""``convert``: retrofit DyT (or any registered norm) into an existing model, in place.
+
+    report = dyt.convert(model, to="dyt")                      # every LayerNorm / RMSNorm -> DyT
+    report = dyt.convert(model, to="derf")
+    report = dyt.convert(llama, to="dyt", sites={              # LLaMA's per-position alpha (paper Table 10)
+        "model.layers.input_layernorm": {"alpha_init": 0.8},
+        "model.layers.post_attention_layernorm": {"alpha_init": 0.2},
+        "model.norm": {"alpha_init": 0.2}})
+    print(report)
+
+What is replaced: ``nn.LayerNorm`` and its subclasses (timm's ``LayerNorm``, channels-first
+``LayerNorm2d``, ...), ``nn.RMSNorm``, this library's ``LayerNorm``/``RMSNorm``, and any other module
+whose class name contains ``LayerNorm`` or ``RMSNorm`` (timm's ``RmsNorm``/``RmsNorm2d``, Hugging
+Face's ``LlamaRMSNorm``, T5's RMS ``T5LayerNorm``, ...). A name is only a candidate: before a module is
+replaced, a numeric probe checks that it computes LayerNorm or RMSNorm over its channels, scaled by its
+own ``weight`` (plus ``bias``), in the layout we inferred (channels-first when the class says so:
+``layout`` attribute, or ``2d``/``3d`` in its name). A candidate that fails (Gemma's ``(1 + weight)``
+RMSNorm, a norm fused with an activation, a norm over several dimensions) raises an error naming it,
+rather than being skipped or replaced by something that computes a different function.
+
+Each replacement keeps its site's width, layout, device and dtype, has an affine ``weight`` only if the
+old module had one, and a ``bias`` only if it had one (RMSNorm -> DyT without bias, as the paper's
+LLaMA). **The old ``weight`` and ``bias`` are copied into the new module**, so a converted pretrained
+model starts from its trained per-channel scales and only ``alpha`` (and Derf's ``shift``) start fresh;
+the official code instead re-initializes them to 1 and 0. Call ``reset_parameters()`` on the new
+modules for that behaviour.
+
+Each module's *site* is its qualified name without layer indices (``blocks.norm1``, ``stem``,
+``model.layers.input_layernorm``), so ``sites=`` sets options for every layer at one position, as
+``norm.sites`` does for the models of this library.
+
+BatchNorm is refused: the paper (App. D, Table 16) found DyT does not replace it (ResNet-50 top-1
+76.2% -> 68.9%, VGG19 72.7% -> 71.0%).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dyt.nn.factory import NormFactory, build_norm_factory
+
+_CANDIDATE_NAME = re.compile(r"layernorm|rmsnorm", re.IGNORECASE)
+_CHANNELS_FIRST_NAME = re.compile(r"[23]d", re.IGNORECASE)
+
+
+@dataclass
+class ConversionReport:
+    """What ``convert`` replaced: counts per replaced class and per site."""
+
+    to: str
+    by_type: Counter = field(default_factory=Counter)
+    by_site: Counter = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_type.values())
+
+    def __str__(self) -> str:
+        lines = [f"converted {self.total} norm module(s) to {self.to}:"]
+        lines += [f"  {name:<28} {n:>5}" for name, n in sorted(self.by_type.items())]
+        lines.append("sites: " + ", ".join(f"{site} ({n})" for site, n in sorted(self.by_site.items())))
+        return "\n".join(lines)
+
+
+def _is_candidate(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm | nn.RMSNorm) or bool(_CANDIDATE_NAME.search(type(module).__name__))
+
+
+def _layout(module: nn.Module) -> str:
+    layout = getattr(module, "layout", None)
+    if layout in ("channels_last", "channels_first"):
+        return layout
+    return "channels_first" if _CHANNELS_FIRST_NAME.search(type(module).__name__) else "channels_last"
+
+
+def _tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    value = getattr(module, name, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _eps(module: nn.Module) -> float | None:
+    for name in ("eps", "variance_epsilon"):
+        value = getattr(module, name, None)
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def _width(module: nn.Module, weight: torch.Tensor | None, where: str) -> int:
+    if weight is not None:
+        if weight.dim() != 1:
+            raise ValueError(f"cannot convert {where} ({type(module).__name__}): its weight has shape "
+                             f"{tuple(weight.shape)}, but DyT's per-channel weight normalizes one dimension")
+        return weight.shape[0]
+    shape = getattr(module, "normalized_shape", None) or getattr(module, "dim", None)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape or ())
+    if len(shape) != 1:
+        raise ValueError(f"cannot convert {where} ({type(module).__name__}): it normalizes over shape {shape}, "
+                         "but DyT replaces a norm over one (channel) dimension")
+    return shape[0]
+
+
+def _probe(module: nn.Module, width: int, layout: str, weight, bias, eps: float | None, where: str) -> None:
+    """Raise unless ``module`` computes LayerNorm or RMSNorm over channels with its own weight and bias."""
+    gen = torch.Generator().manual_seed(0)  # a private generator: the caller's RNG stream is untouched
+    shape = (2, 3, width) if layout == "channels_last" else (2, width, 3, 5)
+    x = (torch.randn(shape, generator=gen) * 3 + 1).to(weight.device if weight is not None else "cpu")
+    probe = copy.deepcopy(module).float().to(x.device)
+    try:
+        with torch.no_grad():
+            y = probe(x)
+    except Exception as err:  # any failure means "not the norm we took it for"
+        raise ValueError(f"cannot convert {where} ({type(module).__name__}): it failed on a {layout} probe "
+                         f"input of shape {tuple(shape)} ({err})") from err
+    xs = x.movedim(1, -1) if layout == "channels_first" else x
+    eps = eps or 0.0
+    centered = xs - xs.mean(-1, keepdim=True)
+    references = {"LayerNorm": centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps),
+                  "RMSNorm": xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + eps)}
+    for ref in references.values():
+        if weight is not None:
+            ref = ref * weight.float()
+        if bias is not None:
+            ref = ref + bias.float()
+        ref = ref.movedim(-1, 1) if layout == "channels_first" else ref
+        if y.shape == ref.shape and torch.allclose(y, ref, rtol=1e-3, atol=1e-3):
+            return
+    raise ValueError(f"cannot convert {where} ({type(module).__name__}): a probe shows it does not compute "
+                     f"{' or '.join(references)} over channels ({layout}) scaled by its own weight"
+                     f"{' and bias' if bias is not None else ''}, so a replacement would change the model. "
+                     "Supported: LayerNorm- and RMSNorm-family modules whose output is norm(x) * weight (+ bias).")
+
+
+def _factory_device(parent: nn.Module, weight: torch.Tensor | None):
+    """Device and dtype of the new module: the old weight's, else the parent's first parameter's."""
+    ref = weight if weight is not None else next(parent.parameters(), None)
+    return (ref.device, ref.dtype) if ref is not None else (None, None)
+
+
+def _replacement(module: nn.Module, parent: nn.Module, site: str, factory: NormFactory, where: str) -> nn.Module:
+    weight, bias = _tensor(module, "weight"), _tensor(module, "bias")
+    width, layout, eps = _width(module, weight, where), _layout(module), _eps(module)
+    if weight is None or weight.device.type != "meta":
+        _probe(module, width, layout, weight, bias, eps, where)
+    device, dtype = _factory_device(parent, weight)
+    hints = {"affine": weight is not None, "bias": bias is not None}
+    if eps is not None:
+        hints["eps"] = eps
+    new = factory(width, site=site, layout=layout, device=device, dtype=dtype, **hints)
+    with torch.no_grad():
+        for name, old in (("weight", weight), ("bias", bias)):
+            target = _tensor(new, name)
+            if old is not None and target is not None:
+                target.copy_(old)
+                target.requires_grad_(old.requires_grad)
+    return new
+
+
+def _site(qualified_name: str) -> str:
+    return ".".join(part for part in qualified_name.split(".") if not part.isdigit()) or qualified_name
+
+
+def _refuse_batchnorm(model: nn.Module) -> None:
+    found = [name or type(model).__name__ for name, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise ValueError(
+            f"convert refuses models with BatchNorm ({shown}): DyT is not a drop-in replacement for it. "
+            "The paper (App. D, Table 16) replaced BatchNorm with DyT in ResNet-50 (top-1 76.2% -> 68.9%) and "
+            "VGG19 (72.7% -> 71.0%); it attributes the gap to BatchNorm following every weight layer. "
+            "DyT replaces LayerNorm and RMSNorm.")
+
+
+def convert(model: nn.Module, to: str | Mapping[str, Any] = "dyt", **options: Any) -> ConversionReport:
+    """Replace every LayerNorm- and RMSNorm-family module of ``model`` in place by the norm ``to``.
+
+    Args:
+        model: any ``nn.Module`` (timm, Hugging Face transformers, torchvision, this library).
+        to: a registered norm name (``dyt``, ``derf``, ``layernorm``, ``rmsnorm``) or a ``configs/norm``
+            mapping.
+        **options: options of that norm (``alpha_init=0.5``, ``squash="hardtanh"``...) and ``sites=``
+            (per-site options, keyed by index-free qualified names); an option the norm does not accept
+            raises the factory's error listing the valid ones.
+
+    Returns:
+        A ``ConversionReport`` (printable): replaced modules per class and per site, and ``total``.
+
+    Raises:
+        ValueError: the model has BatchNorm; a name-matched norm does not compute LayerNorm/RMSNorm as
+            expected; no module was replaced; an option or site is unknown.
+    """
+    config = {"name": to, **options} if isinstance(to, str) else {**to, **options}
+    factory = build_norm_factory(config)
+    _refuse_batchnorm(model)
+    report = ConversionReport(to=factory.name)
+    replaced: dict[int, nn.Module] = {}  # a norm shared by several parents stays shared
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for name, child in parent.named_children():
+            qualified = f"{prefix}{name}"
+            if id(child) in replaced:
+                setattr(parent, name, replaced[id(child)])
+            elif _is_candidate(child):
+                site = _site(qualified)
+                replaced[id(child)] = new = _replacement(child, parent, site, factory, qualified)
+                setattr(parent, name, new)
+                report.by_type[type(child).__name__] += 1
+                report.by_site[site] += 1
+            else:
+                visit(child, f"{qualified}.")
+
+    visit(model, "")
+    if not report.total:
+        others = sorted({type(m).__name__ for m in model.modules()
+                         if "norm" in type(m).__name__.lower() or getattr(m, "pointwise", False)})
+        raise ValueError(f"convert found no LayerNorm- or RMSNorm-family module in {type(model).__name__} "
+                         "to replace" + (f"; its other norm modules are: {', '.join(others)}" if others else ""))
+    factory.check_sites_used()
+    return report

@@ -1,0 +1,171 @@
+"""Vision Transformer (Dosovitskiy et al. 2021) with every norm built by the norm factory.
+
+The layout and parameter names follow timm's ``VisionTransformer``, so a timm state dict loads unchanged
+and, with ``norm=layernorm``, the logits equal timm's (tests/test_vision_models.py). Attention, MLP,
+patch embedding, layer scale and drop path are timm's layers; only the block and the model are written
+here, because timm's block takes one norm class for both of its norms and we name each site:
+
+    attn   pre-attention norm of every block           (timm ``blocks.i.norm1``)
+    ffn    pre-MLP norm of every block                 (timm ``blocks.i.norm2``)
+    final  the last norm: ``fc_norm`` after average pooling, ``norm`` before token pooling
+
+The paper's ImageNet ViTs use ``global_pool='avg'`` (the official code's ``main.py``, paper.md Sec. 1),
+so the final norm sits after pooling.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
+from timm.models.vision_transformer import Attention  # also there in timm 1.0.15, unlike timm.layers
+from torch import nn
+
+from dyt.nn import NormFactory, build_norm_factory
+from models import register_model
+
+GLOBAL_POOLS = ("avg", "token")
+LN_EPS = 1e-6  # timm's ViT LayerNorm eps; a hint, so DyT ignores it
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: ``x + attn(norm_attn(x))``, then ``x + mlp(norm_ffn(x))``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float,
+                 init_values: float | None, norm: NormFactory) -> None:
+        super().__init__()
+        self.norm1 = norm(dim, site="attn", eps=LN_EPS)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
+        self.ls1 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm(dim, site="ffn", eps=LN_EPS)
+        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio))
+        self.ls2 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+class VisionTransformer(nn.Module):
+    """ViT classifier.
+
+    Args:
+        norm: the norm factory (or a norm name / ``configs/norm`` mapping).
+        global_pool: ``avg`` (mean of the patch tokens, then ``fc_norm``; the paper's ImageNet runs) or
+            ``token`` (the class token after the final ``norm``).
+        class_token: prepend a learnable class token (kept with ``avg`` pooling, as timm and the paper do).
+        init_values: layer-scale init; ``None`` (default) turns layer scale off.
+        drop_path_rate: stochastic depth of the last block; it grows linearly from 0 over the blocks.
+    """
+
+    def __init__(self, norm: NormFactory | str | None = None, img_size: int = 224, patch_size: int = 16,
+                 in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 768, depth: int = 12,
+                 num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 init_values: float | None = None, class_token: bool = True, global_pool: str = "avg",
+                 drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"unknown global_pool {global_pool!r}; valid choices are: {', '.join(GLOBAL_POOLS)}")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' pools the class token; set class_token=True or use 'avg'")
+        norm = build_norm_factory(norm)
+        self.global_pool, self.num_classes, self.embed_dim = global_pool, num_classes, embed_dim
+        self.num_prefix_tokens = int(class_token)
+
+        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                                      embed_dim=embed_dim)
+        self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim)) if class_token else None
+        num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
+        self.pos_embed = nn.Parameter(torch.empty(1, num_tokens, embed_dim))
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rate, init_values, norm) for rate in rates])
+        pool_first = global_pool == "avg"
+        self.norm = nn.Identity() if pool_first else norm(embed_dim, site="final", eps=LN_EPS)
+        self.fc_norm = norm(embed_dim, site="final", eps=LN_EPS) if pool_first else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """timm's ViT init: truncated normal (std 0.02) linears with zero bias, pos_embed std 0.02,
+        class token std 1e-6; every other layer (patch conv, norms, layer scale) resets itself. Also
+        the way to initialize a model built on the meta device after ``to_empty()``."""
+        trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters the optimizer should not decay (timm's convention)."""
+        return {"pos_embed", "cls_token"}
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
+        return list(self.blocks)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, H, W) -> tokens (N, prefix + patches, D) after the blocks (and ``norm`` when
+        pooling the class token)."""
+        x = self.patch_embed(x)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.blocks(x + self.pos_embed)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens -> pooled features (``pre_logits=True``) or logits."""
+        x = x[:, self.num_prefix_tokens:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
+        x = self.fc_norm(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ---- size presets (ViT paper Table 1; DeiT for Ti/S; patch 8 as in DINO B/8) ------------------------
+
+
+@register_model
+def vit_ti(norm=None, **kwargs) -> VisionTransformer:
+    return VisionTransformer(norm, **{"embed_dim": 192, "depth": 12, "num_heads": 3, **kwargs})
+
+
+@register_model
+def vit_s(norm=None, **kwargs) -> VisionTransformer:
+    return VisionTransformer(norm, **{"embed_dim": 384, "depth": 12, "num_heads": 6, **kwargs})
+
+
+@register_model
+def vit_b(norm=None, **kwargs) -> VisionTransformer:
+    return VisionTransformer(norm, **{"embed_dim": 768, "depth": 12, "num_heads": 12, **kwargs})
+
+
+@register_model
+def vit_l(norm=None, **kwargs) -> VisionTransformer:
+    return VisionTransformer(norm, **{"embed_dim": 1024, "depth": 24, "num_heads": 16, **kwargs})
+
+
+@register_model
+def vit_b8(norm=None, **kwargs) -> VisionTransformer:
+    return VisionTransformer(norm, **{"patch_size": 8, "embed_dim": 768, "depth": 12, "num_heads": 12, **kwargs})
+
+
+# CPU quickstart on scikit-learn's 8x8 grey digits: 16 patches of 2x2 pixels.
+@register_model
+def vit_digits(norm=None, **kwargs) -> VisionTransformer:
+    return VisionTransformer(norm, **{"img_size": 8, "patch_size": 2, "in_chans": 1, "num_classes": 10,
+                                      "embed_dim": 64, "depth": 4, "num_heads": 4, **kwargs})
+
+
+# Unit tests only: two narrow blocks on 32x32 images.
+@register_model
+def vit_test(norm=None, **kwargs) -> VisionTransformer:
+    return VisionTransformer(norm, **{"img_size": 32, "patch_size": 8, "num_classes": 10,
+                                      "embed_dim": 32, "depth": 2, "num_heads": 2, **kwargs})
