@@ -24,6 +24,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +204,9 @@ def _dcp_full_state(path: Path, prefixes: tuple[str, ...]) -> dict[str, dict[str
             for k, m in metadata.state_dict_metadata.items()
             if isinstance(m, TensorStorageMetadata) and k.split(".", 1)[0] in prefixes}
     try:
-        dcp.load(flat, checkpoint_id=path, no_dist=True)
+        with warnings.catch_warnings():  # DCP warns that it loads in one process, which is the intent
+            warnings.filterwarnings("ignore", message=".*load in a single process")
+            dcp.load(flat, checkpoint_id=path, no_dist=True)
     except Exception as e:
         raise CheckpointError(f"DCP checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
     out: dict[str, dict[str, torch.Tensor]] = {p: {} for p in prefixes}

@@ -141,6 +141,17 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         unit.forward = functools.partial(checkpoint, unit.forward, use_reentrant=False)
 
 
+def reshard(model: nn.Module) -> None:
+    """Return every FSDP2 module of ``model`` to its sharded state. Forward without backward leaves
+    the root's parameters gathered, and in-place writes to the shards (EMA swap, loading) would then
+    not reach the gathered copies the next forward uses. No-op for other models."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def wrap_model(model: nn.Module, env: DistEnv, mode: str) -> nn.Module:
     """DDP (default) or FSDP2: ``fully_shard`` on each ``model.fsdp_units()`` block, then the root
     (in place; the returned module is ``model`` itself for FSDP). Identity for one process."""

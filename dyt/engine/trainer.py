@@ -42,6 +42,7 @@ from dyt.engine.distributed import (
     apply_activation_checkpointing,
     barrier,
     broadcast_object,
+    reshard,
     setup_distributed,
     teardown_distributed,
     wrap_model,
@@ -325,9 +326,11 @@ class Trainer:
         seed_all(self.cfg.seed, self.step, EVAL_STREAM, env.rank)
         with torch.no_grad(), autocast(self.precision, env.device):
             metrics = dict(self.task.evaluate(self.model, env.device))
+            reshard(self.model)
             if self.ema is not None:
                 with self.ema.swapped_in():
                     metrics.update({f"{k}_ema": v for k, v in self.task.evaluate(self.model, env.device).items()})
+                    reshard(self.model)
         self.model.train()
         self.eval_metrics = {k: float(v) for k, v in metrics.items()}
         self.eval_step = self.step

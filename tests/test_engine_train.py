@@ -1,0 +1,129 @@
+"""Training runs of the tiny digits task: metrics.jsonl, gradient accumulation, NaN guard, preemption
+signals, and kill -9 + resume ending bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dyt.engine import PREEMPTED_EXIT_CODE, NonFiniteLossError, Trainer, load_checkpoint
+from dyt.engine.checkpoint import latest_checkpoint
+from tests.engine_helpers import DigitsTask, make_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Same thread count as the subprocesses (OMP_NUM_THREADS=1): bit-identity needs the same kernels."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fit(run_dir: Path, *overrides: str) -> dict:
+    cfg = make_cfg(run_dir, list(overrides))
+    return Trainer(cfg).fit(DigitsTask(cfg))
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_metrics_results_and_config_of_a_run(tmp_path):
+    run = tmp_path / "run"
+    results = fit(run, "trainer.epochs=2", "trainer.log_every_steps=8", "trainer.ema_decay=0.9")
+    lines = rows(run)
+    train = [r for r in lines if "train/loss" in r]
+    evals = [r for r in lines if "val/top1" in r]
+    assert [r["step"] for r in train] == [8, 16, 24, 32, 40, 48, 56, 64]  # 1024 // 32 = 32 steps per epoch
+    assert [(r["step"], r["epoch"]) for r in evals] == [(32, 1), (64, 2)]
+    for key in ("train/lr", "train/grad_norm", "train/throughput", "train/acc", "dyt/alpha_mean"):
+        assert all(key in r for r in train), key
+    assert all(r["dyt/alpha_mean"] != 0.5 for r in train)  # alpha (init 0.5) is learnt
+    assert all("val/top1_ema" in r and "val/loss_ema" in r for r in evals)
+    assert train[-1]["train/loss"] < train[0]["train/loss"] and evals[-1]["val/top1"] > 50
+    saved = json.loads((run / "results.json").read_text())
+    assert saved == results
+    assert saved["val/top1"] == evals[-1]["val/top1"] and saved["steps"] == 64 and saved["epochs"] == 2
+    assert {"experiment", "model", "norm", "seed", "wall_time_s", "val/top1_ema"} <= set(saved)
+    assert "max_steps: null" in (run / "config.yaml").read_text()
+    again = fit(run, "trainer.epochs=2", "trainer.log_every_steps=8", "trainer.ema_decay=0.9")
+    assert rows(run) == lines and {k: v for k, v in again.items() if k != "wall_time_s"} == \
+        {k: v for k, v in results.items() if k != "wall_time_s"}  # a finished run re-run changes nothing
+
+
+def test_grad_accumulation_matches_a_larger_batch(tmp_path):
+    common = ("trainer.max_steps=6", "optim.schedule.warmup_steps=2")
+    fit(tmp_path / "a", "trainer.batch_size=16", "trainer.grad_accum=2", *common)
+    fit(tmp_path / "b", "trainer.batch_size=32", "trainer.grad_accum=1", *common)
+    a, b = (load_checkpoint(tmp_path / name)["model"] for name in ("a", "b"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(a["head.weight"], load_checkpoint(tmp_path / "a")["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="at step 5 .*step_00000003.pt"):
+        fit(run, "trainer.max_steps=10", "trainer.ckpt_every_steps=3", "task.nan_at_step=5")
+    assert latest_checkpoint(run / "checkpoints").name == "step_00000003.pt"
+    assert all(r["step"] < 5 for r in rows(run))
+
+
+def test_sigterm_checkpoints_at_the_next_step_and_exits_with_the_preemption_code(tmp_path):
+    run = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exit_info:
+        fit(run, "trainer.max_steps=20", "task.signal_at_step=5")
+    assert exit_info.value.code == PREEMPTED_EXIT_CODE
+    assert load_checkpoint(run)["step"] == 6  # flag read at the step boundary after the signal
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    assert not (run / "results.json").exists()
+    assert fit(run, "trainer.max_steps=20")["steps"] == 20  # the same command resumes
+
+
+def _driver(run: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "tests/engine_driver.py", str(run), *overrides], cwd=ROOT,
+                          env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_kill_9_then_same_command_resumes_bit_identically(tmp_path):
+    args = ("trainer.epochs=2", "trainer.ckpt_every_steps=12", "trainer.ema_decay=0.9", "task.noise=0.1",
+            "model.dropout=0.1", "trainer.log_every_steps=4")
+    reference = tmp_path / "reference"
+    fit(reference, *args)
+    run = tmp_path / "run"
+    # Checkpoints are written at steps 12, 24, 32 (epoch end), 36, 48, 60, 64. SIGKILL halfway through
+    # writing the 3rd one (step 32): the run must come back from step 24, skipping the partial file.
+    died = _driver(run, *args, env={"DYT_TEST_KILL_IN_CKPT_WRITE": "3"})
+    assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+    assert any(p.name.startswith(".step_00000032.pt.tmp") for p in (run / "checkpoints").iterdir())
+    assert latest_checkpoint(run / "checkpoints").name == "step_00000024.pt"
+    # Then SIGKILL mid-epoch, right after step 41 (last complete checkpoint: step 36).
+    died = _driver(run, *args, env={"DYT_TEST_KILL_AT_STEP": "41"})
+    assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+    assert latest_checkpoint(run / "checkpoints").name == "step_00000036.pt"
+    fit(run, *args)  # the same configuration again (in-process: saves a subprocess start)
+
+    ours, ref = load_checkpoint(run), load_checkpoint(reference)
+    assert ours["step"] == ref["step"] == 64
+    for part in ("model", "ema"):
+        for k, v in ref[part].items():
+            assert torch.equal(ours[part][k], v), f"{part}.{k} differs from the uninterrupted run"
+
+    def strip(r: list[dict]) -> list[dict]:
+        return [{k: v for k, v in x.items() if k != "train/throughput"} for x in r]
+
+    assert strip(rows(run)) == strip(rows(reference))  # no duplicated or missing lines either
