@@ -127,3 +127,26 @@ def test_kill_9_then_same_command_resumes_bit_identically(tmp_path):
         return [{k: v for k, v in x.items() if k != "train/throughput"} for x in r]
 
     assert strip(rows(run)) == strip(rows(reference))  # no duplicated or missing lines either
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tmp_path, capsys):
+    args = ("trainer.max_steps=4", "model.dropout=0.1", "trainer.progress=log", "trainer.log_every_steps=2")
+    fit(tmp_path / "plain", *args)
+    assert "[step 4/4 epoch 0" in capsys.readouterr().out  # log lines when stdout is not a TTY
+    fit(tmp_path / "ckpt", *args, "trainer.activation_checkpointing=true")
+    plain, recomputed = (load_checkpoint(tmp_path / n)["model"] for n in ("plain", "ckpt"))
+    assert all(torch.equal(plain[k], recomputed[k]) for k in plain)  # dropout masks replayed exactly
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_is_continued_after_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    args = ("logger.wandb=true", "logger.project=dyt-test")
+    fit(run, "trainer.max_steps=2", *args)
+    first = load_checkpoint(run)["wandb_id"]
+    fit(run, "trainer.max_steps=4", *args)
+    assert isinstance(first, str) and load_checkpoint(run)["wandb_id"] == first
+    run_dirs = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 2 and all(name.endswith(f"-{first}") for name in run_dirs)

@@ -34,6 +34,8 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+from dyt.io import atomic_write_text
+
 LAST = "last"
 META = "meta.pt"  # the non-sharded part of a DCP checkpoint
 SHARDED_KEYS = ("model", "ema", "optimizer")  # what a DCP checkpoint stores sharded
@@ -106,25 +108,12 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 # ---- writing ----------------------------------------------------------------------------------------
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(ckpt_dir: Path, tmp: Path, final: Path, keep: int) -> None:
     """Rename a finished temporary checkpoint into place, point ``last`` at it, prune old ones."""
     if final.is_dir():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    pointer = ckpt_dir / f".{LAST}.tmp"
-    pointer.write_text(final.name + "\n")
-    with open(pointer, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(pointer, ckpt_dir / LAST)
-    _fsync_dir(ckpt_dir)
+    atomic_write_text(ckpt_dir / LAST, final.name + "\n")  # also fsyncs the directory, both renames
     for old in _checkpoints(ckpt_dir)[:-max(1, keep)]:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -85,10 +86,8 @@ class WandbRun:
 
 
 def new_wandb_id() -> str:
-    """A fresh W&B run id (only generated for a run that has no checkpoint yet)."""
-    import wandb
-
-    return wandb.util.generate_id()
+    """A fresh W&B run id (generated once per run, then kept in its checkpoints)."""
+    return secrets.token_hex(6)
 
 
 class Progress:

@@ -21,9 +21,7 @@ step boundary and hand over to :class:`~dyt.engine.signals.PreemptionHandler` (e
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import time
 import traceback
 from collections.abc import Iterator
@@ -53,6 +51,7 @@ from dyt.engine.precision import autocast, grad_scaler, resolve_precision
 from dyt.engine.sampler import SeededDataset, ShardedBatchSampler, seed_all
 from dyt.engine.schedule import build_optimizer, build_schedule, scaled_lr, set_lr
 from dyt.engine.signals import PreemptionHandler
+from dyt.io import atomic_write_json, atomic_write_text
 
 EVAL_STREAM = 1 << 20  # seeds evaluation apart from any training micro-batch
 
@@ -82,16 +81,6 @@ def alpha_mean(model: nn.Module) -> float | None:
             alpha = alpha.full_tensor() if hasattr(alpha, "full_tensor") else alpha
             values.append(alpha.detach().abs().float().mean())
     return torch.stack(values).mean().item() if values else None
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -174,6 +163,11 @@ class Trainer:
             self.metrics.truncate(0)  # lines of an attempt killed before its first checkpoint
             self.wandb_id = broadcast_object(new_wandb_id() if self.cfg.logger.wandb and self.env.is_main else None)
             return
+        if self.fsdp != path.is_dir():
+            kind, how = (("a sharded DCP (FSDP2)", "under torchrun with trainer.distributed=fsdp") if path.is_dir()
+                         else ("a single-file (DDP / one process)", "with trainer.distributed=ddp"))
+            raise ckpt.CheckpointError(f"{path} is {kind} checkpoint, which this run cannot resume: resume it {how}, "
+                                       "or read its weights with dyt.engine.load_checkpoint()")
         if self.fsdp:
             state = ckpt.safe_load(path / ckpt.META)
             self._load_sharded(path)
@@ -214,7 +208,7 @@ class Trainer:
         self.t_start = time.time()
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(OmegaConf.create(self.config), self.run_dir / "config.yaml")
+            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.config))
         self.wandb = WandbRun(self.cfg, self.config, self.wandb_id, env.is_main and bool(self.cfg.logger.wandb))
         self.progress = Progress(self.tc.progress, self.total_steps, self.step, self.tc.log_every_steps, env.is_main)
         self.last_ckpt_time = time.time()
@@ -243,7 +237,7 @@ class Trainer:
             self._save()
         results = self._results()
         if env.is_main:
-            _write_json_atomic(self.run_dir / "results.json", results)
+            atomic_write_json(self.run_dir / "results.json", results)
         barrier()
         return results
 
