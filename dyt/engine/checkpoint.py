@@ -108,6 +108,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 # ---- writing ----------------------------------------------------------------------------------------
+def _save_synced(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` and fsync it (the caller renames it into place)."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _publish(ckpt_dir: Path, tmp: Path, final: Path, keep: int) -> None:
     """Rename a finished temporary checkpoint into place, point ``last`` at it, prune old ones."""
     if final.is_dir():
@@ -132,10 +140,7 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | os.PathLike, step: in
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / checkpoint_name(step, sharded=False)
     tmp = ckpt_dir / f".{final.name}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    _save_synced(state, tmp)
     _publish(ckpt_dir, tmp, final, keep)
     return final
 
@@ -156,10 +161,7 @@ def save_sharded_checkpoint(sharded: dict[str, Any], meta: dict[str, Any], ckpt_
     dist.barrier()
     dcp.save(sharded, checkpoint_id=tmp)
     if is_main:
-        with open(tmp / META, "wb") as f:
-            torch.save(meta, f)
-            f.flush()
-            os.fsync(f.fileno())
+        _save_synced(meta, tmp / META)
         _publish(ckpt_dir, tmp, final, keep)
     dist.barrier()
     return final

@@ -100,17 +100,20 @@ class Trainer:
     def fit(self, task: Any) -> dict[str, Any]:
         """Train (resuming automatically), evaluate, write the run dir; return the contents of
         ``results.json`` (final eval metrics, ``_ema`` keys for the EMA model, and run metadata)."""
+        owns_group = not torch.distributed.is_initialized()  # a caller's process group outlives fit()
         env = setup_distributed(self.tc.device)
         preemption = PreemptionHandler()
         try:
             results = self._fit(task, env, preemption)
         except BaseException as e:
-            traceback.clear_frames(e.__traceback__)  # free the model before tearing gloo down
+            if env.is_distributed:  # the traceback's frames hold the model: free it before gloo goes
+                traceback.clear_frames(e.__traceback__)
             raise
         finally:
             preemption.restore()
             self._release()
-            teardown_distributed()
+            if owns_group:
+                teardown_distributed()
         if results is None:
             preemption.hand_over()
         return results
