@@ -3,7 +3,7 @@
 A batch is (B, seq_len + 1) packed tokens from ``dyt.data.text``; the model reads the first ``seq_len``
 and the loss is the mean next-token cross-entropy over the last ``seq_len``. Validation reports the
 per-token loss and its perplexity over the held-out split (``val/loss``, ``val/ppl``). The zero-shot
-"score" of Table 4 comes from ``dyt.metrics.lm_eval``.
+"score" of Table 4 comes from ``dyt.metrics.lm_eval`` through ``eval_extra`` (eval.py).
 """
 
 from __future__ import annotations
@@ -52,6 +52,12 @@ class LanguageModelingTask(Task):
         if self.cfg.task.get("decay_all_params", False):
             return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
         return super().param_groups(model, weight_decay)
+
+    def eval_extra(self, model: nn.Module, device: torch.device, run_dir: Any) -> dict[str, float]:
+        """The zero-shot lm-eval score of Table 4 (``task.lm_eval`` options; eval.py only)."""
+        from dyt.metrics.lm_eval import lm_eval_hook
+
+        return lm_eval_hook(self.cfg, model, device)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
