@@ -55,9 +55,10 @@ def fused_supported(x: torch.Tensor, layout: str) -> bool:
 
 
 def _as_kernel_view(x: torch.Tensor, dim: int, layout: str) -> torch.Tensor:
-    """(rows, C) for channels_last, (N, C, spatial) for channels_first; contiguous."""
+    """(rows, C) for channels_last, (N, C, spatial) for channels_first; contiguous, and detached so
+    that compiled kernels see a plain tensor rather than a view of the caller's tensor."""
     x = x.contiguous()
-    return x.view(-1, dim) if layout == "channels_last" else x.view(x.shape[0], dim, -1)
+    return (x.view(-1, dim) if layout == "channels_last" else x.view(x.shape[0], dim, -1)).detach()
 
 
 class _FusedPointwise(torch.autograd.Function):
@@ -129,12 +130,13 @@ def fused_or_none(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor | N
                   *, fn: str, layout: str, impl: str, shift: torch.Tensor | None = None) -> torch.Tensor | None:
     """The module-level policy of ``DyT``/``Derf``: the fused result, or ``None`` for "run the plain path".
 
-    Plain runs for ``impl="eager"``, empty inputs, and (with ``impl="auto"``) inputs no kernel serves;
-    ``impl="fused"`` raises for those instead. Inside ``torch.compile`` the caller's graph is left to
-    the compiler (DyT then uses ``fast_tanh`` so Inductor fuses a cheap tanh into it).
+    Plain runs for ``impl="eager"``, empty inputs, a backend that failed to build, and (with
+    ``impl="auto"``) inputs no kernel serves; ``impl="fused"`` raises for those instead. Inside
+    ``torch.compile`` the caller's graph is left to the compiler (DyT then uses ``fast_tanh`` so
+    Inductor fuses a cheap tanh into it).
     """
-    if impl == "eager" or x.numel() == 0 or torch.compiler.is_compiling():
-        return None
+    if impl == "eager" or x.numel() == 0 or torch.compiler.is_compiling() or x.device.type in _broken:
+        return None  # a backend that failed to build has already warned
     if impl == "auto" and not fused_supported(x, layout):
         return None
     return fused_pointwise(x, alpha, weight, bias, fn=fn, layout=layout, shift=shift)

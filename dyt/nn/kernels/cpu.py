@@ -44,13 +44,26 @@ def fast_tanh(z: torch.Tensor) -> torch.Tensor:
     return (z * _horner(_TANH_P, s) / _horner(_TANH_Q, s)).clamp(-1.0, 1.0)
 
 
-def _reduce_dims(layout: str, x: torch.Tensor) -> tuple[int, ...]:
-    # Kernels see (rows, C) for channels_last and (N, C, spatial) for channels_first.
-    return (0,) if layout == "channels_last" else (0, 2)
-
-
 def _channel_shape(layout: str) -> tuple[int, ...]:
+    # Forward kernels see (rows, C) for channels_last and (N, C, spatial) for channels_first.
     return (-1,) if layout == "channels_last" else (-1, 1)
+
+
+def _row_blocks(rows: int) -> int:
+    """How many blocks of rows the backward reduces separately: the largest divisor of ``rows`` up to
+    64 that leaves at least 2 rows per block (Dynamo would specialize on 1), so each thread sums
+    contiguous rows and one small sum over blocks finishes the job."""
+    return max(d for d in range(1, max(1, min(rows // 2, 64)) + 1) if rows % d == 0)
+
+
+def _backward_view(x: torch.Tensor, layout: str) -> tuple[torch.Tensor, int]:
+    """``x`` as (blocks, rows per block, C) with reduction dim 1 (channels_last), or (N, C, S) with
+    reduction dim 2: every reduction of the backward is then over the same inner dimension, so
+    Inductor fuses them into one loop over contiguous rows. Detached so that Dynamo sees a tensor,
+    not a view whose base sizes it would guard on (and recompile for)."""
+    if layout == "channels_last":
+        return x.view(_row_blocks(x.shape[0]), -1, x.shape[1]).detach(), 1
+    return x.detach(), 2
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -63,13 +76,13 @@ def _tanh_forward(x, alpha, weight, bias, layout: str, out_dtype: torch.dtype):
     return (fast_tanh(z) * weight.view(cshape) + bias.view(cshape)).to(out_dtype)
 
 
-def _tanh_backward(g, x, alpha, weight, layout: str):
-    cd, cshape, dims = _compute_dtype(x), _channel_shape(layout), _reduce_dims(layout, x)
+def _tanh_backward(g, x, alpha, weight, layout: str, dim: int):
+    cd, cshape = _compute_dtype(x), _channel_shape(layout)
     xc, gc = x.to(cd), g.to(cd)
     t = fast_tanh(alpha.to(cd) * xc)
     gz = gc * weight.to(cd).view(cshape) * (1.0 - t * t)
-    return ((gz * alpha.to(cd)).to(x.dtype), (gz * xc).sum().view(1), None,
-            (gc * t).sum(dims), gc.sum(dims))
+    return ((gz * alpha.to(cd)).to(x.dtype), (gz * xc).sum(dim).sum().view(1), None,
+            (gc * t).sum(dim).sum(0), gc.sum(dim).sum(0))
 
 
 def _erf_forward(x, alpha, shift, weight, bias, layout: str, out_dtype: torch.dtype):
@@ -78,13 +91,13 @@ def _erf_forward(x, alpha, shift, weight, bias, layout: str, out_dtype: torch.dt
     return (torch.erf(z) * weight.view(cshape) + bias.view(cshape)).to(out_dtype)
 
 
-def _erf_backward(g, x, alpha, shift, weight, layout: str):
-    cd, cshape, dims = _compute_dtype(x), _channel_shape(layout), _reduce_dims(layout, x)
+def _erf_backward(g, x, alpha, shift, weight, layout: str, dim: int):
+    cd, cshape = _compute_dtype(x), _channel_shape(layout)
     xc, gc = x.to(cd), g.to(cd)
     z = alpha.to(cd) * xc + shift.to(cd)
     gz = gc * weight.to(cd).view(cshape) * (_TWO_OVER_SQRT_PI * torch.exp(-z * z))
-    return ((gz * alpha.to(cd)).to(x.dtype), (gz * xc).sum().view(1), gz.sum().view(1),
-            (gc * torch.erf(z)).sum(dims), gc.sum(dims))
+    return ((gz * alpha.to(cd)).to(x.dtype), (gz * xc).sum(dim).sum().view(1), gz.sum(dim).sum().view(1),
+            (gc * torch.erf(z)).sum(dim).sum(0), gc.sum(dim).sum(0))
 
 
 _compiled: dict[str, object] = {}
@@ -112,7 +125,10 @@ def forward(fn: str, x, alpha, shift, weight, bias, layout: str, out_dtype: torc
 
 def backward(fn: str, g, x, alpha, shift, weight, layout: str):
     """One pass recomputing ``fn`` from ``x``: grads of x, alpha, shift (erf only), weight, bias."""
+    (xb, dim), (gb, _) = _backward_view(x, layout), _backward_view(g, layout)
     with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
         if fn == "tanh":
-            return _kernel("tanh_bwd", _tanh_backward)(g, x, alpha, weight, layout)
-        return _kernel("erf_bwd", _erf_backward)(g, x, alpha, shift, weight, layout)
+            out = _kernel("tanh_bwd", _tanh_backward)(gb, xb, alpha, weight, layout, dim)
+        else:
+            out = _kernel("erf_bwd", _erf_backward)(gb, xb, alpha, shift, weight, layout, dim)
+    return (out[0].view(x.shape), *out[1:])
