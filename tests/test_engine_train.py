@@ -15,6 +15,7 @@ import torch
 
 from dyt.engine import PREEMPTED_EXIT_CODE, NonFiniteLossError, Trainer, load_checkpoint
 from dyt.engine.checkpoint import latest_checkpoint
+from dyt.engine.sampler import seed_all
 from tests.engine_helpers import DigitsTask, make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +72,20 @@ def test_grad_accumulation_matches_a_larger_batch(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     assert not torch.equal(a["head.weight"], load_checkpoint(tmp_path / "a")["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_clipping_and_time_based_checkpoints(tmp_path):
+    fit(tmp_path / "free", "trainer.max_steps=3")
+    fit(tmp_path / "clipped", "trainer.max_steps=3", "trainer.clip_grad=1e-12", "trainer.ckpt_every_minutes=0",
+        "trainer.keep_checkpoints=5")
+    # ckpt_every_minutes=0: the timer is due after every step.
+    assert sorted(p.name for p in (tmp_path / "clipped" / "checkpoints").glob("step_*")) == \
+        ["step_00000001.pt", "step_00000002.pt", "step_00000003.pt"]
+    seed_all(0)  # the initial weights of fit() with seed 0
+    init = DigitsTask(make_cfg(tmp_path)).build_model().state_dict()
+    moved = {name: (load_checkpoint(tmp_path / name)["model"]["head.weight"] - init["head.weight"]).abs().max()
+             for name in ("free", "clipped")}
+    assert moved["clipped"] < 1e-2 * moved["free"]  # gradients ~1e-12 are swamped by AdamW's eps 1e-8
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
