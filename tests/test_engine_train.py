@@ -88,6 +88,14 @@ def test_clipping_and_time_based_checkpoints(tmp_path):
     assert moved["clipped"] < 1e-2 * moved["free"]  # gradients ~1e-12 are swamped by AdamW's eps 1e-8
 
 
+def test_results_do_not_depend_on_num_workers(tmp_path):
+    args = ("trainer.max_steps=4", "task.noise=0.2")  # noise: item-level randomness
+    fit(tmp_path / "w0", *args, "trainer.num_workers=0")
+    fit(tmp_path / "w2", *args, "trainer.num_workers=2")
+    a, b = (load_checkpoint(tmp_path / n)["model"] for n in ("w0", "w2"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match="at step 5 .*step_00000003.pt"):
