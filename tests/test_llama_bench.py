@@ -1,0 +1,68 @@
+"""The paper's latency benchmark (scripts/bench/llama_norm_latency.py): norm-layer time is measured."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts/bench/llama_norm_latency.py"
+spec = importlib.util.spec_from_file_location("llama_norm_latency", SCRIPT)
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+PAUSE = 0.01
+
+
+class _SlowBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        time.sleep(PAUSE)
+        return grad
+
+
+class SlowNorm(nn.Module):
+    """A stand-in norm that spends PAUSE seconds in its forward and PAUSE in its backward."""
+
+    def forward(self, x):
+        time.sleep(PAUSE)
+        return _SlowBackward.apply(x)
+
+
+def test_layer_time_counts_forward_and_backward_inside_the_layer_only():
+    clock = bench.NormClock(torch.device("cpu"))
+    layer = bench.TimedNorm(SlowNorm(), clock)
+    x = torch.randn(4, 8, requires_grad=True)
+    layer(x).sum().backward()  # disabled: nothing recorded
+    assert clock.seconds() == 0.0
+    clock.enabled = True
+    y = layer(x)
+    time.sleep(3 * PAUSE)  # time outside the layer, between forward and backward
+    (y * 2).sum().backward()
+    assert 2 * PAUSE <= clock.seconds() < 2 * PAUSE + 0.02
+    assert torch.equal(x.grad, torch.full_like(x, 3.0))  # the markers leave gradients unchanged
+
+
+def test_identity_rows_replace_every_norm():
+    clock = bench.NormClock(torch.device("cpu"))
+    model = bench.build("llama_tiny", "identity", "eager", torch.float32, torch.device("cpu"), clock)
+    timed = [m for m in model.modules() if isinstance(m, bench.TimedNorm)]
+    assert len(timed) == 2 * 2 + 1 and all(isinstance(m.inner, nn.Identity) for m in timed)
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "dyt"])
+def test_benchmark_reports_model_and_layer_time(norm):
+    rows = bench.main(["--model", "llama_tiny", "--seq-len", "32", "--iters", "2", "--warmup", "1",
+                       "--modes", "eager", "--norms", norm])
+    row = rows[0]
+    assert row["norm"] == norm and row["device"] == "cpu"
+    for kind in ("inference", "training"):
+        assert 0 < row[f"{kind}_layer_s"] < row[f"{kind}_model_s"] * 2  # a separate, instrumented run
