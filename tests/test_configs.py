@@ -1,0 +1,88 @@
+"""Every recipe composes, names valid choices, and builds its model (on the meta device for big ones)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from dyt.cli import build_task
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+EXPERIMENTS = sorted(
+    str(p.relative_to(CONFIGS / "experiment").with_suffix(""))
+    for p in (CONFIGS / "experiment").rglob("*.yaml") if "base" not in p.relative_to(CONFIGS / "experiment").parts
+)
+NORMS = sorted(p.stem for p in (CONFIGS / "norm").glob("*.yaml"))
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        return compose("train", overrides=list(overrides))
+
+
+def test_there_are_paper_recipes():
+    assert {"paper/vit_b_in1k", "paper/vit_l_in1k", "paper/convnext_b_in1k", "paper/convnext_l_in1k"} <= set(
+        EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("norm", ["layernorm", "dyt"])
+def test_experiment_composes_and_builds_on_meta(experiment, norm):
+    cfg = _compose(f"experiment={experiment}", f"norm={norm}")
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    assert cfg.norm.name == norm
+    assert norm in cfg.run_dir and str(cfg.experiment_name) in cfg.run_dir
+    task = build_task(cfg)
+    with torch.device("meta"):
+        model = task.build_model()
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_every_norm_config_builds_the_quickstart_model(norm):
+    cfg = _compose(f"norm={norm}")
+    model = build_task(cfg).build_model()
+    x = torch.randn(2, cfg.data.in_chans, cfg.data.img_size, cfg.data.img_size)
+    assert model(x).shape == (2, cfg.data.num_classes)
+
+
+def test_table1_recipes_match_the_paper():
+    """paper.md Sec. 8, ImageNet row: the numbers that make the Table 1 recipe."""
+    expected_drop_path = {"vit_b": 0.1, "vit_l": 0.4, "convnext_b": 0.5, "convnext_l": 0.5}
+    for model, drop_path in expected_drop_path.items():
+        cfg = _compose(f"experiment=paper/{model}_in1k", "norm=dyt")
+        assert cfg.model.name == model and cfg.model.drop_path_rate == drop_path
+        assert (cfg.optim.lr, cfg.optim.lr_batch_size, cfg.optim.weight_decay) == (4e-3, 4096, 0.05)
+        assert tuple(cfg.optim.betas) == ((0.9, 0.95) if model == "vit_l" else (0.9, 0.999))
+        assert cfg.optim.schedule.warmup_epochs == 20 and cfg.optim.schedule.min_lr == 1e-6
+        assert (cfg.trainer.epochs, cfg.trainer.ema_decay, cfg.trainer.clip_grad) == (300, 0.9999, None)
+        assert cfg.trainer.batch_size * 64 == 4096, "64 per GPU on 64 GPUs"
+        assert (cfg.task.mixup, cfg.task.cutmix, cfg.task.label_smoothing) == (0.8, 1.0, 0.1)
+        assert (cfg.data.auto_augment, cfg.data.reprob, cfg.data.color_jitter) == ("rand-m9-mstd0.5-inc1", 0.25, 0.4)
+        if model.startswith("vit"):
+            assert cfg.model.global_pool == "avg"
+        assert cfg.paper_ref.table == "table1" and cfg.paper_ref.row == model
+
+
+def test_unknown_choices_fail_listing_the_valid_ones():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="dyt"):
+        _compose("norm=batchnorm")
+    with pytest.raises(MissingConfigException, match="vit_b"):
+        _compose("model=vit_huge")
+
+
+def test_unknown_norm_option_fails_at_build_time():
+    cfg = _compose("norm=dyt", "+norm.alpha=0.3")
+    with pytest.raises(ValueError, match="valid options are"):
+        build_task(cfg).build_model()
+
+
+def test_ablation_norms_get_their_own_run_dir():
+    assert "/dyt_hardtanh/" in _compose("norm=dyt_hardtanh").run_dir
+    assert _compose("norm=dyt_hardtanh").norm.squash == "hardtanh"
