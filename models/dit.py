@@ -284,6 +284,6 @@ def dit_xl8(norm=None, **kwargs): return _dit("xl", 8, norm, **kwargs)
 
 @register_model
 def dit_tiny(norm=None, **kwargs):
-    """8x8 one-channel pixels (scikit-learn digits), 16 tokens of 2x2 patches, 4 blocks of width 96."""
-    return DiT(**{"input_size": 8, "patch_size": 2, "in_channels": 1, "hidden_size": 96, "depth": 4,
+    """8x8 one-channel pixels (scikit-learn digits), 16 tokens of 2x2 patches, 4 blocks of width 64."""
+    return DiT(**{"input_size": 8, "patch_size": 2, "in_channels": 1, "hidden_size": 64, "depth": 4,
                   "num_heads": 4, "num_classes": 10, "norm": norm, **kwargs})

