@@ -88,3 +88,21 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(stdlib_cfg, tmp
     cfg = text_cfg(tmp_path, tokenizer=trained, vocab_size=100)
     with pytest.raises(ValueError, match="vocab_size"):
         build_text_dataset(cfg, "val")
+
+
+def test_pretokenize_script_builds_the_files_training_reads(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts/pretokenize.py"
+    spec = importlib.util.spec_from_file_location("pretokenize", script)
+    pretokenize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretokenize)
+    args = [f"data.cache_dir={tmp_path}", "data.vocab_size=300", "data.max_docs=5", "data.tokenizer_train_docs=5"]
+    pretokenize.main(args)
+    built = sorted(p.name for p in tmp_path.rglob("*.bin"))
+    assert built == ["train.bin", "val.bin"]
+    pretokenize.main(args)
+    assert capsys.readouterr().out.count("exists, skipped") == 2
+    cfg = text_cfg(tmp_path, max_docs=5, tokenizer_train_docs=5)  # what training composes
+    assert build_text_dataset(cfg, "train").path.parent == next(tmp_path.rglob("train.bin")).parent
