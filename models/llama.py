@@ -153,7 +153,7 @@ class Llama(nn.Module):
         self.dim, self.n_heads, self.vocab_size = dim, n_heads, vocab_size
         self.n_kv_heads = n_kv_heads or n_heads
         self.hidden_dim = hidden_dim or ffn_hidden_dim(dim, multiple_of)
-        self.rope_theta, self.init_std = rope_theta, init_std
+        self.rope_theta, self.eps, self.init_std = rope_theta, eps, init_std
 
         # LLaMA-2's RMSNorm has eps 1e-5 and no bias; DyT keeps "no bias" (paper.md Sec. 1).
         attn_alpha, other_alpha = alpha_init_for_width(dim)
@@ -239,13 +239,13 @@ def from_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
                    [(hf, ours) for ours, hf in _HF_NAMES], "from_hf_state_dict")
 
 
-def hf_config(model: Llama, eps: float = 1e-5):
-    """The ``transformers.LlamaConfig`` describing ``model``'s shapes (untied head, RoPE theta)."""
+def hf_config(model: Llama):
+    """The ``transformers.LlamaConfig`` describing ``model``'s shapes (untied head, RoPE theta, eps)."""
     from transformers import LlamaConfig
 
     return LlamaConfig(vocab_size=model.vocab_size, hidden_size=model.dim, intermediate_size=model.hidden_dim,
                        num_hidden_layers=len(model.layers), num_attention_heads=model.n_heads,
-                       num_key_value_heads=model.n_kv_heads, rms_norm_eps=eps, rope_theta=model.rope_theta,
+                       num_key_value_heads=model.n_kv_heads, rms_norm_eps=model.eps, rope_theta=model.rope_theta,
                        tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
 
 
