@@ -138,3 +138,35 @@ def test_bad_sizes_are_explained():
         dit.DiT(input_size=10, patch_size=4, hidden_size=32, depth=1, num_heads=2)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         dit.DiT(input_size=8, patch_size=2, hidden_size=36, depth=1, num_heads=5)
+
+
+def test_matches_diffusers_dit_with_mapped_weights():
+    """Parity with diffusers' DiTTransformer2DModel. diffusers gives every block its own copy of the
+    timestep/class embedder (shared/notes/environment.md), so ours is copied into each; and its timestep
+    frequencies divide by ``half - 1`` (``downscale_freq_shift=1``) where DiT divides by ``half``, so the
+    test sets that shift to 0, i.e. to DiT's formula."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    ours = dit.DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=10,
+                   zero_init_adaln=False, norm="layernorm").eval()
+    ref = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
+                                          num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10,
+                                          norm_eps=1e-6).eval()
+    pairs = [(ref.pos_embed.proj, ours.x_embedder), (ref.proj_out_1, ours.final_layer.adaLN_modulation[1]),
+             (ref.proj_out_2, ours.final_layer.linear)]
+    for rb, b in zip(ref.transformer_blocks, ours.blocks):
+        emb = rb.norm1.emb
+        emb.time_proj.downscale_freq_shift = 0
+        pairs += [(emb.timestep_embedder.linear_1, ours.t_embedder.mlp[0]),
+                  (emb.timestep_embedder.linear_2, ours.t_embedder.mlp[2]),
+                  (emb.class_embedder.embedding_table, ours.y_embedder.embedding_table),
+                  (rb.norm1.linear, b.adaLN_modulation[1]), (rb.attn1.to_out[0], b.attn.proj),
+                  (rb.ff.net[0].proj, b.mlp.fc1), (rb.ff.net[2], b.mlp.fc2)]
+        for part, w, bias in zip((rb.attn1.to_q, rb.attn1.to_k, rb.attn1.to_v), b.attn.qkv.weight.chunk(3),
+                                 b.attn.qkv.bias.chunk(3)):
+            part.load_state_dict({"weight": w, "bias": bias})
+    for target, source in pairs:
+        target.load_state_dict(source.state_dict())
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([3, 801]), torch.tensor([7, 10])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, t, y), ref(x, timestep=t, class_labels=y).sample, atol=1e-5, rtol=1e-5)
