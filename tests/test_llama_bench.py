@@ -15,7 +15,8 @@ spec = importlib.util.spec_from_file_location("llama_norm_latency", SCRIPT)
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
-PAUSE = 0.01
+PAUSE = 0.01  # inside the layer, forward and backward
+GAP = 0.3     # outside the layer, between forward and backward
 
 
 class _SlowBackward(torch.autograd.Function):
@@ -45,9 +46,9 @@ def test_layer_time_counts_forward_and_backward_inside_the_layer_only():
     assert clock.seconds() == 0.0
     clock.enabled = True
     y = layer(x)
-    time.sleep(3 * PAUSE)  # time outside the layer, between forward and backward
+    time.sleep(GAP)
     (y * 2).sum().backward()
-    assert 2 * PAUSE <= clock.seconds() < 2 * PAUSE + 0.02
+    assert 2 * PAUSE <= clock.seconds() < 2 * PAUSE + GAP / 2  # slack for sleeps overshooting on a busy machine
     assert torch.equal(x.grad, torch.full_like(x, 3.0))  # the markers leave gradients unchanged
 
 
