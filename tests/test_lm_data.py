@@ -106,3 +106,10 @@ def test_pretokenize_script_builds_the_files_training_reads(tmp_path, capsys):
     assert capsys.readouterr().out.count("exists, skipped") == 2
     cfg = text_cfg(tmp_path, max_docs=5, tokenizer_train_docs=5)  # what training composes
     assert build_text_dataset(cfg, "train").path.parent == next(tmp_path.rglob("train.bin")).parent
+
+
+def test_local_files_refuse_a_named_validation_split(tmp_path):
+    (tmp_path / "a.txt").write_text("some text\n")
+    cfg = text_cfg(tmp_path / "cache", source=str(tmp_path / "a.txt"), val_split="validation")
+    with pytest.raises(ValueError, match="val_split=null"):
+        list(iter_documents(cfg, "val"))

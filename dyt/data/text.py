@@ -5,7 +5,8 @@ Sources (``data.source``):
   sources (code, comments and docstrings), one document per file; test packages and ``encodings``
   (1.4 MB of generated codec tables) are left out, ~10.7 MB remain.
 - a Hugging Face ``datasets`` hub id (streamed; the paper used The Pile), or
-- local files: a ``.parquet`` / ``.jsonl`` / ``.json`` / ``.txt`` file, a glob, or a directory of them.
+- local files: a ``.parquet`` / ``.jsonl`` / ``.json`` / ``.txt`` file, a glob, or a directory of them
+  (``val_split: null``: the validation documents are held out by a hash of their position).
 
 Tokenizer (``data.tokenizer``): a ``tokenizer.json`` path, a local directory or a hub id loaded with
 ``transformers`` (the paper used the Llama-2 tokenizer), or null: a byte-level BPE of ``data.vocab_size``
@@ -86,9 +87,12 @@ def _hf_documents(cfg: Any, split: str) -> Iterator[str]:
     hf_split = cfg.train_split if split == "train" or cfg.val_split is None else cfg.val_split
     is_local = Path(source).expanduser().exists() or any(ch in source for ch in "*?")
     if is_local:
+        if cfg.val_split is not None:
+            raise ValueError(f"data.source={source!r} is local files, which have no named splits: set "
+                             f"data.val_split=null (data.val_fraction of the documents is held out)")
         files = _local_files(source)
-        ds = datasets.load_dataset(LOCAL_BUILDERS[Path(files[0]).suffix], data_files={hf_split: files},
-                                   split=hf_split)
+        ds = datasets.load_dataset(LOCAL_BUILDERS[Path(files[0]).suffix], data_files={"train": files},
+                                   split="train")
     else:
         ds = datasets.load_dataset(source, cfg.get("hf_config"), split=hf_split, streaming=True)
     for i, row in enumerate(ds):
