@@ -222,9 +222,11 @@ class OffsetRMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * (1 + self.weight)
 
 
-def test_a_look_alike_norm_that_computes_something_else_is_refused():
-    with pytest.raises(ValueError, match=r"cannot convert 0 \(OffsetRMSNorm\): a probe shows"):
-        dyt.convert(nn.Sequential(OffsetRMSNorm(8)), "dyt")
+def test_a_look_alike_norm_that_computes_something_else_is_refused_and_nothing_changes():
+    model = nn.Sequential(nn.LayerNorm(8), OffsetRMSNorm(8))
+    with pytest.raises(ValueError, match=r"cannot convert 1 \(OffsetRMSNorm\): a probe shows"):
+        dyt.convert(model, "dyt")
+    assert isinstance(model[0], nn.LayerNorm)
 
 
 def test_a_norm_over_several_dimensions_is_refused():
@@ -237,5 +239,7 @@ def test_bad_options_raise_the_factorys_error():
         dyt.convert(timm_vit(), "dyt", shift_init=0.1)
     with pytest.raises(ValueError, match="unknown norm 'tanh'"):
         dyt.convert(timm_vit(), "tanh")
+    model = timm_vit()
     with pytest.raises(ValueError, match=r"site\(s\) \['blocks.norm3'\]"):
-        dyt.convert(timm_vit(), "dyt", sites={"blocks.norm3": {"alpha_init": 0.1}})
+        dyt.convert(model, "dyt", sites={"blocks.norm3": {"alpha_init": 0.1}})
+    assert not modules_of(model, DyT)  # a typo in sites converts nothing

@@ -2,7 +2,7 @@
 
     report = dyt.convert(model, to="dyt")                      # every LayerNorm / RMSNorm -> DyT
     report = dyt.convert(model, to="derf")
-    report = dyt.convert(llama, to="dyt", sites={              # LLaMA's per-position alpha (paper Table 10)
+    report = dyt.convert(llama, to="dyt", sites={              # LLaMA-7B alpha, attention / other (Table 10)
         "model.layers.input_layernorm": {"alpha_init": 0.8},
         "model.layers.post_attention_layernorm": {"alpha_init": 0.2},
         "model.norm": {"alpha_init": 0.2}})
@@ -28,6 +28,9 @@ modules for that behaviour.
 Each module's *site* is its qualified name without layer indices (``blocks.norm1``, ``stem``,
 ``model.layers.input_layernorm``), so ``sites=`` sets options for every layer at one position, as
 ``norm.sites`` does for the models of this library.
+
+Only norms change: the paper's LLaMA also adds a learnable sqrt(d) scalar after the embedding (App. A),
+which ``convert`` does not (models/llama.py builds it).
 
 BatchNorm is refused: the paper (App. D, Table 16) found DyT does not replace it (ResNet-50 top-1
 76.2% -> 68.9%, VGG19 72.7% -> 71.0%).
@@ -196,23 +199,25 @@ def convert(model: nn.Module, to: str | Mapping[str, Any] = "dyt", **options: An
 
     Raises:
         ValueError: the model has BatchNorm; a name-matched norm does not compute LayerNorm/RMSNorm as
-            expected; no module was replaced; an option or site is unknown.
+            expected; there is nothing to replace; an option or site is unknown. The model is then
+            left unchanged.
     """
     config = {"name": to, **options} if isinstance(to, str) else {**to, **options}
     factory = build_norm_factory(config)
     _refuse_batchnorm(model)
     report = ConversionReport(to=factory.name)
-    replaced: dict[int, nn.Module] = {}  # a norm shared by several parents stays shared
+    built: dict[int, nn.Module] = {}  # a norm shared by several parents stays shared
+    plan: list[tuple[nn.Module, str, nn.Module]] = []  # applied only once every replacement is built
 
     def visit(parent: nn.Module, prefix: str) -> None:
         for name, child in parent.named_children():
             qualified = f"{prefix}{name}"
-            if id(child) in replaced:
-                setattr(parent, name, replaced[id(child)])
+            if id(child) in built:
+                plan.append((parent, name, built[id(child)]))
             elif _is_candidate(child):
                 site = _site(qualified)
-                replaced[id(child)] = new = _replacement(child, parent, site, factory, qualified)
-                setattr(parent, name, new)
+                built[id(child)] = _replacement(child, parent, site, factory, qualified)
+                plan.append((parent, name, built[id(child)]))
                 report.by_type[type(child).__name__] += 1
                 report.by_site[site] += 1
             else:
@@ -225,4 +230,6 @@ def convert(model: nn.Module, to: str | Mapping[str, Any] = "dyt", **options: An
         raise ValueError(f"convert found no LayerNorm- or RMSNorm-family module in {type(model).__name__} "
                          "to replace" + (f"; its other norm modules are: {', '.join(others)}" if others else ""))
     factory.check_sites_used()
+    for parent, name, new in plan:
+        setattr(parent, name, new)
     return report
