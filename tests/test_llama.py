@@ -165,3 +165,18 @@ def test_paper_experiments_compose_and_build_on_meta(experiment, norm):
     with torch.device("meta"):
         m = models.create_model(cfg.model, norm=cfg.norm)
     assert m.vocab_size == 32000 and (m.embed_scale is not None) == (norm == "dyt")
+
+
+def test_activation_checkpointing_of_the_blocks_keeps_gradients():
+    from dyt.engine.distributed import apply_activation_checkpointing
+
+    torch.manual_seed(0)
+    plain = models.create_model("llama_tiny", norm={"name": "dyt", "impl": "eager"})
+    checkpointed = models.create_model("llama_tiny", norm={"name": "dyt", "impl": "eager"})
+    checkpointed.load_state_dict(plain.state_dict())
+    apply_activation_checkpointing(checkpointed)
+    tokens = torch.randint(0, 512, (2, 16))
+    for m in (plain, checkpointed):
+        m(tokens).logsumexp(-1).mean().backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
