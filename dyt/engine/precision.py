@@ -10,12 +10,17 @@ import torch
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` on CUDA, ``fp32`` elsewhere; other values are checked and returned."""
+def resolve_precision(precision: str, device: torch.device, tf32: bool = True) -> str:
+    """``auto`` -> ``bf16`` on CUDA, ``fp32`` elsewhere; other values are checked and returned.
+    On CUDA, ``tf32`` lets fp32 matmuls and convolutions use TF32 (the paper's ImageNet runs: AMP off,
+    TF32 on)."""
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        precision = "bf16" if device.type == "cuda" else "fp32"
     if precision not in PRECISIONS:
         raise ValueError(f"unknown trainer.precision {precision!r}; valid choices are: auto, {', '.join(PRECISIONS)}")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
     return precision
 
 

@@ -122,7 +122,7 @@ class Trainer:
     def _build(self, task: Any, env: DistEnv) -> None:
         cfg, tc = self.cfg, self.tc
         self.env, self.task = env, task
-        self.precision = resolve_precision(tc.precision, env.device)
+        self.precision = resolve_precision(tc.precision, env.device, tc.get("tf32", True))
         self.config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         seed_all(cfg.seed)  # identical initial weights on every rank
         model = task.build_model().to(env.device)
