@@ -14,7 +14,7 @@ whose class name contains ``LayerNorm`` or ``RMSNorm`` (timm's ``RmsNorm``/``Rms
 Face's ``LlamaRMSNorm``, T5's RMS ``T5LayerNorm``, ...). A name is only a candidate: before a module is
 replaced, a numeric probe checks that it computes LayerNorm or RMSNorm over its channels, scaled by its
 own ``weight`` (plus ``bias``), in the layout we inferred (channels-first when the class says so:
-``layout`` attribute, or ``2d``/``3d`` in its name). A candidate that fails (Gemma's ``(1 + weight)``
+``layout`` attribute, or a name ending in ``2d``/``3d`` as timm's). A candidate that fails (Gemma's ``(1 + weight)``
 RMSNorm, a norm fused with an activation, a norm over several dimensions) raises an error naming it,
 rather than being skipped or replaced by something that computes a different function.
 
@@ -51,7 +51,7 @@ from torch import nn
 from dyt.nn.factory import NormFactory, build_norm_factory
 
 _CANDIDATE_NAME = re.compile(r"layernorm|rmsnorm", re.IGNORECASE)
-_CHANNELS_FIRST_NAME = re.compile(r"[23]d", re.IGNORECASE)
+_CHANNELS_FIRST_NAME = re.compile(r"[23]d(fp32)?$", re.IGNORECASE)  # timm: LayerNorm2d, RmsNorm2dFp32, ...
 
 
 @dataclass
