@@ -175,9 +175,10 @@ def fid_for_task(task: Any, model: nn.Module, device: torch.device, run_dir: Pat
     rank = dist.get_rank() if dist.is_initialized() else 0
     metrics: dict[str, float] = {}
     if rank == 0:
-        grid = samples[:f.grid_rows * model.num_classes]
-        order = np.argsort(np.arange(len(grid)) % model.num_classes, kind="stable")  # one row per class
-        save_grid(grid[order], run_dir / "samples_grid.png", nrow=f.grid_rows, scale=f.grid_scale)
+        # One row per class (the first ten classes), grid_per_class samples each; sample i has label i % K.
+        k = model.num_classes
+        shown = [c + j * k for c in range(min(k, 10)) for j in range(f.grid_per_class) if c + j * k < len(samples)]
+        save_grid(samples[shown], run_dir / "samples_grid.png", nrow=f.grid_per_class, scale=f.grid_scale)
         if f.features == "digits":
             extractor, _ = DigitFeatures.fit()
             ref = to_uint8(task.train_data().images)
