@@ -108,6 +108,13 @@ def test_pretokenize_script_builds_the_files_training_reads(tmp_path, capsys):
     assert build_text_dataset(cfg, "train").path.parent == next(tmp_path.rglob("train.bin")).parent
 
 
+def test_local_text_files_are_one_document_each(tmp_path):
+    for i in range(3):
+        (tmp_path / f"doc{i}.txt").write_text(f"line one of {i}\nline two\n")
+    cfg = text_cfg(tmp_path / "cache", source=str(tmp_path / "*.txt"), val_fraction=0.0)
+    assert list(iter_documents(cfg, "train")) == [f"line one of {i}\nline two\n" for i in range(3)]
+
+
 def test_local_files_refuse_a_named_validation_split(tmp_path):
     (tmp_path / "a.txt").write_text("some text\n")
     cfg = text_cfg(tmp_path / "cache", source=str(tmp_path / "a.txt"), val_split="validation")

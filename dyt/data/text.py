@@ -91,8 +91,9 @@ def _hf_documents(cfg: Any, split: str) -> Iterator[str]:
             raise ValueError(f"data.source={source!r} is local files, which have no named splits: set "
                              f"data.val_split=null (data.val_fraction of the documents is held out)")
         files = _local_files(source)
-        ds = datasets.load_dataset(LOCAL_BUILDERS[Path(files[0]).suffix], data_files={"train": files},
-                                   split="train")
+        builder = LOCAL_BUILDERS[Path(files[0]).suffix]
+        by_file = {"sample_by": "document"} if builder == "text" else {}  # a .txt file is one document
+        ds = datasets.load_dataset(builder, data_files={"train": files}, split="train", **by_file)
     else:
         ds = datasets.load_dataset(source, cfg.get("hf_config"), split=hf_split, streaming=True)
     for i, row in enumerate(ds):
