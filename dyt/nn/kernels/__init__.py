@@ -1,9 +1,10 @@
 """Fused point-wise norms: ``weight * f(alpha * x [+ shift]) + bias`` with ``f`` = tanh (DyT) or erf (Derf).
 
-One autograd function serves both devices. Its forward is one pass over ``x``; its backward is one
-pass that recomputes ``f`` from the saved input (only ``x``, ``alpha``, ``shift`` and ``weight`` are
-saved, never ``f(z)`` or another activation-sized intermediate) and yields the gradients of ``x``,
-``alpha`` (a reduction over every element), ``shift``, ``weight`` and ``bias``.
+One autograd function serves both devices. Its forward is one pass over ``x``; its backward
+recomputes ``f`` from the saved input (only ``x``, ``alpha``, ``shift`` and ``weight`` are saved, never
+``f(z)`` or another activation-sized intermediate) and yields the gradients of ``x``, ``alpha`` (a
+reduction over every element), ``shift``, ``weight`` and ``bias``. On CUDA the backward is one pass;
+on CPU Inductor splits it into two loops (``grad_x``, then all the reductions together).
 
 Backends: CPU through TorchInductor (``kernels.cpu``), CUDA through Triton (``kernels.cuda``,
 channels_last only). ``fused_supported`` says whether one serves a given input; ``DyT``/``Derf`` fall

@@ -2,8 +2,10 @@
 
 Why: on CPU ``torch.tanh`` is expensive (Sleef's accurate tanh), so plain DyT costs ~10x a LayerNorm
 and even compiled ~3.7x (``notes/environment.md``). Here tanh is a rational function that Inductor
-vectorizes into a handful of multiply-adds and one division per vector, and each of forward and
-backward is one compiled loop over the input. Nothing is shipped as a binary: Inductor writes and
+vectorizes into a handful of multiply-adds and one division per vector. The forward is one
+compiled loop over the input; for the backward Inductor emits two (``grad_x`` and ``tanh``, then the
+``alpha``/``weight``/``bias`` reductions over blocks of rows), which is why it still costs more than
+LayerNorm's backward (``scripts/bench/norms.py``). Nothing is shipped as a binary: Inductor writes and
 compiles the C++ on first use and caches it (``TORCHINDUCTOR_CACHE_DIR``, default under /tmp).
 
 Compilation is per (function, dtype, rank) with symbolic sizes (``dynamic=True``), so a new batch
