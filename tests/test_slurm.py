@@ -53,10 +53,10 @@ def _cluster_problem() -> str | None:
     if shutil.which("sinfo") is None:
         return "no SLURM client (sinfo) on PATH; start a cluster with `sudo scripts/ci/slurm_up.sh`"
     try:
-        info = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
-        acct = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, text=True, timeout=20)
+        info = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+        acct = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, text=True, timeout=10)
     except subprocess.TimeoutExpired:
-        return "the SLURM controller does not answer within 20 s; restart it with scripts/ci/slurm_up.sh"
+        return "the SLURM controller does not answer within 10 s; restart it with scripts/ci/slurm_up.sh"
     if info.returncode != 0:
         return f"the SLURM cluster is down (sinfo: {info.stderr.strip()}); start it with scripts/ci/slurm_up.sh"
     if not {"idle", "mixed", "allocated"} & set(info.stdout.split()):
