@@ -132,3 +132,20 @@ def test_paper_recipes_compose():
         assert cfg.model.name == model and cfg.optim.lr == 4e-4 and cfg.optim.weight_decay == 0
         assert cfg.trainer.ema_decay == 0.9999 and cfg.task.sample_steps == 250 and cfg.model.num_classes == 1000
         assert cfg.optim.schedule.name == "constant" and cfg.trainer.epochs == 80
+
+
+@pytest.mark.slow
+def test_eval_extra_writes_samples_grid_and_fid(tmp_path):
+    from dyt.cli import build_task
+
+    cfg = _digits_cfg("layernorm")
+    cfg.task.sample_steps, cfg.task.fid.num_samples, cfg.task.fid.chunk_size = 2, 30, 10
+    cfg.task.fid.batch_size, cfg.task.fid.grid_per_class = 10, 2
+    task = build_task(cfg)
+    torch.manual_seed(0)
+    model = task.build_model()
+    metrics = task.eval_extra(model, torch.device("cpu"), tmp_path)
+    assert metrics["fid_num_samples"] == 30 and metrics["fid"] > 0
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [f"chunk_0000{k}.npy" for k in range(3)]
+    assert (tmp_path / "samples_grid.png").is_file()
+    assert model.training  # restored after sampling in eval mode
