@@ -23,8 +23,9 @@ def train(cfg: DictConfig) -> float | None:
     """Train (or resume) the configured run; print and return its final metrics' headline number."""
     from dyt.engine import Trainer
 
-    metrics = Trainer(cfg).fit(build_task(cfg))
-    if metrics:
+    trainer = Trainer(cfg)
+    metrics = trainer.fit(build_task(cfg))
+    if metrics and trainer.env.is_main:
         print(f"final metrics ({cfg.run_dir}): {json.dumps(metrics, sort_keys=True)}", flush=True)
     return _headline(metrics)
 
