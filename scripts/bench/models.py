@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="more LLaMA sizes and bigger batches")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="bf16: autocast")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the median is reported")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     memory_kind = "peak allocated" if device.type == "cuda" else "saved activations"
