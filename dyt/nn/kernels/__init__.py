@@ -30,6 +30,10 @@ FUNCTIONS = ("tanh", "erf")
 IMPLS = ("auto", "fused", "eager")
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _broken: dict[str, str] = {}  # device type -> why its backend failed
+# Devices whose fused kernel "auto" picks. The Triton (CUDA) kernels pass their tests under Triton's
+# CPU interpreter but have not yet been validated on a GPU: until they are, CUDA users opt in with
+# impl="fused" (tests/test_fused.py -m gpu and scripts/bench/norms.py --device cuda check them).
+AUTO_DEVICES = ("cpu",)
 
 
 def _cuda_backend():
@@ -132,12 +136,12 @@ def fused_or_none(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor | N
     """The module-level policy of ``DyT``/``Derf``: the fused result, or ``None`` for "run the plain path".
 
     Plain runs for ``impl="eager"``, empty inputs, a backend that failed to build, and (with
-    ``impl="auto"``) inputs no kernel serves; ``impl="fused"`` raises for those instead. Inside
+    ``impl="auto"``) devices outside ``AUTO_DEVICES`` and inputs no kernel serves; ``impl="fused"`` raises for those instead. Inside
     ``torch.compile`` the caller's graph is left to the compiler (DyT then uses ``fast_tanh`` so
     Inductor fuses a cheap tanh into it).
     """
     if impl == "eager" or x.numel() == 0 or torch.compiler.is_compiling() or x.device.type in _broken:
         return None  # a backend that failed to build has already warned
-    if impl == "auto" and not fused_supported(x, layout):
+    if impl == "auto" and (x.device.type not in AUTO_DEVICES or not fused_supported(x, layout)):
         return None
     return fused_pointwise(x, alpha, weight, bias, fn=fn, layout=layout, shift=shift)
