@@ -71,7 +71,8 @@ class DyT(_PointwiseNorm):
         affine: per-channel ``weight`` (and ``bias``); DiT's norms have none, adaLN supplies them.
         bias: per-channel ``bias``; LLaMA's DyT has none, as its RMSNorm had none.
         impl: ``auto`` (the fused CPU kernel of ``dyt.nn.kernels`` where one serves the input, else plain
-            PyTorch; CUDA's Triton kernel only with ``fused`` until validated on a GPU), ``fused`` (the kernel or an error), ``eager`` (plain PyTorch, exact ``torch.tanh``).
+            PyTorch; CUDA's Triton kernel only with ``fused`` until validated on a GPU), ``fused`` (the
+            kernel or an error), ``eager`` (plain PyTorch, exact ``torch.tanh``).
             Only ``squash="tanh"`` has a kernel.
     """
 

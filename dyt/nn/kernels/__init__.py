@@ -136,7 +136,8 @@ def fused_or_none(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor | N
     """The module-level policy of ``DyT``/``Derf``: the fused result, or ``None`` for "run the plain path".
 
     Plain runs for ``impl="eager"``, empty inputs, a backend that failed to build, and (with
-    ``impl="auto"``) devices outside ``AUTO_DEVICES`` and inputs no kernel serves; ``impl="fused"`` raises for those instead. Inside
+    ``impl="auto"``) devices outside ``AUTO_DEVICES`` and inputs no kernel serves; ``impl="fused"``
+    raises for those instead. Inside
     ``torch.compile`` the caller's graph is left to the compiler (DyT then uses ``fast_tanh`` so
     Inductor fuses a cheap tanh into it).
     """
