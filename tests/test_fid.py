@@ -57,7 +57,7 @@ def test_digit_fid_is_zero_on_itself_and_grows_with_noise():
     g = torch.Generator().manual_seed(0)
     fids = [frechet_distance(*feature_statistics(extract_features(
         net, to_uint8(images + sigma * torch.randn(images.shape, generator=g)))), *ref) for sigma in (0, 0.2, 0.5, 1)]
-    assert fids[0] == pytest.approx(0.0, abs=1e-6)
+    assert fids[0] == pytest.approx(0.0, abs=1e-4)  # eigenvalue round-off of rank-deficient ReLU features
     assert fids[1] < fids[2] < fids[3], fids
 
 
