@@ -37,7 +37,7 @@ def test_cosine_floor_absolute_and_ratio():
 
 def test_quadratic_warmup_and_constant():
     s = LRSchedule(1.0, 100, 10, warmup_shape="quadratic", name="constant")
-    assert [s(i) for i in (0, 4, 9)] == pytest.approx([0.01, 0.25, 1.0])
+    assert [s(i) for i in (0, 4, 9)] == pytest.approx([0.19, 0.75, 1.0]), "fms-fsdp: 1 - (1 - s/w)^2"
     assert s(50) == s(99) == 1.0
 
 

@@ -34,7 +34,8 @@ class LRSchedule:
         total_steps: optimizer steps of the whole run (the cosine reaches its floor there).
         warmup_steps: steps of warmup; lr rises from ``peak_lr / warmup_steps`` at step 0 to ``peak_lr``.
         name: ``cosine`` or ``constant``.
-        warmup_shape: ``linear`` or ``quadratic`` (``peak * ((s+1)/warmup)**2``).
+        warmup_shape: ``linear`` or ``quadratic``: ``peak * (1 - (1 - (s+1)/warmup)**2)``, the warmup of
+            fms-fsdp that the paper's LLaMA runs use (fast at first, flat at the end).
         min_lr: absolute floor of the cosine, or
         min_lr_ratio: the floor as a fraction of ``peak_lr`` (wins over ``min_lr`` when set).
     """
@@ -53,7 +54,7 @@ class LRSchedule:
         """The lr of optimizer step ``step`` (0-based)."""
         if step < self.warmup_steps:
             frac = (step + 1) / self.warmup_steps
-            return self.peak_lr * (frac if self.warmup_shape == "linear" else frac**2)
+            return self.peak_lr * (frac if self.warmup_shape == "linear" else 1.0 - (1.0 - frac) ** 2)
         if self.name == "constant":
             return self.peak_lr
         decay_steps = max(1, self.total_steps - self.warmup_steps)
