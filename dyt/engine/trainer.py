@@ -125,11 +125,8 @@ class Trainer:
         self.precision = resolve_precision(tc.precision, env.device, tc.get("tf32", True))
         self.config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         seed_all(cfg.seed)  # identical initial weights on every rank
-        model = task.build_model().to(env.device)
-        if tc.activation_checkpointing:
-            apply_activation_checkpointing(model)
         self.fsdp = tc.distributed == "fsdp" and env.is_distributed
-        self.wrapped = wrap_model(model, env, tc.distributed)
+        model = self._new_model(task, env)
         self.model = model  # unwrapped; FSDP2 shards it in place
         if tc.compile:
             model.compile()  # in place: state_dict keys stay free of "_orig_mod."
@@ -155,6 +152,30 @@ class Trainer:
         self.wall_before = 0.0  # wall time of earlier sessions of this run
         self.wandb_id: str | None = None
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", env.is_main)
+
+    def _new_model(self, task: Any, env: DistEnv) -> nn.Module:
+        """The task's model on this rank's device, wrapped for DDP / FSDP2 (``self.wrapped``).
+
+        Under FSDP2 a model with ``reset_parameters()`` is built on the meta device, sharded, and only
+        then materialised and initialised shard by shard: no rank ever holds the whole model (LLaMA-2
+        70B is ~276 GB in fp32). Other models are built whole, then sharded."""
+        tc = self.tc
+        model = None
+        if self.fsdp:
+            with torch.device("meta"):
+                model = task.build_model()
+            if not hasattr(model, "reset_parameters"):
+                model = None
+        if model is None:
+            model = task.build_model().to(env.device)
+        if tc.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        self.wrapped = wrap_model(model, env, tc.distributed)
+        if any(p.is_meta for p in model.parameters()):
+            model.to_empty(device=env.device)
+            with torch.no_grad():
+                model.reset_parameters()
+        return model
 
     def _resume(self) -> None:
         """Restore everything from the newest checkpoint, or start afresh when there is none."""
