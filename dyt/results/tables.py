@@ -49,15 +49,16 @@ def _norm_order(norms: set[str]) -> list[str]:
 
 
 def _table(title: str, metric: str, rows: list[tuple[str, dict[str, list[float]], dict[str, Any]]],
-           higher_is_better: bool | None) -> str:
-    """Markdown for ``rows`` of (label, {norm: our values}, {norm: paper value})."""
+           higher_is_better: bool | None, with_paper: bool = True) -> str:
+    """Markdown for ``rows`` of (label, {norm: our values}, {norm: paper value}); ``with_paper=False``
+    leaves out the paper's columns (experiments the paper did not run)."""
     norms = _norm_order({n for _, ours, paper in rows for n in (*ours, *paper)})
     base = next((n for n in BASELINES if n in norms), None)
     header = ["model"]
     for n in norms:
-        header += [f"{n} (ours)", f"{n} (paper)"]
+        header += [f"{n} (ours)", f"{n} (paper)"] if with_paper else [n]
     others = [n for n in norms if n != base] if base else []
-    header += [f"{n} − {base} (ours / paper)" for n in others]
+    header += [f"{n} − {base} (ours / paper)" if with_paper else f"{n} − {base}" for n in others]
     direction = "" if higher_is_better is None else (" (higher is better)" if higher_is_better
                                                      else " (lower is better)")
     lines = [f"### {title}", "", f"Metric: `{metric}`{direction}. Ours: mean ± std over seeds.", "",
@@ -66,11 +67,11 @@ def _table(title: str, metric: str, rows: list[tuple[str, dict[str, list[float]]
         cells = [label]
         means = {n: mean_std(v)[0] for n, v in ours.items() if v}
         for n in norms:
-            cells += [_fmt_ours(ours.get(n, [])), _fmt(paper.get(n))]
+            cells += [_fmt_ours(ours.get(n, []))] + ([_fmt(paper.get(n))] if with_paper else [])
         for n in others:
-            d_ours = means[n] - means[base] if n in means and base in means else None
-            d_paper = paper[n] - paper[base] if n in paper and base in paper else None
-            cells.append(f"{_fmt(d_ours)} / {_fmt(d_paper)}")
+            d_ours = _fmt(means[n] - means[base] if n in means and base in means else None)
+            d_paper = _fmt(paper[n] - paper[base] if n in paper and base in paper else None)
+            cells.append(f"{d_ours} / {d_paper}" if with_paper else d_ours)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -102,7 +103,8 @@ def build_tables(runs: list[Run], paper: dict[str, Any]) -> dict[str, str]:
             label = paper_row.get("label", key) if spec else f"{key} ({group[0].model})"
             rows.append((label, dict(ours), paper_row.get("values", {})))
         title = spec["title"] + f" — {spec['source']}" if spec else "Our experiments (no paper counterpart)"
-        tables[table] = _table(title, metric, rows, spec.get("higher_is_better") if spec else None)
+        tables[table] = _table(title, metric, rows, spec.get("higher_is_better") if spec else None,
+                               with_paper=spec is not None)
     return tables
 
 
