@@ -12,13 +12,7 @@ from dyt.engine import CheckpointError, Trainer, load_checkpoint, load_model_sta
 from dyt.engine import checkpoint as ckpt
 from tests.engine_helpers import DigitsTask, TinyNet, make_cfg
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fit(run_dir: Path, *overrides: str) -> dict:

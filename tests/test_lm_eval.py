@@ -37,13 +37,7 @@ def tokenizer(tmp_path_factory):
     return load_tokenizer(tokenizer_path(cfg))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is much faster than two on a loaded 2-core machine (no spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
