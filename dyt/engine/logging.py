@@ -68,7 +68,7 @@ class WandbRun:
         import wandb
 
         lg = cfg.logger
-        norm, model = cfg.norm.get("name", "norm"), cfg.get("model", {}).get("name", "model")
+        norm, model = cfg.norm.get("tag") or cfg.norm.get("name", "norm"), cfg.get("model", {}).get("name", "model")
         task = str(cfg.get("task", {}).get("_target_", "task")).rsplit(".", 1)[-1]
         tags = [f"model:{model}", f"norm:{norm}", f"seed:{cfg.seed}", f"task:{task}", *lg.get("tags", [])]
         self.run = wandb.init(project=lg.get("project", "dyt"), entity=lg.get("entity"), mode=lg.get("mode"),

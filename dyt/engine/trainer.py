@@ -383,7 +383,7 @@ class Trainer:
     def _results(self) -> dict[str, Any]:
         cfg = self.cfg
         return {**self.eval_metrics, "experiment": cfg.experiment_name, "model": cfg.model.get("name"),
-                "norm": cfg.norm.get("name"), "seed": cfg.seed, "steps": self.step,
+                "norm": cfg.norm.get("tag") or cfg.norm.get("name"), "seed": cfg.seed, "steps": self.step,
                 "epochs": round(self.step / self.steps_per_epoch, 4), "world_size": self.env.world_size,
                 "global_batch": self.global_batch, "wall_time_s": round(self._wall_time(), 2)}
 
