@@ -49,11 +49,11 @@ def test_train_resume_and_evaluate_a_run(tmp_path):
     steps = [r["step"] for r in _metrics(run_dir) if "train/loss" in r]
     assert steps == sorted(steps) and len(set(steps)) == len(steps), "no step is logged twice after resume"
 
-    # eval.py re-evaluates the last checkpoint with the run's own config: it agrees with training's last
-    # evaluation, and results.json keeps that value.
+    # eval.py re-evaluates the last checkpoint with the run's own config and writes its metrics into
+    # results.json: they agree with training's last evaluation.
     final = json.loads((run_dir / "results.json").read_text())
-    out = _run("eval.py", f"run={run_dir}").stdout
-    assert f'"val/top1": {final["val/top1"]}' in out or str(round(final["val/top1"], 4))[:5] in out
+    (run_dir / "results.json").write_text(json.dumps({**final, "val/top1": -1.0}))
+    _run("eval.py", f"run={run_dir}")
     assert json.loads((run_dir / "results.json").read_text())["val/top1"] == pytest.approx(final["val/top1"])
 
 
