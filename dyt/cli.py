@@ -31,8 +31,10 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def _headline(metrics: dict[str, Any] | None) -> float | None:
-    """The number a Hydra sweeper would optimise: the first of the usual headline metrics present."""
-    for key in ("val/top1", "val/loss", "fid"):
+    """The number a Hydra sweeper would optimise: the first headline metric of the tables present."""
+    from dyt.results.tables import HEADLINE
+
+    for key in HEADLINE:
         if metrics and key in metrics:
             return float(metrics[key])
     return None

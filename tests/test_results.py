@@ -53,8 +53,9 @@ def test_table_puts_ours_beside_the_paper_with_mean_std_and_difference(tmp_path)
     _fake_run(tmp_path, "quickstart", "dyt", 0, {"val/top1": 97.5})
     runs = find_runs(tmp_path)
     assert len(runs) == 5, "hydra/.hydra/config.yaml copies are not runs"
-    tables = build_tables(runs, load_paper(PAPER))
-    assert set(tables) == {"table1", "experiments"}
+    _fake_run(tmp_path, "dit_digits", "dyt", 0, {"fid": 9.4, "val/loss": 0.08})
+    tables = build_tables(find_runs(tmp_path), load_paper(PAPER))
+    assert set(tables) == {"table1", "experiments_val_top1", "experiments_fid"}, "one metric per table"
     row = next(line for line in tables["table1"].splitlines() if line.startswith("| ViT-B"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     header = [c.strip() for c in tables["table1"].splitlines()[4].strip("|").split("|")]
@@ -63,10 +64,11 @@ def test_table_puts_ours_beside_the_paper_with_mean_std_and_difference(tmp_path)
     assert got["layernorm (paper)"] == "82.30"
     assert got["dyt (ours)"] == "82.60" and got["dyt (paper)"] == "82.50"
     assert got["dyt − layernorm (ours / paper)"] == "0.50 / 0.20"
-    assert "| quickstart (vit_b) | 97.50 |" in tables["experiments"]
-    assert "paper" not in tables["experiments"].split("\n")[4], "no paper columns where the paper has no row"
+    assert "| quickstart (vit_b) | 97.50 |" in tables["experiments_val_top1"]
+    assert "paper" not in tables["experiments_val_top1"].split("\n")[4], "no paper columns where the paper has no row"
     written = write_tables(tables, tmp_path / "out")
-    assert sorted(p.name for p in written) == ["experiments.md", "table1.md"]
+    assert sorted(p.name for p in written) == ["experiments_fid.md", "experiments_val_top1.md", "table1.md"]
+    assert "9.40" in tables["experiments_fid"] and "dit_digits" not in tables["experiments_val_top1"]
 
 
 def test_curves_skip_torn_lines_and_plot_one_png_per_experiment(tmp_path):

@@ -2,7 +2,7 @@
 
 Runs are grouped by experiment; seeds are aggregated as mean +- std. A run whose experiment names a
 row of ``results/paper.yaml`` (``paper_ref``) lands in that paper table with the published numbers
-beside ours; every other experiment lands in an "experiments" table with our numbers only.
+beside ours; every other experiment lands in an ``experiments_<metric>`` table with our numbers only.
 """
 
 from __future__ import annotations
@@ -77,18 +77,27 @@ def _table(title: str, metric: str, rows: list[tuple[str, dict[str, list[float]]
 
 
 def build_tables(runs: list[Run], paper: dict[str, Any]) -> dict[str, str]:
-    """Markdown tables keyed by file stem: one per paper table our runs reproduce, plus ``experiments``."""
+    """Markdown tables keyed by file stem: one per paper table our runs reproduce, and for the other
+    experiments one ``experiments_<metric>`` table per headline metric (accuracy and FID never share
+    a column)."""
     by_table: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    others: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         if not run.finished:
             continue
         ref = run.paper_ref or {}
-        table = ref.get("table") if ref.get("table") in paper else "experiments"
-        by_table[table][ref.get("row") if table != "experiments" else run.experiment].append(run)
+        if ref.get("table") in paper:
+            by_table[ref["table"]][ref.get("row")].append(run)
+        else:
+            others[run.experiment].append(run)
+    for experiment, group in others.items():
+        metric = _metric_of(group, None)
+        if metric is not None:
+            by_table["experiments_" + metric.replace("/", "_")][experiment] = group
 
     tables = {}
     for table, groups in sorted(by_table.items()):
-        spec = paper.get(table) if table != "experiments" else None
+        spec = paper.get(table)
         all_runs = [r for rs in groups.values() for r in rs]
         metric = _metric_of(all_runs, spec)
         if metric is None:
