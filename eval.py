@@ -1,8 +1,8 @@
 """Evaluate runs and build the paper's tables with our numbers beside the paper's.
 
-    python eval.py                                 # tables (results/*.md) and loss curves from runs/
-    python eval.py runs_root=/scratch/runs out_dir=results
-    python eval.py run=runs/quickstart/dyt/seed0   # re-evaluate a run dir or checkpoint; updates results.json
+python eval.py                                 # tables (results/*.md) and loss curves from runs/
+python eval.py runs_root=/scratch/runs out_dir=results
+python eval.py run=runs/quickstart/dyt/seed0   # re-evaluate a run dir or checkpoint; updates results.json
 """
 
 import hydra

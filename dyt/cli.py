@@ -54,8 +54,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float] | None:
 
     runs = find_runs(cfg.runs_root)
     if not runs:
-        print(f"no run dirs under {cfg.runs_root!r}: train something first (python train.py), "
-              "or point runs_root= at your runs", flush=True)
+        print(
+            f"no run dirs under {cfg.runs_root!r}: train something first (python train.py), "
+            "or point runs_root= at your runs",
+            flush=True,
+        )
         return None
     unfinished = [str(r.path) for r in runs if not r.finished]
     if unfinished:
@@ -71,8 +74,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float] | None:
     return None
 
 
-def evaluate_run(path: str, device: str = "auto", extra: bool = True,
-                 overrides: list[str] | None = None) -> dict[str, float]:
+def evaluate_run(
+    path: str, device: str = "auto", extra: bool = True, overrides: list[str] | None = None
+) -> dict[str, float]:
     """Evaluate the newest checkpoint of a run dir (or a checkpoint file) with the config it was trained
     with: the task's metrics for the raw and the EMA model (suffix ``_ema``), and with ``extra`` its costly
     metrics on the EMA model (raw if none). The metrics are merged into the run dir's ``results.json``."""
@@ -89,8 +93,9 @@ def evaluate_run(path: str, device: str = "auto", extra: bool = True,
     run_cfg = OmegaConf.create(ckpt["config"])
     if overrides:
         run_cfg = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(overrides))
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     task = build_task(run_cfg)
     model = task.build_model()
     load_model_state(model, ckpt["model"], source=ckpt["path"])

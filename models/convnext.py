@@ -41,27 +41,46 @@ class ConvNeXt(nn.Module):
         head_init_scale: multiplies the classifier's initial weight and bias (ConvNeXt fine-tuning).
     """
 
-    def __init__(self, norm: NormFactory | str | None = None, in_chans: int = 3, num_classes: int = 1000,
-                 depths: tuple[int, ...] = (3, 3, 9, 3), dims: tuple[int, ...] = (96, 192, 384, 768),
-                 drop_path_rate: float = 0.0, ls_init_value: float | None = 1e-6,
-                 head_init_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        norm: NormFactory | str | None = None,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        depths: tuple[int, ...] = (3, 3, 9, 3),
+        dims: tuple[int, ...] = (96, 192, 384, 768),
+        drop_path_rate: float = 0.0,
+        ls_init_value: float | None = 1e-6,
+        head_init_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         if len(depths) != len(dims):
             raise ValueError(f"depths {tuple(depths)} and dims {tuple(dims)} must list the same number of stages")
         norm = build_norm_factory(norm)
         self.num_classes, self.ls_init_value, self.head_init_scale = num_classes, ls_init_value, head_init_scale
 
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4),
-                                  norm(dims[0], site="stem", layout="channels_first", eps=LN_EPS))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4),
+            norm(dims[0], site="stem", layout="channels_first", eps=LN_EPS),
+        )
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))
-        self.stages = nn.Sequential(*[
-            ConvNeXtStage(dims[max(i - 1, 0)], dims[i], stride=2 if i > 0 else 1, depth=depths[i],
-                          drop_path_rates=rates[i].tolist(), ls_init_value=ls_init_value,
-                          norm_layer=partial(norm, site="downsample", layout="channels_first", eps=LN_EPS),
-                          norm_layer_cl=partial(norm, site="block", eps=LN_EPS))
-            for i in range(len(depths))])
+        self.stages = nn.Sequential(
+            *[
+                ConvNeXtStage(
+                    dims[max(i - 1, 0)],
+                    dims[i],
+                    stride=2 if i > 0 else 1,
+                    depth=depths[i],
+                    drop_path_rates=rates[i].tolist(),
+                    ls_init_value=ls_init_value,
+                    norm_layer=partial(norm, site="downsample", layout="channels_first", eps=LN_EPS),
+                    norm_layer_cl=partial(norm, site="block", eps=LN_EPS),
+                )
+                for i in range(len(depths))
+            ]
+        )
         self.head = NormMlpClassifierHead(
-            dims[-1], num_classes, norm_layer=partial(norm, site="final", layout="channels_first", eps=LN_EPS))
+            dims[-1], num_classes, norm_layer=partial(norm, site="final", layout="channels_first", eps=LN_EPS)
+        )
         self.init_weights()
 
     def init_weights(self) -> None:

@@ -34,6 +34,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 # Embedding layers for timesteps, class labels and the fixed 2-D position grid
 # --------------------------------------------------------------------------------------------------
 
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps ``t`` (N,) -> (N, dim), cos then sin."""
     half = dim // 2
@@ -49,8 +50,9 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256) -> None:
         super().__init__()
         self.frequency_embedding_size = frequency_embedding_size
-        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
-                                 nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         freqs = timestep_embedding(t, self.frequency_embedding_size)
@@ -96,6 +98,7 @@ def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 # Transformer block and output layer
 # --------------------------------------------------------------------------------------------------
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection (timm's layout, so DiT weights load)."""
@@ -162,6 +165,7 @@ class FinalLayer(nn.Module):
 # DiT
 # --------------------------------------------------------------------------------------------------
 
+
 class DiT(nn.Module):
     """Class-conditional diffusion transformer over a (C, H, W) latent or image.
 
@@ -178,10 +182,21 @@ class DiT(nn.Module):
         norm: a norm factory, name or ``configs/norm`` mapping (sites ``attn``, ``ffn``, ``final``).
     """
 
-    def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 4, hidden_size: int = 1152,
-                 depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1,
-                 num_classes: int = 1000, learn_sigma: bool = True, zero_init_adaln: bool | str = "auto",
-                 norm=None) -> None:
+    def __init__(
+        self,
+        input_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        class_dropout_prob: float = 0.1,
+        num_classes: int = 1000,
+        learn_sigma: bool = True,
+        zero_init_adaln: bool | str = "auto",
+        norm=None,
+    ) -> None:
         super().__init__()
         norm = build_norm_factory(norm)
         if input_size % patch_size:
@@ -198,7 +213,7 @@ class DiT(nn.Module):
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         # Fixed, not learned (DiT); a persistent buffer so DiT checkpoints with `pos_embed` load.
-        self.register_buffer("pos_embed", torch.empty(1, self.grid_size ** 2, hidden_size))
+        self.register_buffer("pos_embed", torch.empty(1, self.grid_size**2, hidden_size))
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, norm) for _ in range(depth))
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, norm)
         self.initialize_weights()
@@ -252,38 +267,91 @@ _SIZES = {"s": (12, 384, 6), "b": (12, 768, 12), "l": (24, 1024, 16), "xl": (28,
 
 def _dit(size: str, patch_size: int, norm, **kwargs) -> DiT:
     depth, hidden_size, num_heads = _SIZES[size]
-    return DiT(**{"depth": depth, "hidden_size": hidden_size, "num_heads": num_heads, "patch_size": patch_size,
-                  "norm": norm, **kwargs})
+    return DiT(
+        **{
+            "depth": depth,
+            "hidden_size": hidden_size,
+            "num_heads": num_heads,
+            "patch_size": patch_size,
+            "norm": norm,
+            **kwargs,
+        }
+    )
 
 
 @register_model
-def dit_s2(norm=None, **kwargs): return _dit("s", 2, norm, **kwargs)
+def dit_s2(norm=None, **kwargs):
+    return _dit("s", 2, norm, **kwargs)
+
+
 @register_model
-def dit_s4(norm=None, **kwargs): return _dit("s", 4, norm, **kwargs)
+def dit_s4(norm=None, **kwargs):
+    return _dit("s", 4, norm, **kwargs)
+
+
 @register_model
-def dit_s8(norm=None, **kwargs): return _dit("s", 8, norm, **kwargs)
+def dit_s8(norm=None, **kwargs):
+    return _dit("s", 8, norm, **kwargs)
+
+
 @register_model
-def dit_b2(norm=None, **kwargs): return _dit("b", 2, norm, **kwargs)
+def dit_b2(norm=None, **kwargs):
+    return _dit("b", 2, norm, **kwargs)
+
+
 @register_model
-def dit_b4(norm=None, **kwargs): return _dit("b", 4, norm, **kwargs)
+def dit_b4(norm=None, **kwargs):
+    return _dit("b", 4, norm, **kwargs)
+
+
 @register_model
-def dit_b8(norm=None, **kwargs): return _dit("b", 8, norm, **kwargs)
+def dit_b8(norm=None, **kwargs):
+    return _dit("b", 8, norm, **kwargs)
+
+
 @register_model
-def dit_l2(norm=None, **kwargs): return _dit("l", 2, norm, **kwargs)
+def dit_l2(norm=None, **kwargs):
+    return _dit("l", 2, norm, **kwargs)
+
+
 @register_model
-def dit_l4(norm=None, **kwargs): return _dit("l", 4, norm, **kwargs)
+def dit_l4(norm=None, **kwargs):
+    return _dit("l", 4, norm, **kwargs)
+
+
 @register_model
-def dit_l8(norm=None, **kwargs): return _dit("l", 8, norm, **kwargs)
+def dit_l8(norm=None, **kwargs):
+    return _dit("l", 8, norm, **kwargs)
+
+
 @register_model
-def dit_xl2(norm=None, **kwargs): return _dit("xl", 2, norm, **kwargs)
+def dit_xl2(norm=None, **kwargs):
+    return _dit("xl", 2, norm, **kwargs)
+
+
 @register_model
-def dit_xl4(norm=None, **kwargs): return _dit("xl", 4, norm, **kwargs)
+def dit_xl4(norm=None, **kwargs):
+    return _dit("xl", 4, norm, **kwargs)
+
+
 @register_model
-def dit_xl8(norm=None, **kwargs): return _dit("xl", 8, norm, **kwargs)
+def dit_xl8(norm=None, **kwargs):
+    return _dit("xl", 8, norm, **kwargs)
 
 
 @register_model
 def dit_tiny(norm=None, **kwargs):
     """8x8 one-channel pixels (scikit-learn digits), 16 tokens of 2x2 patches, 4 blocks of width 64."""
-    return DiT(**{"input_size": 8, "patch_size": 2, "in_channels": 1, "hidden_size": 64, "depth": 4,
-                  "num_heads": 4, "num_classes": 10, "norm": norm, **kwargs})
+    return DiT(
+        **{
+            "input_size": 8,
+            "patch_size": 2,
+            "in_channels": 1,
+            "hidden_size": 64,
+            "depth": 4,
+            "num_heads": 4,
+            "num_classes": 10,
+            "norm": norm,
+            **kwargs,
+        }
+    )

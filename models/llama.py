@@ -72,8 +72,10 @@ class Attention(nn.Module):
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int) -> None:
         super().__init__()
         if dim % n_heads or n_heads % n_kv_heads:
-            raise ValueError(f"need dim % n_heads == 0 and n_heads % n_kv_heads == 0; "
-                             f"got dim={dim}, n_heads={n_heads}, n_kv_heads={n_kv_heads}")
+            raise ValueError(
+                f"need dim % n_heads == 0 and n_heads % n_kv_heads == 0; "
+                f"got dim={dim}, n_heads={n_heads}, n_kv_heads={n_kv_heads}"
+            )
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dim // n_heads
         self.wq = nn.Linear(dim, n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(dim, n_kv_heads * self.head_dim, bias=False)
@@ -106,8 +108,9 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + ffn(norm(x))``."""
 
-    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, hidden_dim: int, norm: NormFactory,
-                 norm_hints: dict[str, dict]) -> None:
+    def __init__(
+        self, dim: int, n_heads: int, n_kv_heads: int, hidden_dim: int, norm: NormFactory, norm_hints: dict[str, dict]
+    ) -> None:
         super().__init__()
         self.attention_norm = norm(dim, site="attn", **norm_hints["attn"])
         self.attention = Attention(dim, n_heads, n_kv_heads)
@@ -140,10 +143,22 @@ class Llama(nn.Module):
         norm: the norm factory, a norm name or a ``configs/norm`` mapping.
     """
 
-    def __init__(self, *, dim: int, n_layers: int, n_heads: int, n_kv_heads: int | None = None,
-                 vocab_size: int = 32000, hidden_dim: int | None = None, multiple_of: int = 256,
-                 rope_theta: float = 10000.0, eps: float = 1e-5, embed_scale: str = "auto",
-                 init_std: float = 0.02, norm=None) -> None:
+    def __init__(
+        self,
+        *,
+        dim: int,
+        n_layers: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        vocab_size: int = 32000,
+        hidden_dim: int | None = None,
+        multiple_of: int = 256,
+        rope_theta: float = 10000.0,
+        eps: float = 1e-5,
+        embed_scale: str = "auto",
+        init_std: float = 0.02,
+        norm=None,
+    ) -> None:
         super().__init__()
         norm = build_norm_factory(norm)
         if embed_scale not in EMBED_SCALES:
@@ -157,13 +172,16 @@ class Llama(nn.Module):
 
         # LLaMA-2's RMSNorm has eps 1e-5 and no bias; DyT keeps "no bias" (paper.md Sec. 1).
         attn_alpha, other_alpha = alpha_init_for_width(dim)
-        hints = {site: {"eps": eps, "bias": False, "alpha_init": alpha}
-                 for site, alpha in (("attn", attn_alpha), ("ffn", other_alpha), ("final", other_alpha))}
+        hints = {
+            site: {"eps": eps, "bias": False, "alpha_init": alpha}
+            for site, alpha in (("attn", attn_alpha), ("ffn", other_alpha), ("final", other_alpha))
+        }
 
         self.tok_embeddings = nn.Embedding(vocab_size, dim)
         self.embed_scale = nn.Parameter(torch.empty(1)) if embed_scale == "sqrt_d" else None
         self.layers = nn.ModuleList(
-            TransformerBlock(dim, n_heads, self.n_kv_heads, self.hidden_dim, norm, hints) for _ in range(n_layers))
+            TransformerBlock(dim, n_heads, self.n_kv_heads, self.hidden_dim, norm, hints) for _ in range(n_layers)
+        )
         self.norm = norm(dim, site="final", **hints["final"])
         self.output = nn.Linear(dim, vocab_size, bias=False)
         self.reset_parameters()
@@ -223,8 +241,10 @@ def _rename(state_dict: dict[str, torch.Tensor], pairs: list[tuple[str, str]], w
                 out[dst.format(*match.groups())] = value
                 break
         else:
-            raise KeyError(f"{what}: no Hugging Face LLaMA equivalent for parameter {key!r}; only an "
-                           f"RMSNorm model without embed_scale converts (HF LLaMA has no DyT alpha or embed scale)")
+            raise KeyError(
+                f"{what}: no Hugging Face LLaMA equivalent for parameter {key!r}; only an "
+                f"RMSNorm model without embed_scale converts (HF LLaMA has no DyT alpha or embed scale)"
+            )
     return out
 
 
@@ -235,18 +255,30 @@ def to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 def from_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Hugging Face ``LlamaForCausalLM`` state dict -> our names (load into a ``norm=rmsnorm`` model)."""
-    return _rename({k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")},
-                   [(hf, ours) for ours, hf in _HF_NAMES], "from_hf_state_dict")
+    return _rename(
+        {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")},
+        [(hf, ours) for ours, hf in _HF_NAMES],
+        "from_hf_state_dict",
+    )
 
 
 def hf_config(model: Llama):
     """The ``transformers.LlamaConfig`` describing ``model``'s shapes (untied head, RoPE theta, eps)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=model.vocab_size, hidden_size=model.dim, intermediate_size=model.hidden_dim,
-                       num_hidden_layers=len(model.layers), num_attention_heads=model.n_heads,
-                       num_key_value_heads=model.n_kv_heads, rms_norm_eps=model.eps, rope_theta=model.rope_theta,
-                       tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
+    return LlamaConfig(
+        vocab_size=model.vocab_size,
+        hidden_size=model.dim,
+        intermediate_size=model.hidden_dim,
+        num_hidden_layers=len(model.layers),
+        num_attention_heads=model.n_heads,
+        num_key_value_heads=model.n_kv_heads,
+        rms_norm_eps=model.eps,
+        rope_theta=model.rope_theta,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,8 +30,16 @@ LN_EPS = 1e-6  # timm's ViT LayerNorm eps; a hint, so DyT ignores it
 class Block(nn.Module):
     """Pre-norm Transformer block: ``x + attn(norm_attn(x))``, then ``x + mlp(norm_ffn(x))``."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float,
-                 init_values: float | None, norm: NormFactory) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop_path: float,
+        init_values: float | None,
+        norm: NormFactory,
+    ) -> None:
         super().__init__()
         self.norm1 = norm(dim, site="attn", eps=LN_EPS)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
@@ -59,11 +67,23 @@ class VisionTransformer(nn.Module):
         drop_path_rate: stochastic depth of the last block; it grows linearly from 0 over the blocks.
     """
 
-    def __init__(self, norm: NormFactory | str | None = None, img_size: int = 224, patch_size: int = 16,
-                 in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 768, depth: int = 12,
-                 num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 init_values: float | None = None, class_token: bool = True, global_pool: str = "avg",
-                 drop_path_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        norm: NormFactory | str | None = None,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        init_values: float | None = None,
+        class_token: bool = True,
+        global_pool: str = "avg",
+        drop_path_rate: float = 0.0,
+    ) -> None:
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"unknown global_pool {global_pool!r}; valid choices are: {', '.join(GLOBAL_POOLS)}")
@@ -73,14 +93,14 @@ class VisionTransformer(nn.Module):
         self.global_pool, self.num_classes, self.embed_dim = global_pool, num_classes, embed_dim
         self.num_prefix_tokens = int(class_token)
 
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                      embed_dim=embed_dim)
+        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
         self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim)) if class_token else None
         num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
         self.pos_embed = nn.Parameter(torch.empty(1, num_tokens, embed_dim))
         rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
-        self.blocks = nn.Sequential(*[
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rate, init_values, norm) for rate in rates])
+        self.blocks = nn.Sequential(
+            *[Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rate, init_values, norm) for rate in rates]
+        )
         pool_first = global_pool == "avg"
         self.norm = nn.Identity() if pool_first else norm(embed_dim, site="final", eps=LN_EPS)
         self.fc_norm = norm(embed_dim, site="final", eps=LN_EPS) if pool_first else nn.Identity()
@@ -121,7 +141,7 @@ class VisionTransformer(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens -> pooled features (``pre_logits=True``) or logits."""
-        x = x[:, self.num_prefix_tokens:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
+        x = x[:, self.num_prefix_tokens :].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
         x = self.fc_norm(x)
         return x if pre_logits else self.head(x)
 
@@ -160,12 +180,25 @@ def vit_b8(norm=None, **kwargs) -> VisionTransformer:
 # CPU quickstart on scikit-learn's 8x8 grey digits: 16 patches of 2x2 pixels.
 @register_model
 def vit_digits(norm=None, **kwargs) -> VisionTransformer:
-    return VisionTransformer(norm, **{"img_size": 8, "patch_size": 2, "in_chans": 1, "num_classes": 10,
-                                      "embed_dim": 64, "depth": 4, "num_heads": 4, **kwargs})
+    return VisionTransformer(
+        norm,
+        **{
+            "img_size": 8,
+            "patch_size": 2,
+            "in_chans": 1,
+            "num_classes": 10,
+            "embed_dim": 64,
+            "depth": 4,
+            "num_heads": 4,
+            **kwargs,
+        },
+    )
 
 
 # Unit tests only: two narrow blocks on 32x32 images.
 @register_model
 def vit_test(norm=None, **kwargs) -> VisionTransformer:
-    return VisionTransformer(norm, **{"img_size": 32, "patch_size": 8, "num_classes": 10,
-                                      "embed_dim": 32, "depth": 2, "num_heads": 2, **kwargs})
+    return VisionTransformer(
+        norm,
+        **{"img_size": 32, "patch_size": 8, "num_classes": 10, "embed_dim": 32, "depth": 2, "num_heads": 2, **kwargs},
+    )

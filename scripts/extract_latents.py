@@ -26,9 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dyt.data.latents import SD_VAE_SCALE, chunk_paths, encode, image_folder, load_vae, write_chunk  # noqa: E402
 
 
-def extract(data: str, out: str, vae: str = "stabilityai/sd-vae-ft-ema", image_size: int = 256,
-            batch_size: int = 64, chunk_size: int = 10000, seed: int = 0, device: str = "auto",
-            num_workers: int = 4) -> Path:
+def extract(
+    data: str,
+    out: str,
+    vae: str = "stabilityai/sd-vae-ft-ema",
+    image_size: int = 256,
+    batch_size: int = 64,
+    chunk_size: int = 10000,
+    seed: int = 0,
+    device: str = "auto",
+    num_workers: int = 4,
+) -> Path:
     """Write the latents of every image under ``data`` to ``out`` (resumable); returns ``out``."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
@@ -53,8 +61,16 @@ def extract(data: str, out: str, vae: str = "stabilityai/sd-vae-ft-ema", image_s
         write_chunk(out_dir, k, np.concatenate(latents), np.concatenate(labels).astype(np.int64))
         print(f"rank {rank}: chunk {k + 1}/{num_chunks} written", flush=True)
     if rank == 0:
-        meta = {"num_chunks": num_chunks, "num_images": len(dataset), "classes": dataset.classes, "vae": vae,
-                "scale": SD_VAE_SCALE, "image_size": image_size, "chunk_size": chunk_size, "seed": seed}
+        meta = {
+            "num_chunks": num_chunks,
+            "num_images": len(dataset),
+            "classes": dataset.classes,
+            "vae": vae,
+            "scale": SD_VAE_SCALE,
+            "image_size": image_size,
+            "chunk_size": chunk_size,
+            "seed": seed,
+        }
         (out_dir / "meta.json").write_text(json.dumps(meta))
     return out_dir
 

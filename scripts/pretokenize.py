@@ -46,8 +46,11 @@ def main(argv: list[str] | None = None) -> None:
         start = time.time()
         write_token_file(cfg, split)
         meta = json.loads(path.with_suffix(".json").read_text())
-        print(f"{split}: {meta['num_tokens']:,} tokens from {meta['num_docs']:,} documents "
-              f"in {time.time() - start:.1f}s -> {path}", flush=True)
+        print(
+            f"{split}: {meta['num_tokens']:,} tokens from {meta['num_docs']:,} documents "
+            f"in {time.time() - start:.1f}s -> {path}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

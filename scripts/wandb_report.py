@@ -35,8 +35,9 @@ def _reports_module():
     try:
         import wandb_workspaces.reports.v2 as wr
     except ImportError as e:
-        raise ReportError("building W&B reports needs the wandb-workspaces package: "
-                          "pip install 'wandb-workspaces>=0.4'") from e
+        raise ReportError(
+            "building W&B reports needs the wandb-workspaces package: pip install 'wandb-workspaces>=0.4'"
+        ) from e
     return wr
 
 
@@ -44,8 +45,10 @@ def check_online() -> None:
     """Fail with a clear message when W&B is offline or no API key is configured."""
     mode = os.environ.get("WANDB_MODE", "")
     if mode in ("offline", "disabled", "dryrun"):
-        raise ReportError(f"WANDB_MODE={mode}: a report lives on the W&B server; unset WANDB_MODE, run "
-                          "`wandb login`, and upload offline runs with `wandb sync <run dir>/wandb/offline-run-*`")
+        raise ReportError(
+            f"WANDB_MODE={mode}: a report lives on the W&B server; unset WANDB_MODE, run "
+            "`wandb login`, and upload offline runs with `wandb sync <run dir>/wandb/offline-run-*`"
+        )
     import wandb
 
     try:
@@ -67,13 +70,16 @@ def logged_metrics(experiment: str, entity: str, project: str, norms: Sequence[s
             counts[norm] = counts.get(norm, 0) + 1
             keys.update(k for k in run.summary_metrics if not k.startswith("_"))
     if not counts:
-        raise ReportError(f"no runs of experiment {experiment!r} with norm in {list(norms)} in {entity}/{project}; "
-                          "train with logger=wandb (and `wandb sync` offline runs), or check --entity/--project")
+        raise ReportError(
+            f"no runs of experiment {experiment!r} with norm in {list(norms)} in {entity}/{project}; "
+            "train with logger=wandb (and `wandb sync` offline runs), or check --entity/--project"
+        )
     return counts, keys
 
 
-def build_report(experiment: str, entity: str, project: str, norms: Sequence[str], metrics: Iterable[str],
-                 title: str | None = None):
+def build_report(
+    experiment: str, entity: str, project: str, norms: Sequence[str], metrics: Iterable[str], title: str | None = None
+):
     """The report object (``wandb_workspaces.reports.v2.Report``), not yet saved.
 
     ``metrics``: the metric names that get a panel (those the runs logged).
@@ -81,30 +87,53 @@ def build_report(experiment: str, entity: str, project: str, norms: Sequence[str
     wr = _reports_module()
     metrics = set(metrics)
     norm_list = ", ".join(repr(n) for n in norms)
-    runset = wr.Runset(entity=entity, project=project, name=f"{experiment}: {' vs '.join(norms)}",
-                       filters=f"Metric('Group') == '{experiment}' and Config('norm.tag') in [{norm_list}]",
-                       groupby=["norm.tag"])
+    runset = wr.Runset(
+        entity=entity,
+        project=project,
+        name=f"{experiment}: {' vs '.join(norms)}",
+        filters=f"Metric('Group') == '{experiment}' and Config('norm.tag') in [{norm_list}]",
+        groupby=["norm.tag"],
+    )
 
     def curve(metric: str) -> object:
         # One line per norm: mean over seeds, band from the lowest to the highest seed.
-        return wr.LinePlot(title=metric, x="Step", y=[metric], groupby="norm.tag", groupby_aggfunc="mean",
-                           groupby_rangefunc="minmax", smoothing_factor=0.0)
+        return wr.LinePlot(
+            title=metric,
+            x="Step",
+            y=[metric],
+            groupby="norm.tag",
+            groupby_aggfunc="mean",
+            groupby_rangefunc="minmax",
+            smoothing_factor=0.0,
+        )
 
     panels = [curve(m) for m in CURVES if m in metrics]
     panels += [curve(m) for m in HEADLINES if m in metrics and m not in CURVES]
     finals = [m for m in HEADLINES if m in metrics]
     if finals:
-        panels.append(wr.BarPlot(title="final metrics (mean over seeds)", metrics=finals, groupby="norm.tag",
-                                 groupby_aggfunc="mean", groupby_rangefunc="minmax", orientation="v"))
+        panels.append(
+            wr.BarPlot(
+                title="final metrics (mean over seeds)",
+                metrics=finals,
+                groupby="norm.tag",
+                groupby_aggfunc="mean",
+                groupby_rangefunc="minmax",
+                orientation="v",
+            )
+        )
     panels.append(wr.RunComparer(diff_only="split"))
     return wr.Report(
-        project=project, entity=entity, title=title or f"{experiment}: {' vs '.join(norms)}",
+        project=project,
+        entity=entity,
+        title=title or f"{experiment}: {' vs '.join(norms)}",
         description=f"Transformers without Normalization (DyT): {experiment}, norms {', '.join(norms)}, "
-                    "mean over seeds with min-max bands.",
+        "mean over seeds with min-max bands.",
         blocks=[
             wr.H1(text=f"{experiment}: {' vs '.join(norms)}"),
-            wr.P(text="Each line is one norm averaged over its seeds; the band spans the seeds. Runs are named "
-                      "<experiment>/<norm>/seed<k> and grouped by experiment (scripts/wandb_report.py)."),
+            wr.P(
+                text="Each line is one norm averaged over its seeds; the band spans the seeds. Runs are named "
+                "<experiment>/<norm>/seed<k> and grouped by experiment (scripts/wandb_report.py)."
+            ),
             wr.PanelGrid(runsets=[runset], panels=panels),
         ],
     )
@@ -122,25 +151,37 @@ def describe(report) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("experiment", help="experiment_name of the runs, e.g. paper/vit_b_in1k (the W&B group)")
-    parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"),
-                        help="W&B entity (default: $WANDB_ENTITY, else your default entity)")
-    parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT", "dyt"),
-                        help="W&B project (default: $WANDB_PROJECT, else dyt, as configs/logger/wandb.yaml)")
-    parser.add_argument("--norms", nargs="+", default=["layernorm", "dyt"],
-                        help="norm tags to compare (default: layernorm dyt)")
+    parser.add_argument(
+        "--entity",
+        default=os.environ.get("WANDB_ENTITY"),
+        help="W&B entity (default: $WANDB_ENTITY, else your default entity)",
+    )
+    parser.add_argument(
+        "--project",
+        default=os.environ.get("WANDB_PROJECT", "dyt"),
+        help="W&B project (default: $WANDB_PROJECT, else dyt, as configs/logger/wandb.yaml)",
+    )
+    parser.add_argument(
+        "--norms", nargs="+", default=["layernorm", "dyt"], help="norm tags to compare (default: layernorm dyt)"
+    )
     parser.add_argument("--title", help="report title (default: '<experiment>: <norm> vs <norm>')")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print what the report would hold instead of querying and saving (works offline)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what the report would hold instead of querying and saving (works offline)",
+    )
     args = parser.parse_args(argv)
     import wandb
 
     try:
         if args.dry_run:
-            report = build_report(args.experiment, args.entity or "ENTITY", args.project, args.norms,
-                                  CURVES + HEADLINES, args.title)
+            report = build_report(
+                args.experiment, args.entity or "ENTITY", args.project, args.norms, CURVES + HEADLINES, args.title
+            )
             print(describe(report))
             return 0
         check_online()
@@ -152,8 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wandb_report: {e}", file=sys.stderr)
         return 2
     except wandb.errors.CommError as e:
-        print(f"wandb_report: cannot reach the W&B server ({e}); check the network or WANDB_BASE_URL",
-              file=sys.stderr)
+        print(f"wandb_report: cannot reach the W&B server ({e}); check the network or WANDB_BASE_URL", file=sys.stderr)
         return 2
     runs = ", ".join(f"{norm}: {n} run(s)" for norm, n in sorted(counts.items()))
     print(f"report saved ({runs}): {report.url}")

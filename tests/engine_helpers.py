@@ -36,16 +36,25 @@ def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
 def make_cfg(run_dir: str | os.PathLike, overrides: list[str] | None = None) -> Any:
     """The engine's config files (trainer/default, optim/adamw, logger/jsonl) plus the tiny task,
     with dotlist ``overrides`` such as ``trainer.max_steps=10``."""
-    cfg = OmegaConf.create({
-        "experiment_name": "engine_test", "seed": 0, "run_dir": str(run_dir),
-        "model": {"name": "tiny_mlp", "width": 32, "depth": 2, "dropout": 0.0},
-        "norm": {"name": "dyt"},
-        "task": {"_target_": "tests.engine_helpers.DigitsTask", "noise": 0.0,
-                 "kill_at_step": None, "signal_at_step": None, "nan_at_step": None},
-        "trainer": OmegaConf.load(CONFIGS / "trainer/default.yaml"),
-        "optim": OmegaConf.load(CONFIGS / "optim/adamw.yaml"),
-        "logger": OmegaConf.load(CONFIGS / "logger/jsonl.yaml"),
-    })
+    cfg = OmegaConf.create(
+        {
+            "experiment_name": "engine_test",
+            "seed": 0,
+            "run_dir": str(run_dir),
+            "model": {"name": "tiny_mlp", "width": 32, "depth": 2, "dropout": 0.0},
+            "norm": {"name": "dyt"},
+            "task": {
+                "_target_": "tests.engine_helpers.DigitsTask",
+                "noise": 0.0,
+                "kill_at_step": None,
+                "signal_at_step": None,
+                "nan_at_step": None,
+            },
+            "trainer": OmegaConf.load(CONFIGS / "trainer/default.yaml"),
+            "optim": OmegaConf.load(CONFIGS / "optim/adamw.yaml"),
+            "logger": OmegaConf.load(CONFIGS / "logger/jsonl.yaml"),
+        }
+    )
     cfg.trainer.batch_size = 32
     cfg.trainer.progress = "off"
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides or []))
@@ -126,8 +135,10 @@ class DigitsTask(Task):
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         x, y = self.x[N_TRAIN:].to(device), self.y[N_TRAIN:].to(device)
         logits = model(x).float()
-        return {"val/loss": nn.functional.cross_entropy(logits, y).item(),
-                "val/top1": 100.0 * (logits.argmax(-1) == y).float().mean().item()}
+        return {
+            "val/loss": nn.functional.cross_entropy(logits, y).item(),
+            "val/top1": 100.0 * (logits.argmax(-1) == y).float().mean().item(),
+        }
 
     def on_step_end(self, model: nn.Module, step: int) -> None:
         t = self.cfg.task

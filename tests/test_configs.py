@@ -14,7 +14,8 @@ from dyt.cli import build_task
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(
     str(p.relative_to(CONFIGS / "experiment").with_suffix(""))
-    for p in (CONFIGS / "experiment").rglob("*.yaml") if "base" not in p.relative_to(CONFIGS / "experiment").parts
+    for p in (CONFIGS / "experiment").rglob("*.yaml")
+    if "base" not in p.relative_to(CONFIGS / "experiment").parts
 )
 NORMS = sorted(p.stem for p in (CONFIGS / "norm").glob("*.yaml"))
 
@@ -26,7 +27,8 @@ def _compose(*overrides: str):
 
 def test_there_are_paper_recipes():
     assert {"paper/vit_b_in1k", "paper/vit_l_in1k", "paper/convnext_b_in1k", "paper/convnext_l_in1k"} <= set(
-        EXPERIMENTS)
+        EXPERIMENTS
+    )
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -39,14 +39,22 @@ def timm_vit() -> nn.Module:
 
 def timm_convnext() -> nn.Module:
     # stem, downsampling and head norms are channels-first LayerNorm2d; block norms channels-last LayerNorm
-    return timm.create_model("convnext_tiny", pretrained=False, depths=(1, 1, 1, 1), dims=(16, 32, 64, 128),
-                             num_classes=5)
+    return timm.create_model(
+        "convnext_tiny", pretrained=False, depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), num_classes=5
+    )
 
 
 def tiny_llama() -> nn.Module:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -141,8 +149,9 @@ def test_hf_llama_round_trip_to_rmsnorm_gives_the_same_logits():
 
 
 def test_affine_and_bias_presence_follow_the_old_module():
-    model = nn.Sequential(nn.LayerNorm(8, elementwise_affine=False), nn.Linear(8, 8), nn.LayerNorm(8, bias=False),
-                          nn.RMSNorm(8))
+    model = nn.Sequential(
+        nn.LayerNorm(8, elementwise_affine=False), nn.Linear(8, 8), nn.LayerNorm(8, bias=False), nn.RMSNorm(8)
+    )
     dyt.convert(model, "dyt")
     assert model[0].weight is None and model[0].bias is None and isinstance(model[0].alpha, nn.Parameter)
     assert model[2].weight is not None and model[2].bias is None
@@ -189,8 +198,9 @@ def test_report_prints_counts():
 # ---- refusals -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bn", [nn.BatchNorm1d(8), nn.BatchNorm2d(8), nn.SyncBatchNorm(8)],
-                         ids=["bn1d", "bn2d", "syncbn"])
+@pytest.mark.parametrize(
+    "bn", [nn.BatchNorm1d(8), nn.BatchNorm2d(8), nn.SyncBatchNorm(8)], ids=["bn1d", "bn2d", "syncbn"]
+)
 def test_batchnorm_is_refused_with_the_papers_reason_and_nothing_changes(bn):
     model = nn.Sequential(nn.LayerNorm(8), bn)
     with pytest.raises(ValueError, match=r"BatchNorm.*App\. D.*76\.2% -> 68\.9%"):

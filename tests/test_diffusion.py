@@ -59,16 +59,27 @@ def test_training_losses_terms():
     assert set(terms) == {"loss", "mse", "vb"} and terms["loss"].shape == (3,)
     torch.testing.assert_close(terms["loss"], terms["mse"] + terms["vb"])
     # adaLN-Zero: the model outputs eps = 0 at init, so the MSE is the noise's mean square.
-    fixed = d.training_losses(dit_tiny(norm="layernorm", learn_sigma=False), x0, torch.tensor([0, 5, 700]),
-                              torch.ones_like(x0), y=torch.tensor([1, 2, 3]))
+    fixed = d.training_losses(
+        dit_tiny(norm="layernorm", learn_sigma=False),
+        x0,
+        torch.tensor([0, 5, 700]),
+        torch.ones_like(x0),
+        y=torch.tensor([1, 2, 3]),
+    )
     assert set(fixed) == {"loss", "mse"} and torch.allclose(fixed["mse"], torch.ones(3))
 
 
 def _sample(seed, cfg_scale=1.0):
     torch.manual_seed(0)
     model = dit_tiny(norm="layernorm", zero_init_adaln=False).eval()
-    return sample(model, create_diffusion(1000, 5), torch.tensor([1, 7]), (1, 8, 8), cfg_scale=cfg_scale,
-                  generator=torch.Generator().manual_seed(seed))
+    return sample(
+        model,
+        create_diffusion(1000, 5),
+        torch.tensor([1, 7]),
+        (1, 8, 8),
+        cfg_scale=cfg_scale,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def test_sampling_is_deterministic_for_a_seed():
@@ -94,8 +105,15 @@ def test_classifier_free_guidance_formula():
 
 def _digits_cfg(norm):
     with initialize_config_dir(config_dir=CONFIGS, version_base=None):
-        return compose("train", overrides=["experiment=dit_digits", f"norm={norm}",
-                                           "task.eval_max_samples=128", "task.eval_batch_size=128"])
+        return compose(
+            "train",
+            overrides=[
+                "experiment=dit_digits",
+                f"norm={norm}",
+                "task.eval_max_samples=128",
+                "task.eval_batch_size=128",
+            ],
+        )
 
 
 @pytest.mark.slow

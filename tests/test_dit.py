@@ -69,8 +69,9 @@ def test_adaln_zero_block_is_identity_at_init():
     model = tiny("layernorm")
     x, c = torch.randn(2, 16, 64), torch.randn(2, 64)
     assert torch.equal(model.blocks[0](x, c), x)
-    assert torch.equal(model(torch.randn(2, 1, 8, 8), torch.tensor([3, 7]), torch.tensor([1, 2])),
-                       torch.zeros(2, 2, 8, 8))
+    assert torch.equal(
+        model(torch.randn(2, 1, 8, 8), torch.tensor([3, 7]), torch.tensor([1, 2])), torch.zeros(2, 2, 8, 8)
+    )
 
 
 def test_norm_sites_are_affine_free_with_dit_eps():
@@ -83,6 +84,7 @@ def test_norm_sites_are_affine_free_with_dit_eps():
 
 def _dit_pos_embed_reference(dim, grid):
     """DiT's get_2d_sincos_pos_embed, restated in numpy."""
+
     def one_d(d, pos):
         omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
         out = np.einsum("m,d->md", pos.reshape(-1), omega)
@@ -147,23 +149,48 @@ def test_matches_diffusers_dit_with_mapped_weights():
     test sets that shift to 0, i.e. to DiT's formula."""
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
-    ours = dit.DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=10,
-                   zero_init_adaln=False, norm="layernorm").eval()
-    ref = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
-                                          num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=10,
-                                          norm_eps=1e-6).eval()
-    pairs = [(ref.pos_embed.proj, ours.x_embedder), (ref.proj_out_1, ours.final_layer.adaLN_modulation[1]),
-             (ref.proj_out_2, ours.final_layer.linear)]
+    ours = dit.DiT(
+        input_size=8,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+        zero_init_adaln=False,
+        norm="layernorm",
+    ).eval()
+    ref = diffusers.DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+        norm_eps=1e-6,
+    ).eval()
+    pairs = [
+        (ref.pos_embed.proj, ours.x_embedder),
+        (ref.proj_out_1, ours.final_layer.adaLN_modulation[1]),
+        (ref.proj_out_2, ours.final_layer.linear),
+    ]
     for rb, b in zip(ref.transformer_blocks, ours.blocks):
         emb = rb.norm1.emb
         emb.time_proj.downscale_freq_shift = 0
-        pairs += [(emb.timestep_embedder.linear_1, ours.t_embedder.mlp[0]),
-                  (emb.timestep_embedder.linear_2, ours.t_embedder.mlp[2]),
-                  (emb.class_embedder.embedding_table, ours.y_embedder.embedding_table),
-                  (rb.norm1.linear, b.adaLN_modulation[1]), (rb.attn1.to_out[0], b.attn.proj),
-                  (rb.ff.net[0].proj, b.mlp.fc1), (rb.ff.net[2], b.mlp.fc2)]
-        for part, w, bias in zip((rb.attn1.to_q, rb.attn1.to_k, rb.attn1.to_v), b.attn.qkv.weight.chunk(3),
-                                 b.attn.qkv.bias.chunk(3)):
+        pairs += [
+            (emb.timestep_embedder.linear_1, ours.t_embedder.mlp[0]),
+            (emb.timestep_embedder.linear_2, ours.t_embedder.mlp[2]),
+            (emb.class_embedder.embedding_table, ours.y_embedder.embedding_table),
+            (rb.norm1.linear, b.adaLN_modulation[1]),
+            (rb.attn1.to_out[0], b.attn.proj),
+            (rb.ff.net[0].proj, b.mlp.fc1),
+            (rb.ff.net[2], b.mlp.fc2),
+        ]
+        for part, w, bias in zip(
+            (rb.attn1.to_q, rb.attn1.to_k, rb.attn1.to_v), b.attn.qkv.weight.chunk(3), b.attn.qkv.bias.chunk(3)
+        ):
             part.load_state_dict({"weight": w, "bias": bias})
     for target, source in pairs:
         target.load_state_dict(source.state_dict())

@@ -32,8 +32,19 @@ def test_checkpoint_contents_pruning_and_last_pointer(run_dir):
     assert (ckpts / "last").read_text().strip() == "step_00000004.pt"
     state = load_checkpoint(run_dir)
     assert state["step"] == 4 and state["path"].endswith("step_00000004.pt")
-    for key in ("model", "ema", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch", "rng", "wandb_id",
-                "config", "metrics_bytes"):
+    for key in (
+        "model",
+        "ema",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "step_in_epoch",
+        "rng",
+        "wandb_id",
+        "config",
+        "metrics_bytes",
+    ):
         assert key in state, key
     assert set(state["rng"]) == {"torch", "cuda", "numpy", "python"}
     assert state["config"]["trainer"]["max_steps"] == 4  # resolved config as a plain dict
@@ -83,8 +94,11 @@ def test_pickle_that_runs_code_is_refused(run_dir, tmp_path):
 
 
 def test_checkpoint_of_another_model_names_the_keys(run_dir):
-    with pytest.raises(CheckpointError, match=r"mismatched shapes: .*blocks.0.fc.weight \(checkpoint \(32, 32\) "
-                                              r"vs model \(16, 16\)\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"mismatched shapes: .*blocks.0.fc.weight \(checkpoint \(32, 32\) "
+        r"vs model \(16, 16\)\)",
+    ):
         fit(run_dir, "model.width=16", "trainer.max_steps=6")
     with pytest.raises(CheckpointError, match=r"unexpected keys: blocks.1.fc.bias"):
         load_model_state(TinyNet(32, 1, 0.0), load_checkpoint(run_dir)["model"], "run")

@@ -17,16 +17,24 @@ from dyt.engine import Trainer, load_checkpoint, load_model_state
 from tests.engine_helpers import DigitsTask, TinyNet, make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-       "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 pytestmark = pytest.mark.distributed
 
 
 def torchrun(run: Path, *overrides: str) -> dict:
     """Train with ``torchrun --nproc_per_node=2`` and return rank 0's results."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "tests/engine_driver.py", str(run), "trainer.device=cpu", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "tests/engine_driver.py",
+        str(run),
+        "trainer.device=cpu",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     # A gloo teardown race would show up here as a SIGABRT exit (see environment.md).
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
@@ -39,8 +47,12 @@ def rows(run: Path) -> list[dict]:
 
 # A constant lr makes a run's first steps independent of its length (max_steps), so runs of different
 # lengths can be compared step for step.
-COMMON = ("trainer.log_every_steps=2", "trainer.ema_decay=0.9", "optim.schedule.name=constant",
-          "trainer.keep_checkpoints=4")
+COMMON = (
+    "trainer.log_every_steps=2",
+    "trainer.ema_decay=0.9",
+    "optim.schedule.name=constant",
+    "trainer.keep_checkpoints=4",
+)
 
 
 @pytest.fixture(scope="module")

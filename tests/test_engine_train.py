@@ -19,8 +19,7 @@ from dyt.engine.sampler import seed_all
 from tests.engine_helpers import DigitsTask, make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-       "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,8 +53,9 @@ def test_metrics_results_and_config_of_a_run(tmp_path):
     assert {"experiment", "model", "norm", "seed", "wall_time_s", "val/top1_ema"} <= set(saved)
     assert "max_steps: null" in (run / "config.yaml").read_text()
     again = fit(run, "trainer.epochs=2", "trainer.log_every_steps=8", "trainer.ema_decay=0.9")
-    assert rows(run) == lines and {k: v for k, v in again.items() if k != "wall_time_s"} == \
-        {k: v for k, v in results.items() if k != "wall_time_s"}  # a finished run re-run changes nothing
+    assert rows(run) == lines and {k: v for k, v in again.items() if k != "wall_time_s"} == {
+        k: v for k, v in results.items() if k != "wall_time_s"
+    }  # a finished run re-run changes nothing
 
 
 def test_grad_accumulation_matches_a_larger_batch(tmp_path):
@@ -70,15 +70,25 @@ def test_grad_accumulation_matches_a_larger_batch(tmp_path):
 
 def test_clipping_and_time_based_checkpoints(tmp_path):
     fit(tmp_path / "free", "trainer.max_steps=3")
-    fit(tmp_path / "clipped", "trainer.max_steps=3", "trainer.clip_grad=1e-12", "trainer.ckpt_every_minutes=0",
-        "trainer.keep_checkpoints=5")
+    fit(
+        tmp_path / "clipped",
+        "trainer.max_steps=3",
+        "trainer.clip_grad=1e-12",
+        "trainer.ckpt_every_minutes=0",
+        "trainer.keep_checkpoints=5",
+    )
     # ckpt_every_minutes=0: the timer is due after every step.
-    assert sorted(p.name for p in (tmp_path / "clipped" / "checkpoints").glob("step_*")) == \
-        ["step_00000001.pt", "step_00000002.pt", "step_00000003.pt"]
+    assert sorted(p.name for p in (tmp_path / "clipped" / "checkpoints").glob("step_*")) == [
+        "step_00000001.pt",
+        "step_00000002.pt",
+        "step_00000003.pt",
+    ]
     seed_all(0)  # the initial weights of fit() with seed 0
     init = DigitsTask(make_cfg(tmp_path)).build_model().state_dict()
-    moved = {name: (load_checkpoint(tmp_path / name)["model"]["head.weight"] - init["head.weight"]).abs().max()
-             for name in ("free", "clipped")}
+    moved = {
+        name: (load_checkpoint(tmp_path / name)["model"]["head.weight"] - init["head.weight"]).abs().max()
+        for name in ("free", "clipped")
+    }
     assert moved["clipped"] < 1e-2 * moved["free"]  # gradients ~1e-12 are swamped by AdamW's eps 1e-8
 
 
@@ -111,14 +121,26 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_with_the_preemption_code
 
 
 def _driver(run: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "tests/engine_driver.py", str(run), *overrides], cwd=ROOT,
-                          env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "tests/engine_driver.py", str(run), *overrides],
+        cwd=ROOT,
+        env={**ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_kill_9_then_same_command_resumes_bit_identically(tmp_path):
-    args = ("trainer.epochs=2", "trainer.ckpt_every_steps=12", "trainer.ema_decay=0.9", "task.noise=0.1",
-            "model.dropout=0.1", "trainer.log_every_steps=4")
+    args = (
+        "trainer.epochs=2",
+        "trainer.ckpt_every_steps=12",
+        "trainer.ema_decay=0.9",
+        "task.noise=0.1",
+        "model.dropout=0.1",
+        "trainer.log_every_steps=4",
+    )
     reference = tmp_path / "reference"
     fit(reference, *args)
     run = tmp_path / "run"

@@ -55,8 +55,15 @@ def test_digit_fid_is_zero_on_itself_and_grows_with_noise():
     images = DigitsPixels("train").images
     ref = feature_statistics(extract_features(net, to_uint8(images)))
     g = torch.Generator().manual_seed(0)
-    fids = [frechet_distance(*feature_statistics(extract_features(
-        net, to_uint8(images + sigma * torch.randn(images.shape, generator=g)))), *ref) for sigma in (0, 0.2, 0.5, 1)]
+    fids = [
+        frechet_distance(
+            *feature_statistics(
+                extract_features(net, to_uint8(images + sigma * torch.randn(images.shape, generator=g)))
+            ),
+            *ref,
+        )
+        for sigma in (0, 0.2, 0.5, 1)
+    ]
     assert fids[0] == pytest.approx(0.0, abs=1e-4)  # eigenvalue round-off of rank-deficient ReLU features
     assert fids[1] < fids[2] < fids[3], fids
 
@@ -121,13 +128,15 @@ def test_inception_features_shape():
 
 # ---- SD-VAE latents with a tiny randomly initialised AutoencoderKL (no download) ----------------
 
+
 @pytest.fixture
 def tiny_vae_dir(tmp_path):
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     blocks = {"down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4}
-    vae = diffusers.AutoencoderKL(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
-                                  latent_channels=4, **blocks)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=4, **blocks
+    )
     vae.save_pretrained(tmp_path / "vae")
     return tmp_path / "vae"
 
@@ -138,8 +147,9 @@ def test_vae_encode_decode_shapes(tiny_vae_dir):
     vae = load_vae(str(tiny_vae_dir))
     z = encode(vae, torch.rand(2, 3, 32, 32) * 2 - 1)
     assert z.shape == (2, 4, 4, 4)  # 8x down-sampling, 4 channels: 256 px -> 32x32x4
-    assert torch.equal(encode(vae, torch.zeros(1, 3, 32, 32), sample=False),
-                       encode(vae, torch.zeros(1, 3, 32, 32), sample=False))
+    assert torch.equal(
+        encode(vae, torch.zeros(1, 3, 32, 32), sample=False), encode(vae, torch.zeros(1, 3, 32, 32), sample=False)
+    )
     x = decode(vae, z)
     assert x.shape == (2, 3, 32, 32) and x.abs().max() <= 1
     with pytest.raises(OSError, match="could not load the VAE"):
@@ -157,14 +167,30 @@ def test_extract_latents_resumes_and_feeds_latent_dataset(tiny_vae_dir, tmp_path
         (tmp_path / "imgs" / c).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
-    out = ex.extract(str(tmp_path / "imgs"), str(tmp_path / "lat"), vae=str(tiny_vae_dir), image_size=32,
-                     batch_size=2, chunk_size=4, device="cpu", num_workers=0)
+    out = ex.extract(
+        str(tmp_path / "imgs"),
+        str(tmp_path / "lat"),
+        vae=str(tiny_vae_dir),
+        image_size=32,
+        batch_size=2,
+        chunk_size=4,
+        device="cpu",
+        num_workers=0,
+    )
     meta = json.loads((out / "meta.json").read_text())
     assert meta["num_chunks"] == 2 and meta["num_images"] == 6 and meta["classes"] == ["cat", "dog"]
     first = np.load(out / "chunk_00000.npy")
     (out / "chunk_00001.npy").unlink()
-    ex.extract(str(tmp_path / "imgs"), str(out), vae=str(tiny_vae_dir), image_size=32, batch_size=2, chunk_size=4,
-               device="cpu", num_workers=0)
+    ex.extract(
+        str(tmp_path / "imgs"),
+        str(out),
+        vae=str(tiny_vae_dir),
+        image_size=32,
+        batch_size=2,
+        chunk_size=4,
+        device="cpu",
+        num_workers=0,
+    )
     np.testing.assert_array_equal(np.load(out / "chunk_00000.npy"), first)
     data = LatentDataset(out)
     assert len(data) == 6

@@ -23,7 +23,7 @@ def _randomize_affines(model: nn.Module) -> None:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Linear):
-                module.weight.normal_(0.0, module.in_features ** -0.5)
+                module.weight.normal_(0.0, module.in_features**-0.5)
             if isinstance(module, DyT | Derf):
                 module.weight.normal_(1.0, 0.5)
                 if module.bias is not None:

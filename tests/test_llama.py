@@ -64,8 +64,12 @@ def test_paper_sizes_build_on_meta_with_hugging_face_parameter_counts(name):
 
 
 def test_paper_sizes_are_the_fms_fsdp_shapes():
-    expected = {"llama2_7b": (4096, 32, 32, 32, 11008), "llama2_13b": (5120, 40, 40, 40, 13824),
-                "llama2_34b": (8192, 48, 64, 8, 22016), "llama2_70b": (8192, 80, 64, 8, 28672)}
+    expected = {
+        "llama2_7b": (4096, 32, 32, 32, 11008),
+        "llama2_13b": (5120, 40, 40, 40, 13824),
+        "llama2_34b": (8192, 48, 64, 8, 22016),
+        "llama2_70b": (8192, 80, 64, 8, 28672),
+    }
     for name, shape in expected.items():
         with torch.device("meta"):
             m = models.create_model(name, norm="rmsnorm")
@@ -79,9 +83,19 @@ def test_dyt_adds_one_alpha_per_norm_and_the_embedding_scalar():
     assert _params(dyt) - _params(rms) == (2 * 32 + 1) + 1  # alphas of 65 norms + embed_scale
 
 
-@pytest.mark.parametrize("width, expected", [
-    (1024, (1.0, 1.0)), (2048, (1.0, 0.5)), (4096, (0.8, 0.2)), (5120, (0.6, 0.15)), (8192, (0.2, 0.05)),
-    (256, (1.0, 1.0)), (3072, (1.0, 0.5)), (16384, (0.2, 0.05))])
+@pytest.mark.parametrize(
+    "width, expected",
+    [
+        (1024, (1.0, 1.0)),
+        (2048, (1.0, 0.5)),
+        (4096, (0.8, 0.2)),
+        (5120, (0.6, 0.15)),
+        (8192, (0.2, 0.05)),
+        (256, (1.0, 1.0)),
+        (3072, (1.0, 0.5)),
+        (16384, (0.2, 0.05)),
+    ],
+)
 def test_alpha_init_by_width_follows_table_11(width, expected):
     assert alpha_init_for_width(width) == expected
 
@@ -97,8 +111,11 @@ def test_dyt_sites_take_attention_and_other_alpha_without_bias():
 def test_config_alpha_overrides_the_width_default():
     norm = {"name": "dyt", "alpha_init": 0.3, "sites": {"attn": {"alpha_init": 0.9}}}
     m = models.create_model("llama_tiny", norm=norm)
-    assert (m.layers[1].attention_norm.alpha.item(), m.layers[1].ffn_norm.alpha.item(), m.norm.alpha.item()) \
-        == pytest.approx((0.9, 0.3, 0.3))
+    assert (
+        m.layers[1].attention_norm.alpha.item(),
+        m.layers[1].ffn_norm.alpha.item(),
+        m.norm.alpha.item(),
+    ) == pytest.approx((0.9, 0.3, 0.3))
 
 
 @pytest.mark.parametrize("norm, scaled", [("dyt", True), ("derf", True), ("rmsnorm", False), ("layernorm", False)])

@@ -16,7 +16,7 @@ bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
 PAUSE = 0.01  # inside the layer, forward and backward
-GAP = 0.3     # outside the layer, between forward and backward
+GAP = 0.3  # outside the layer, between forward and backward
 
 
 class _SlowBackward(torch.autograd.Function):
@@ -61,8 +61,22 @@ def test_identity_rows_replace_every_norm():
 
 @pytest.mark.parametrize("norm", ["rmsnorm", "dyt"])
 def test_benchmark_reports_model_and_layer_time(norm):
-    rows = bench.main(["--model", "llama_tiny", "--seq-len", "32", "--iters", "2", "--warmup", "1",
-                       "--modes", "eager", "--norms", norm])
+    rows = bench.main(
+        [
+            "--model",
+            "llama_tiny",
+            "--seq-len",
+            "32",
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--modes",
+            "eager",
+            "--norms",
+            norm,
+        ]
+    )
     row = rows[0]
     assert row["norm"] == norm and row["device"] == "cpu"
     for kind in ("inference", "training"):

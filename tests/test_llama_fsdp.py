@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-       "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 STEPS, CKPT_EVERY, KILL_AT = 8, 3, 5  # killed after step 5; the step-3 checkpoint is the resume point
 
 
@@ -30,11 +29,22 @@ def compose_cfg(overrides: list[str]):
 
 
 def overrides(run: Path, cache: Path) -> list[str]:
-    return ["experiment=llama_tiny_stdlib", "norm=dyt", "norm.impl=eager", f"run_dir={run}",
-            f"data.cache_dir={cache}", "trainer.device=cpu", "trainer.distributed=fsdp",
-            f"trainer.max_steps={STEPS}", f"trainer.ckpt_every_steps={CKPT_EVERY}", "trainer.log_every_steps=1",
-            "trainer.eval_every_steps=null", "trainer.batch_size=4", "trainer.progress=off",
-            "task.eval_max_sequences=8"]
+    return [
+        "experiment=llama_tiny_stdlib",
+        "norm=dyt",
+        "norm.impl=eager",
+        f"run_dir={run}",
+        f"data.cache_dir={cache}",
+        "trainer.device=cpu",
+        "trainer.distributed=fsdp",
+        f"trainer.max_steps={STEPS}",
+        f"trainer.ckpt_every_steps={CKPT_EVERY}",
+        "trainer.log_every_steps=1",
+        "trainer.eval_every_steps=null",
+        "trainer.batch_size=4",
+        "trainer.progress=off",
+        "task.eval_max_sequences=8",
+    ]
 
 
 def torchrun(args: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:

@@ -15,8 +15,16 @@ from dyt.engine.sampler import ShardedBatchSampler
 
 def text_cfg(cache, **overrides):
     cfg = OmegaConf.load("configs/data/text_stdlib.yaml")
-    cfg.merge_with({"cache_dir": str(cache), "vocab_size": 300, "seq_len": 32, "max_docs": 20,
-                    "tokenizer_train_docs": 20, **overrides})
+    cfg.merge_with(
+        {
+            "cache_dir": str(cache),
+            "vocab_size": 300,
+            "seq_len": 32,
+            "max_docs": 20,
+            "tokenizer_train_docs": 20,
+            **overrides,
+        }
+    )
     return cfg
 
 
@@ -38,12 +46,12 @@ def test_sequences_tile_the_token_file_and_decode_to_the_corpus(stdlib_cfg):
     tokens = np.memmap(data.path, dtype=data.meta["dtype"], mode="r")
     assert len(data) == (len(tokens) - 1) // 32 and data[0].dtype == torch.int64 and data[0].shape == (33,)
     for i in (0, 1, len(data) - 1):
-        assert torch.equal(data[i], torch.from_numpy(tokens[i * 32:i * 32 + 33].astype(np.int64)))
+        assert torch.equal(data[i], torch.from_numpy(tokens[i * 32 : i * 32 + 33].astype(np.int64)))
         if i + 1 < len(data):
             assert data[i][-1] == data[i + 1][0]  # targets of one sequence continue into the next
     tok = load_tokenizer(data.meta["tokenizer"])
     first_doc = next(iter_documents(stdlib_cfg, "train"))
-    assert tok.decode(tokens[:200].tolist()) == first_doc[:len(tok.decode(tokens[:200].tolist()))]
+    assert tok.decode(tokens[:200].tolist()) == first_doc[: len(tok.decode(tokens[:200].tolist()))]
     assert data.meta["num_docs"] == 20 and (tokens == tok.eos_token_id).sum() == 20
 
 
@@ -72,8 +80,13 @@ def test_resume_continues_at_the_exact_data_position(stdlib_cfg):
 def test_local_jsonl_source_with_a_held_out_split(tmp_path):
     docs = [{"text": f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * 5} for i in range(200)]
     (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    cfg = text_cfg(tmp_path / "cache", source=str(tmp_path / "corpus.jsonl"), val_fraction=0.1, max_docs=None,
-                   tokenizer_train_docs=None)
+    cfg = text_cfg(
+        tmp_path / "cache",
+        source=str(tmp_path / "corpus.jsonl"),
+        val_fraction=0.1,
+        max_docs=None,
+        tokenizer_train_docs=None,
+    )
     train, val = build_text_dataset(cfg, "train"), build_text_dataset(cfg, "val")
     assert train.meta["num_docs"] + val.meta["num_docs"] == 200 and 5 < val.meta["num_docs"] < 40
 

@@ -32,8 +32,14 @@ metric_list:
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     cfg = OmegaConf.load("configs/data/text_stdlib.yaml")
-    cfg.merge_with({"cache_dir": str(tmp_path_factory.mktemp("cache")), "vocab_size": 300, "max_docs": 20,
-                    "tokenizer_train_docs": 20})
+    cfg.merge_with(
+        {
+            "cache_dir": str(tmp_path_factory.mktemp("cache")),
+            "vocab_size": 300,
+            "max_docs": 20,
+            "tokenizer_train_docs": 20,
+        }
+    )
     return load_tokenizer(tokenizer_path(cfg))
 
 
@@ -63,15 +69,18 @@ def test_loglikelihood_is_the_sum_of_continuation_logprobs(model, tokenizer):
 
 
 def test_evaluate_lm_averages_local_tasks_into_the_score(model, tokenizer, tmp_path):
-    docs = [{"question": "x = 1 +", "choices": [" 1", " import", " class"], "answer": 0},
-            {"question": "def f(self):", "choices": [" return", " )", " ]"], "answer": 0},
-            {"question": "for i in", "choices": [" range(3):", " def", " =="], "answer": 0}]
+    docs = [
+        {"question": "x = 1 +", "choices": [" 1", " import", " class"], "answer": 0},
+        {"question": "def f(self):", "choices": [" return", " )", " ]"], "answer": 0},
+        {"question": "for i in", "choices": [" range(3):", " def", " =="], "answer": 0},
+    ]
     for name, rows in (("dyt_toy_a", docs), ("dyt_toy_b", docs[:2])):
         data = tmp_path / f"{name}.jsonl"
         data.write_text("".join(json.dumps(d) + "\n" for d in rows))
         (tmp_path / f"{name}.yaml").write_text(TASK_YAML.format(name=name, path=data))
-    scores = evaluate_lm(model, tokenizer, ["dyt_toy_a", "dyt_toy_b"], max_length=64, include_path=str(tmp_path),
-                         include_defaults=False)
+    scores = evaluate_lm(
+        model, tokenizer, ["dyt_toy_a", "dyt_toy_b"], max_length=64, include_path=str(tmp_path), include_defaults=False
+    )
     assert set(scores) == {"lm_eval/dyt_toy_a", "lm_eval/dyt_toy_b", "lm_eval/score"}
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert scores["lm_eval/score"] == pytest.approx((scores["lm_eval/dyt_toy_a"] + scores["lm_eval/dyt_toy_b"]) / 2)

@@ -12,14 +12,22 @@ from dyt.tasks.lm import LanguageModelingTask
 
 
 def lm_cfg(cache, norm: str):
-    return OmegaConf.create({
-        "model": {"name": "llama_tiny", "vocab_size": "${data.vocab_size}", "embed_scale": "auto"},
-        # Plain PyTorch DyT: the fused kernel's compile time is not what this test is about.
-        "norm": {"name": norm, **({"impl": "eager"} if norm == "dyt" else {})},
-        "data": {**OmegaConf.to_container(OmegaConf.load("configs/data/text_stdlib.yaml")), "cache_dir": str(cache),
-                 "vocab_size": 384, "seq_len": 64, "max_docs": 30, "tokenizer_train_docs": 30},
-        "task": {**OmegaConf.to_container(OmegaConf.load("configs/task/lm.yaml")), "eval_max_sequences": 64},
-    })
+    return OmegaConf.create(
+        {
+            "model": {"name": "llama_tiny", "vocab_size": "${data.vocab_size}", "embed_scale": "auto"},
+            # Plain PyTorch DyT: the fused kernel's compile time is not what this test is about.
+            "norm": {"name": norm, **({"impl": "eager"} if norm == "dyt" else {})},
+            "data": {
+                **OmegaConf.to_container(OmegaConf.load("configs/data/text_stdlib.yaml")),
+                "cache_dir": str(cache),
+                "vocab_size": 384,
+                "seq_len": 64,
+                "max_docs": 30,
+                "tokenizer_train_docs": 30,
+            },
+            "task": {**OmegaConf.to_container(OmegaConf.load("configs/task/lm.yaml")), "eval_max_sequences": 64},
+        }
+    )
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,12 @@ C = 6
 def _reference(name: str, x, alpha, weight, bias, shift=None, squash="tanh"):
     """The defining formulas, written out independently of the modules (channels-last)."""
     if name == "dyt":
-        fn = {"tanh": torch.tanh, "hardtanh": lambda t: t.clamp(-1, 1), "sigmoid": lambda t: 1 / (1 + torch.exp(-t)),
-              "identity": lambda t: t}[squash]
+        fn = {
+            "tanh": torch.tanh,
+            "hardtanh": lambda t: t.clamp(-1, 1),
+            "sigmoid": lambda t: 1 / (1 + torch.exp(-t)),
+            "identity": lambda t: t,
+        }[squash]
         return weight * fn(alpha * x) + bias
     return weight * torch.erf(alpha * x + shift) + bias
 
@@ -60,8 +64,13 @@ def test_derf_values_and_gradients_match_float64_reference():
     g = torch.randn_like(y)
     y.backward(g)
     yr.backward(g)
-    for got, want in ((x.grad, xr.grad), (m.alpha.grad, a.grad), (m.shift.grad, s.grad),
-                      (m.weight.grad, w.grad), (m.bias.grad, b.grad)):
+    for got, want in (
+        (x.grad, xr.grad),
+        (m.alpha.grad, a.grad),
+        (m.shift.grad, s.grad),
+        (m.weight.grad, w.grad),
+        (m.bias.grad, b.grad),
+    ):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 

@@ -11,13 +11,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
-       "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "PYTHONUNBUFFERED": "1",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -60,8 +65,14 @@ def test_train_resume_and_evaluate_a_run(tmp_path):
 @pytest.mark.slow
 def test_norm_sweep_then_table(tmp_path):
     runs = tmp_path / "runs"
-    _run("train.py", "-m", "norm=layernorm,dyt", "trainer.epochs=1", f"run_dir={runs}/quickstart/${{norm.tag}}/seed0",
-         f"hydra.sweep.dir={tmp_path}/sweep")
+    _run(
+        "train.py",
+        "-m",
+        "norm=layernorm,dyt",
+        "trainer.epochs=1",
+        f"run_dir={runs}/quickstart/${{norm.tag}}/seed0",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    )
     for norm in ("layernorm", "dyt"):
         assert (runs / "quickstart" / norm / "seed0" / "results.json").exists()
     out = _run("eval.py", f"runs_root={runs}", f"out_dir={tmp_path}/results").stdout
@@ -75,8 +86,14 @@ def test_norm_sweep_then_table(tmp_path):
 def test_two_process_torchrun_quickstart_resumes_in_one_process(tmp_path):
     run_dir = tmp_path / "run"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29561"]
-    proc = subprocess.run([*torchrun, "train.py", "trainer.epochs=1", f"run_dir={run_dir}"], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*torchrun, "train.py", "trainer.epochs=1", f"run_dir={run_dir}"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     two_proc = json.loads((run_dir / "results.json").read_text())
     assert (two_proc["world_size"], two_proc["global_batch"], two_proc["steps"]) == (2, 128, 11)
@@ -88,9 +105,21 @@ def test_two_process_torchrun_quickstart_resumes_in_one_process(tmp_path):
 
 
 def test_bad_input_fails_with_a_clear_message(tmp_path):
-    proc = subprocess.run([sys.executable, "train.py", "model=vit_huge", f"run_dir={tmp_path}"], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "train.py", "model=vit_huge", f"run_dir={tmp_path}"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "vit_b" in proc.stderr, "an unknown model lists the valid ones"
-    proc = subprocess.run([sys.executable, "train.py", "data=imagenet", f"data.root={tmp_path}/nope",
-                           f"run_dir={tmp_path}/r"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "train.py", "data=imagenet", f"data.root={tmp_path}/nope", f"run_dir={tmp_path}/r"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "ImageFolder tree" in proc.stdout + proc.stderr

@@ -15,15 +15,21 @@ from dyt.results.tables import build_tables, load_paper, write_tables
 PAPER = Path(__file__).resolve().parents[1] / "results" / "paper.yaml"
 
 
-def _fake_run(root: Path, experiment: str, norm: str, seed: int, results: dict | None, paper_ref=None,
-              losses=(2.0, 1.0)) -> Path:
+def _fake_run(
+    root: Path, experiment: str, norm: str, seed: int, results: dict | None, paper_ref=None, losses=(2.0, 1.0)
+) -> Path:
     run = root / experiment / norm / f"seed{seed}"
     run.mkdir(parents=True)
-    cfg = {"experiment_name": experiment, "seed": seed, "model": {"name": "vit_b"},
-           "norm": {"name": norm, "tag": norm}, "paper_ref": paper_ref}
+    cfg = {
+        "experiment_name": experiment,
+        "seed": seed,
+        "model": {"name": "vit_b"},
+        "norm": {"name": norm, "tag": norm},
+        "paper_ref": paper_ref,
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     lines = [json.dumps({"step": i, "train/loss": v}) for i, v in enumerate(losses)]
-    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n{\"step\": 9, \"train/lo")  # torn last line
+    (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 9, "train/lo')  # torn last line
     if results is not None:
         (run / "results.json").write_text(json.dumps(results))
     # Hydra's own config copy must not be taken for a run.
@@ -34,8 +40,7 @@ def _fake_run(root: Path, experiment: str, norm: str, seed: int, results: dict |
 
 def test_paper_yaml_has_every_main_table_with_its_numbers():
     paper = load_paper(PAPER)
-    assert paper["table1"]["rows"]["vit_b"]["values"] == {"layernorm": 82.3, "dyt": 82.5, "derf": 82.8,
-                                                          "rmsnorm": 82.4}
+    assert paper["table1"]["rows"]["vit_b"]["values"] == {"layernorm": 82.3, "dyt": 82.5, "derf": 82.8, "rmsnorm": 82.4}
     assert paper["table3"]["rows"]["dit_xl2"]["values"]["dyt"] == 20.83
     assert paper["table4"]["rows"]["llama2_7b"]["loss"] == {"rmsnorm": 1.59, "dyt": 1.60}
     assert paper["table10"]["rows"]["llama2_13b"]["attn"] == 0.6
@@ -82,4 +87,4 @@ def test_curves_skip_torn_lines_and_plot_one_png_per_experiment(tmp_path):
 
 def test_mean_std():
     assert mean_std([1.0]) == (1.0, 0.0)
-    assert mean_std([1.0, 3.0]) == pytest.approx((2.0, 2 ** 0.5))
+    assert mean_std([1.0, 3.0]) == pytest.approx((2.0, 2**0.5))

@@ -31,17 +31,27 @@ from dyt.engine.checkpoint import load_checkpoint
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled",
-       "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "PYTHONUNBUFFERED": "1",
+    "OMP_NUM_THREADS": "1",
+}
 # The quickstart, shortened: a few optimizer steps of the small ViT on digits.
 QUICK = ["trainer.max_steps=4", "trainer.batch_size=16", "trainer.log_every_steps=1", "trainer.progress=log"]
 # Long enough to signal a run mid-training (~0.1 s a step on CPU), short enough to finish in seconds.
 LONG_STEPS = 100
-LONG = [f"trainer.max_steps={LONG_STEPS}", "trainer.batch_size=8", "trainer.log_every_steps=1",
-        "trainer.progress=log"]
+LONG = [f"trainer.max_steps={LONG_STEPS}", "trainer.batch_size=8", "trainer.log_every_steps=1", "trainer.progress=log"]
 # hydra/launcher=slurm as a CPU-only cluster needs it: one process, one CPU, no GPU per run.
-LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.tasks_per_node=1",
-            "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10"]
+LAUNCHER = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.gpus_per_node=0",
+    "hydra.launcher.tasks_per_node=1",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.timeout_min=10",
+]
 SBATCH_CPU = ["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=10"]
 SWEEP_TIMEOUT_S = 300
 # submitit polls sacct: a killed job fails its sweep in ~20 s (notes/slurm.md).
@@ -86,8 +96,15 @@ def job_name() -> Iterator[str]:
 
 # ---- helpers ----------------------------------------------------------------------------------------
 def _hydra_sweep(*overrides: str, sweep_dir: Path, job_name: str) -> subprocess.Popen:
-    cmd = [sys.executable, "train.py", "-m", *overrides, *LAUNCHER, f"hydra.launcher.name={job_name}",
-           f"hydra.sweep.dir={sweep_dir}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        *overrides,
+        *LAUNCHER,
+        f"hydra.launcher.name={job_name}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -105,8 +122,9 @@ def _finish(proc: subprocess.Popen, timeout: float = SWEEP_TIMEOUT_S) -> tuple[i
 def _job_ids(job_name: str) -> dict[int, str]:
     """Array index -> job id (``<array>_<index>``, or a plain id for a one-run sweep, index 0) of the
     queued jobs called ``job_name``."""
-    out = subprocess.run(["squeue", "-h", f"--name={job_name}", "-o", "%i"], capture_output=True, text=True,
-                         timeout=30).stdout.split()
+    out = subprocess.run(
+        ["squeue", "-h", f"--name={job_name}", "-o", "%i"], capture_output=True, text=True, timeout=30
+    ).stdout.split()
     ids = {}
     for job in out:
         index = job.partition("_")[2]
@@ -151,9 +169,23 @@ def _sbatch_array(script_args: list[str], *, norms: str, log_dir: Path, job_name
     """Submit scripts/slurm/sweep_array.sbatch over ``norms`` x seed 0; the array job's id."""
     env = {**ENV, "NORMS": norms, "SEEDS": "0", "DYT_PYTHON": sys.executable}
     array = f"--array=0-{len(norms.split()) - 1}"
-    out = subprocess.run(["sbatch", "--parsable", f"--job-name={job_name}", array, *SBATCH_CPU,
-                          f"--output={log_dir}/%x-%A_%a.out", "scripts/slurm/sweep_array.sbatch", *script_args],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            f"--job-name={job_name}",
+            array,
+            *SBATCH_CPU,
+            f"--output={log_dir}/%x-%A_%a.out",
+            "scripts/slurm/sweep_array.sbatch",
+            *script_args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, f"sbatch failed: {out.stderr}"
     return out.stdout.strip().split(";")[0]
 
@@ -165,16 +197,18 @@ def _wait_for_array(array_id: str, timeout: float = SWEEP_TIMEOUT_S) -> dict[str
         if time.monotonic() > deadline:
             pytest.fail(f"array job {array_id} still in the queue after {timeout} s")
         time.sleep(0.5)
-    rows = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,State"], capture_output=True,
-                          text=True, timeout=30).stdout.split()
+    rows = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,State"], capture_output=True, text=True, timeout=30
+    ).stdout.split()
     return dict(row.split("|") for row in rows)
 
 
 # ---- tests ------------------------------------------------------------------------------------------
 def test_hydra_slurm_sweep_trains_every_norm(tmp_path, job_name):
     runs = tmp_path / "runs"
-    proc = _hydra_sweep("norm=layernorm,dyt", *QUICK, f"run_dir={runs}/${{norm.tag}}", sweep_dir=tmp_path / "sweep",
-                        job_name=job_name)
+    proc = _hydra_sweep(
+        "norm=layernorm,dyt", *QUICK, f"run_dir={runs}/${{norm.tag}}", sweep_dir=tmp_path / "sweep", job_name=job_name
+    )
     rc, out = _finish(proc)
     assert rc == 0, f"the SLURM sweep failed:\n{out[-4000:]}"
     _assert_results(runs / "layernorm", runs / "dyt", steps=4)
@@ -188,8 +222,14 @@ def test_preempted_hydra_job_requeues_and_matches_uninterrupted_run(tmp_path, jo
     # (SIGUSR2 to the job step), the second runs through as the reference.
     runs = tmp_path / "runs"
     # impl=eager: exact torch.tanh, see the note on DyT's fused CPU kernel in the module docstring.
-    proc = _hydra_sweep(f"run_dir={runs}/preempted,{runs}/reference", "norm=dyt", "norm.impl=eager", *LONG,
-                        sweep_dir=tmp_path / "sweep", job_name=job_name)
+    proc = _hydra_sweep(
+        f"run_dir={runs}/preempted,{runs}/reference",
+        "norm=dyt",
+        "norm.impl=eager",
+        *LONG,
+        sweep_dir=tmp_path / "sweep",
+        job_name=job_name,
+    )
     job = _wait_for_training(runs / "preempted", job_name, index=0)
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
     rc, out = _finish(proc)
@@ -216,7 +256,10 @@ def test_sbatch_array_sweep_trains_every_norm_and_resumes_a_preempted_task(tmp_p
     assert "checkpoint written at step" in log, f"task 0 was not stopped by the signal:\n{log[-3000:]}"
     assert "requeueing job" in log and "restart 1" in log, f"task 0 was not requeued:\n{log[-3000:]}"
     assert [json.loads((runs / f"task{i}" / "results.json").read_text())["norm"] for i in range(3)] == [
-        "layernorm", "layernorm", "dyt"]
+        "layernorm",
+        "layernorm",
+        "dyt",
+    ]
     _assert_results(runs / "task0", runs / "task1", runs / "task2", steps=LONG_STEPS)
     _assert_same_final_state(runs / "task0", runs / "task1")
 

@@ -135,8 +135,11 @@ def random_reference(preset: str, **kwargs) -> torch.nn.Module:
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in ref.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.02 if p.dim() > 1 else
-                    1 + 0.1 * torch.randn(p.shape, generator=gen))
+            p.copy_(
+                torch.randn(p.shape, generator=gen) * 0.02
+                if p.dim() > 1
+                else 1 + 0.1 * torch.randn(p.shape, generator=gen)
+            )
     return ref
 
 
@@ -266,8 +269,9 @@ def test_forward_features_and_head_compose_to_forward():
 # ---- configs --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("vit_*.yaml")) + sorted(CONFIGS.glob("convnext_*.yaml")),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted(CONFIGS.glob("vit_*.yaml")) + sorted(CONFIGS.glob("convnext_*.yaml")), ids=lambda p: p.stem
+)
 def test_model_config_builds_its_preset(path):
     data = {"num_classes": 7, "img_size": 32, "in_chans": 3}
     cfg = OmegaConf.merge({"data": data}, {"model": OmegaConf.load(path)})

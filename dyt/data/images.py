@@ -39,8 +39,9 @@ class DigitsDataset(Dataset):
             raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
         digits = load_digits()
         images = digits.images.astype(np.float32) / 16.0  # pixel values are 0..16
-        train_idx, test_idx = train_test_split(np.arange(len(images)), test_size=test_fraction,
-                                               random_state=split_seed, stratify=digits.target)
+        train_idx, test_idx = train_test_split(
+            np.arange(len(images)), test_size=test_fraction, random_state=split_seed, stratify=digits.target
+        )
         idx = train_idx if split == "train" else test_idx
         x = torch.from_numpy(images[idx]).unsqueeze(1)
         # Standardize with the train split's statistics (the same numbers for both splits).
@@ -64,17 +65,25 @@ def imagenet_transform(cfg: Any, train: bool):
 
     if train:
         return create_transform(
-            cfg.img_size, is_training=True, auto_augment=cfg.auto_augment, color_jitter=cfg.color_jitter,
-            re_prob=cfg.reprob, re_mode="pixel", re_count=1, interpolation=cfg.interpolation)
-    return create_transform(cfg.img_size, is_training=False, interpolation=cfg.interpolation,
-                            crop_pct=cfg.crop_pct)
+            cfg.img_size,
+            is_training=True,
+            auto_augment=cfg.auto_augment,
+            color_jitter=cfg.color_jitter,
+            re_prob=cfg.reprob,
+            re_mode="pixel",
+            re_count=1,
+            interpolation=cfg.interpolation,
+        )
+    return create_transform(cfg.img_size, is_training=False, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct)
 
 
 def check_imagefolder(root: str | Path, splits: tuple[str, ...] = ("train", "val")) -> None:
     """Fail early, saying what was expected, unless ``root/<split>/<class>/<image>`` exists for every split."""
     root = Path(root).expanduser()
-    layout = (f"expected an ImageFolder tree: {root}/train/<class>/<image> and {root}/val/<class>/<image> "
-              "(e.g. n01440764/ILSVRC2012_val_00000293.JPEG), with the same class folders in both")
+    layout = (
+        f"expected an ImageFolder tree: {root}/train/<class>/<image> and {root}/val/<class>/<image> "
+        "(e.g. n01440764/ILSVRC2012_val_00000293.JPEG), with the same class folders in both"
+    )
     if not root.is_dir():
         raise FileNotFoundError(f"data.root={str(root)!r} does not exist or is not a directory; {layout}")
     classes = {}
@@ -87,8 +96,7 @@ def check_imagefolder(root: str | Path, splits: tuple[str, ...] = ("train", "val
             raise ValueError(f"{split_dir} has no class folders; {layout}")
         first = split_dir / dirs[0]
         if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in first.iterdir()):
-            raise ValueError(f"class folder {first} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                             f"{layout}")
+            raise ValueError(f"class folder {first} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); {layout}")
         classes[split] = dirs
     if len(set(map(tuple, classes.values()))) > 1:
         raise ValueError(f"the class folders differ between splits under {root}; {layout}")
@@ -97,15 +105,18 @@ def check_imagefolder(root: str | Path, splits: tuple[str, ...] = ("train", "val
 class HFImageDataset(Dataset):
     """A Hugging Face ``datasets`` split with an image column and an integer label column."""
 
-    def __init__(self, path: str, split: str, transform, image_key: str = "image", label_key: str = "label",
-                 **load_kwargs: Any) -> None:
+    def __init__(
+        self, path: str, split: str, transform, image_key: str = "image", label_key: str = "label", **load_kwargs: Any
+    ) -> None:
         import datasets
 
         self.ds = datasets.load_dataset(path, split=split, **load_kwargs)
         missing = {image_key, label_key} - set(self.ds.column_names)
         if missing:
-            raise ValueError(f"dataset {path!r} split {split!r} lacks column(s) {sorted(missing)}; "
-                             f"its columns are {self.ds.column_names} (set data.image_key / data.label_key)")
+            raise ValueError(
+                f"dataset {path!r} split {split!r} lacks column(s) {sorted(missing)}; "
+                f"its columns are {self.ds.column_names} (set data.image_key / data.label_key)"
+            )
         self.transform, self.image_key, self.label_key = transform, image_key, label_key
 
     def __len__(self) -> int:
@@ -128,8 +139,10 @@ def build_image_dataset(cfg: Any, split: str) -> Dataset:
         hf_split = cfg.hf_train_split if train else cfg.hf_val_split
         return HFImageDataset(cfg.hf_dataset, hf_split, transform, cfg.image_key, cfg.label_key)
     if not cfg.get("root"):
-        raise ValueError("data=imagenet needs data.root=/path/to/imagenet (an ImageFolder tree with train/ and "
-                         "val/) or data.hf_dataset=<hub id or local parquet/imagefolder dir>")
+        raise ValueError(
+            "data=imagenet needs data.root=/path/to/imagenet (an ImageFolder tree with train/ and "
+            "val/) or data.hf_dataset=<hub id or local parquet/imagefolder dir>"
+        )
     check_imagefolder(cfg.root)
     from torchvision.datasets import ImageFolder
 

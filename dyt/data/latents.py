@@ -33,9 +33,11 @@ def load_vae(name_or_path: str, device: torch.device | str = "cpu"):
     try:
         vae = AutoencoderKL.from_pretrained(name_or_path)
     except OSError as err:
-        raise OSError(f"could not load the VAE {name_or_path!r}: give a local directory holding config.json and "
-                      "the weights, or a hub id with network access (HF_HUB_OFFLINE is "
-                      f"{os.environ.get('HF_HUB_OFFLINE', 'unset')})") from err
+        raise OSError(
+            f"could not load the VAE {name_or_path!r}: give a local directory holding config.json and "
+            "the weights, or a hub id with network access (HF_HUB_OFFLINE is "
+            f"{os.environ.get('HF_HUB_OFFLINE', 'unset')})"
+        ) from err
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -81,12 +83,15 @@ def image_folder(root: str | Path, size: int, flip: bool) -> Dataset:
 
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {str(root)!r} does not exist; expected {root}/<class>/<image> "
-                                "(e.g. the ImageNet train split)")
+        raise FileNotFoundError(
+            f"image folder {str(root)!r} does not exist; expected {root}/<class>/<image> "
+            "(e.g. the ImageNet train split)"
+        )
     return ImageFolder(str(root), transform=image_transform(size, flip))
 
 
 # ---- pre-extracted latents --------------------------------------------------------------------
+
 
 def chunk_paths(out_dir: Path, k: int) -> tuple[Path, Path]:
     """Latent and label files of chunk ``k``."""
@@ -110,16 +115,20 @@ class LatentDataset(Dataset):
         root = Path(root).expanduser()
         meta_path = root / "meta.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} not found: extract latents first with "
-                                    f"`python scripts/extract_latents.py --data <imagefolder> --out {root}`")
+            raise FileNotFoundError(
+                f"{meta_path} not found: extract latents first with "
+                f"`python scripts/extract_latents.py --data <imagefolder> --out {root}`"
+            )
         self.meta = json.loads(meta_path.read_text())
         self.flip = flip
         self.chunks, self.labels = [], []
         for k in range(self.meta["num_chunks"]):
             latent_path, label_path = chunk_paths(root, k)
             if not latent_path.is_file():
-                raise FileNotFoundError(f"{latent_path} is missing: the extraction did not finish; rerun "
-                                        "scripts/extract_latents.py with the same arguments to resume it")
+                raise FileNotFoundError(
+                    f"{latent_path} is missing: the extraction did not finish; rerun "
+                    "scripts/extract_latents.py with the same arguments to resume it"
+                )
             self.chunks.append(np.load(latent_path, mmap_mode="r"))
             self.labels.append(np.load(label_path))
         self.offsets = np.cumsum([0] + [len(c) for c in self.chunks])
@@ -131,5 +140,6 @@ class LatentDataset(Dataset):
         k = int(np.searchsorted(self.offsets, i, side="right")) - 1
         j = i - self.offsets[k]
         view = int(torch.rand(()) < 0.5) if self.flip else 0
-        return torch.from_numpy(np.array(self.chunks[k][j, view], dtype=np.float32)), \
-            torch.tensor(int(self.labels[k][j]))
+        return torch.from_numpy(np.array(self.chunks[k][j, view], dtype=np.float32)), torch.tensor(
+            int(self.labels[k][j])
+        )

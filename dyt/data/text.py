@@ -67,15 +67,22 @@ def stdlib_documents() -> list[tuple[str, Path]]:
 
 def _local_files(source: str) -> list[str]:
     path = Path(source).expanduser()
-    files = sorted(str(p) for p in path.rglob("*") if p.suffix in LOCAL_BUILDERS) if path.is_dir() \
+    files = (
+        sorted(str(p) for p in path.rglob("*") if p.suffix in LOCAL_BUILDERS)
+        if path.is_dir()
         else sorted(glob.glob(str(path)))
+    )
     if not files:
-        raise FileNotFoundError(f"data.source={source!r} matches no file; give a hub id, 'stdlib', or local "
-                                f"{'/'.join(LOCAL_BUILDERS)} files (a file, a glob or a directory)")
+        raise FileNotFoundError(
+            f"data.source={source!r} matches no file; give a hub id, 'stdlib', or local "
+            f"{'/'.join(LOCAL_BUILDERS)} files (a file, a glob or a directory)"
+        )
     suffixes = {Path(f).suffix for f in files}
     if len(suffixes) != 1 or not suffixes <= set(LOCAL_BUILDERS):
-        raise ValueError(f"data.source={source!r} mixes or has unsupported file types {sorted(suffixes)}; "
-                         f"use one of {', '.join(LOCAL_BUILDERS)}")
+        raise ValueError(
+            f"data.source={source!r} mixes or has unsupported file types {sorted(suffixes)}; "
+            f"use one of {', '.join(LOCAL_BUILDERS)}"
+        )
     return files
 
 
@@ -88,8 +95,10 @@ def _hf_documents(cfg: Any, split: str) -> Iterator[str]:
     is_local = Path(source).expanduser().exists() or any(ch in source for ch in "*?")
     if is_local:
         if cfg.val_split is not None:
-            raise ValueError(f"data.source={source!r} is local files, which have no named splits: set "
-                             f"data.val_split=null (data.val_fraction of the documents is held out)")
+            raise ValueError(
+                f"data.source={source!r} is local files, which have no named splits: set "
+                f"data.val_split=null (data.val_fraction of the documents is held out)"
+            )
         files = _local_files(source)
         builder = LOCAL_BUILDERS[Path(files[0]).suffix]
         by_file = {"sample_by": "document"} if builder == "text" else {}  # a .txt file is one document
@@ -108,9 +117,11 @@ def iter_documents(cfg: Any, split: str) -> Iterator[str]:
         raise ValueError(f"unknown split {split!r}; valid splits are: {', '.join(SPLITS)}")
     max_docs = cfg.get("max_docs")
     if cfg.source == "stdlib":
-        docs: Iterable[str] = (path.read_text(encoding="utf-8", errors="replace")
-                               for rel, path in stdlib_documents()
-                               if _held_out(rel, cfg.val_fraction) == (split == "val"))
+        docs: Iterable[str] = (
+            path.read_text(encoding="utf-8", errors="replace")
+            for rel, path in stdlib_documents()
+            if _held_out(rel, cfg.val_fraction) == (split == "val")
+        )
     else:
         docs = _hf_documents(cfg, split)
     for i, text in enumerate(docs):
@@ -129,8 +140,12 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, path: Path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -157,8 +172,21 @@ def _cache_root(cfg: Any) -> Path:
 
 def corpus_key(cfg: Any) -> str:
     """A hash of every setting that changes the tokens (the stdlib corpus also depends on Python's version)."""
-    keys = {k: cfg.get(k) for k in ("source", "hf_config", "text_key", "train_split", "val_split",
-                                    "val_fraction", "tokenizer", "tokenizer_train_docs", "vocab_size", "max_docs")}
+    keys = {
+        k: cfg.get(k)
+        for k in (
+            "source",
+            "hf_config",
+            "text_key",
+            "train_split",
+            "val_split",
+            "val_fraction",
+            "tokenizer",
+            "tokenizer_train_docs",
+            "vocab_size",
+            "max_docs",
+        )
+    }
     keys["format"] = FORMAT_VERSION
     if cfg.source == "stdlib":
         keys["python"] = sys.version
@@ -199,8 +227,10 @@ def write_token_file(cfg: Any, split: str) -> Path:
     encode = tok.backend_tokenizer.encode_batch_fast  # ids only, no offsets: the fastest path
     vocab = len(tok)
     if vocab > int(cfg.vocab_size):
-        raise ValueError(f"the tokenizer {cfg.get('tokenizer') or 'trained locally'} has {vocab} tokens but "
-                         f"data.vocab_size={cfg.vocab_size}; set data.vocab_size to at least {vocab}")
+        raise ValueError(
+            f"the tokenizer {cfg.get('tokenizer') or 'trained locally'} has {vocab} tokens but "
+            f"data.vocab_size={cfg.vocab_size}; set data.vocab_size to at least {vocab}"
+        )
     if tok.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; documents could not be separated")
     dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
@@ -215,8 +245,15 @@ def write_token_file(cfg: Any, split: str) -> Path:
                 np.asarray(ids, dtype=dtype).tofile(f)
                 num_tokens += len(ids)
             num_docs += len(batch)
-    meta = {"dtype": np.dtype(dtype).name, "num_tokens": num_tokens, "num_docs": num_docs, "vocab_size": vocab,
-            "tokenizer": tokenizer_path(cfg), "source": str(cfg.source), "split": split}
+    meta = {
+        "dtype": np.dtype(dtype).name,
+        "num_tokens": num_tokens,
+        "num_docs": num_docs,
+        "vocab_size": vocab,
+        "tokenizer": tokenizer_path(cfg),
+        "source": str(cfg.source),
+        "split": split,
+    }
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     os.replace(tmp, out)  # the .bin appears last: its presence means the pair is complete
     return out
@@ -245,8 +282,10 @@ class PackedTokens(Dataset):
         self.meta = json.loads(self.path.with_suffix(".json").read_text())
         self.tokens = np.memmap(self.path, dtype=self.meta["dtype"], mode="r")
         if len(self) == 0:
-            raise ValueError(f"{self.path} holds {len(self.tokens)} tokens, fewer than one sequence of "
-                             f"seq_len={seq_len} + 1; lower data.seq_len or use more text")
+            raise ValueError(
+                f"{self.path} holds {len(self.tokens)} tokens, fewer than one sequence of "
+                f"seq_len={seq_len} + 1; lower data.seq_len or use more text"
+            )
 
     def __len__(self) -> int:
         return (len(self.tokens) - 1) // self.seq_len
@@ -255,7 +294,7 @@ class PackedTokens(Dataset):
         if not 0 <= i < len(self):
             raise IndexError(f"sequence {i} out of range for {len(self)} sequences")
         start = i * self.seq_len
-        return torch.from_numpy(self.tokens[start:start + self.seq_len + 1].astype(np.int64))
+        return torch.from_numpy(self.tokens[start : start + self.seq_len + 1].astype(np.int64))
 
 
 def build_text_dataset(cfg: Any, split: str) -> PackedTokens:

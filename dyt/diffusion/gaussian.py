@@ -60,8 +60,9 @@ class GaussianDiffusion:
         if betas.dim() != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ValueError("betas must be a 1-D sequence of values in (0, 1]")
         self.num_timesteps = len(betas)
-        self.timestep_map = torch.as_tensor(list(range(self.num_timesteps)) if timestep_map is None
-                                            else timestep_map, dtype=torch.long)
+        self.timestep_map = torch.as_tensor(
+            list(range(self.num_timesteps)) if timestep_map is None else timestep_map, dtype=torch.long
+        )
         self.betas = betas
         alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(alphas, dim=0)
@@ -73,7 +74,8 @@ class GaussianDiffusion:
         # q(x_{t-1} | x_t, x_0): variance beta_tilde (log clipped at t=0, where it is 0) and mean coefficients.
         self.posterior_variance = betas * (1.0 - acp_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_log_variance_clipped = torch.log(
-            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]))
+            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]])
+        )
         self.posterior_mean_coef1 = betas * acp_prev.sqrt() / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - acp_prev) * alphas.sqrt() / (1.0 - self.alphas_cumprod)
         # "Fixed large" variance for models without a learned sigma.
@@ -91,18 +93,21 @@ class GaussianDiffusion:
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) with the given noise."""
-        return self._at(self.sqrt_alphas_cumprod, t, x_start) * x_start + \
-            self._at(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
+        return (
+            self._at(self.sqrt_alphas_cumprod, t, x_start) * x_start
+            + self._at(self.sqrt_one_minus_alphas_cumprod, t, x_start) * noise
+        )
 
-    def q_posterior(self, x_start: torch.Tensor, x_t: torch.Tensor,
-                    t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def q_posterior(
+        self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and clipped log variance of q(x_{t-1} | x_t, x_0)."""
-        mean = self._at(self.posterior_mean_coef1, t, x_t) * x_start + \
-            self._at(self.posterior_mean_coef2, t, x_t) * x_t
+        mean = self._at(self.posterior_mean_coef1, t, x_t) * x_start + self._at(self.posterior_mean_coef2, t, x_t) * x_t
         return mean, self._at(self.posterior_log_variance_clipped, t, x_t)
 
-    def p_mean_variance(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                        clip_denoised: bool = False) -> dict[str, torch.Tensor]:
+    def p_mean_variance(
+        self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip_denoised: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Mean, log variance and predicted x_0 of p(x_{t-1} | x_t) from the model's output at x_t.
 
         ``model_output`` has the channels of ``x_t`` (eps only, fixed variance) or twice as many (eps,
@@ -119,28 +124,40 @@ class GaussianDiffusion:
             eps = model_output
             log_variance = self._at(self.fixed_log_variance, t, x_t).expand_as(x_t)
         else:
-            raise ValueError(f"model output has {model_output.shape[1]} channels; expected {channels} (eps) "
-                             f"or {2 * channels} (eps and learned variance) for an input of {channels}")
-        pred_xstart = self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - \
-            self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+            raise ValueError(
+                f"model output has {model_output.shape[1]} channels; expected {channels} (eps) "
+                f"or {2 * channels} (eps and learned variance) for an input of {channels}"
+            )
+        pred_xstart = (
+            self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        )
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
         mean, _ = self.q_posterior(pred_xstart, x_t, t)
         return {"mean": mean, "log_variance": log_variance, "pred_xstart": pred_xstart}
 
-    def vb_terms_bpd(self, model_output: torch.Tensor, x_start: torch.Tensor, x_t: torch.Tensor,
-                     t: torch.Tensor) -> torch.Tensor:
+    def vb_terms_bpd(
+        self, model_output: torch.Tensor, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
         """The variational bound term L_t per sample in bits per dimension: KL to the true posterior for
         t > 0, the discretised decoder negative log-likelihood at t = 0."""
         true_mean, true_log_variance = self.q_posterior(x_start, x_t, t)
         out = self.p_mean_variance(model_output, x_t, t)
         kl = mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])) / math.log(2.0)
-        nll = -mean_flat(discretized_gaussian_log_likelihood(
-            x_start, means=out["mean"], log_scales=0.5 * out["log_variance"])) / math.log(2.0)
+        nll = -mean_flat(
+            discretized_gaussian_log_likelihood(x_start, means=out["mean"], log_scales=0.5 * out["log_variance"])
+        ) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
-    def training_losses(self, model: Callable[..., torch.Tensor], x_start: torch.Tensor, t: torch.Tensor,
-                        noise: torch.Tensor, **model_kwargs) -> dict[str, torch.Tensor]:
+    def training_losses(
+        self,
+        model: Callable[..., torch.Tensor],
+        x_start: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        **model_kwargs,
+    ) -> dict[str, torch.Tensor]:
         """DiT's per-sample loss at steps ``t``: ``mse`` on eps, plus ``vb`` when the variance is learned.
 
         Returns ``loss`` (N,), ``mse`` (N,) and, with a learned variance, ``vb`` (N,).
@@ -156,8 +173,14 @@ class GaussianDiffusion:
         terms["loss"] = terms["mse"] + terms.get("vb", 0.0)
         return terms
 
-    def p_sample(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                 clip_denoised: bool = False) -> torch.Tensor:
+    def p_sample(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        clip_denoised: bool = False,
+    ) -> torch.Tensor:
         """One ancestral step x_t -> x_{t-1} given the model's output (no noise added at t = 0)."""
         out = self.p_mean_variance(model_output, x_t, t, clip_denoised=clip_denoised)
         nonzero = (t != 0).to(x_t.dtype).view(-1, *([1] * (x_t.dim() - 1)))

@@ -23,8 +23,10 @@ def space_timesteps(num_timesteps: int, section_counts: int | str) -> list[int]:
     for i, count in enumerate(counts):
         size = size_per + (1 if i < extra else 0)
         if not 1 <= count <= size:
-            raise ValueError(f"cannot keep {count} steps from a section of {size} steps "
-                             f"(respacing {section_counts!r} of {num_timesteps} steps)")
+            raise ValueError(
+                f"cannot keep {count} steps from a section of {size} steps "
+                f"(respacing {section_counts!r} of {num_timesteps} steps)"
+            )
         stride = (size - 1) / (count - 1) if count > 1 else 1
         kept += [start + round(stride * k) for k in range(count)]
         start += size

@@ -16,8 +16,15 @@ from dyt.diffusion.gaussian import GaussianDiffusion
 
 
 @torch.no_grad()
-def guided_output(model: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg_scale: float,
-                  null_label: int, guidance_channels: int | None = None) -> torch.Tensor:
+def guided_output(
+    model: nn.Module,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor,
+    cfg_scale: float,
+    null_label: int,
+    guidance_channels: int | None = None,
+) -> torch.Tensor:
     """The model's output at (x, t, labels), guided with ``cfg_scale`` against the ``null_label`` class."""
     if cfg_scale == 1.0:
         return model(x, t, labels)
@@ -30,9 +37,16 @@ def guided_output(model: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: to
 
 
 @torch.no_grad()
-def sample(model: nn.Module, diffusion: GaussianDiffusion, labels: torch.Tensor, shape: tuple[int, ...],
-           cfg_scale: float = 1.0, generator: torch.Generator | None = None, guidance_channels: int | None = None,
-           clip_denoised: bool = False) -> torch.Tensor:
+def sample(
+    model: nn.Module,
+    diffusion: GaussianDiffusion,
+    labels: torch.Tensor,
+    shape: tuple[int, ...],
+    cfg_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    guidance_channels: int | None = None,
+    clip_denoised: bool = False,
+) -> torch.Tensor:
     """Draw ``len(labels)`` samples of per-sample ``shape`` (C, H, W) by ancestral sampling over every step
     of ``diffusion`` (respace it for fewer steps). All noise comes from ``generator``, so a seeded
     generator gives the same samples on the same device. The model is used as is: call ``model.eval()``

@@ -4,5 +4,12 @@ from dyt.engine.checkpoint import CheckpointError, load_checkpoint, load_model_s
 from dyt.engine.signals import PREEMPTED_EXIT_CODE, PreemptionHandler
 from dyt.engine.trainer import NonFiniteLossError, Trainer
 
-__all__ = ["CheckpointError", "NonFiniteLossError", "PREEMPTED_EXIT_CODE", "PreemptionHandler", "Trainer",
-           "load_checkpoint", "load_model_state"]
+__all__ = [
+    "CheckpointError",
+    "NonFiniteLossError",
+    "PREEMPTED_EXIT_CODE",
+    "PreemptionHandler",
+    "Trainer",
+    "load_checkpoint",
+    "load_model_state",
+]

@@ -51,10 +51,12 @@ def rng_state() -> dict[str, Any]:
     """torch / cuda / numpy / python RNG states as tensors, lists and numbers."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-            "python": [version, list(internal), gauss_next]}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": [version, list(internal), gauss_next],
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -87,8 +89,10 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
     if last.is_file():
         target = ckpt_dir / last.read_text().strip()
         if not target.exists():
-            raise CheckpointError(f"{last} names {target.name}, which does not exist; delete {last} to "
-                                  "resume from the newest checkpoint in that directory")
+            raise CheckpointError(
+                f"{last} names {target.name}, which does not exist; delete {last} to "
+                "resume from the newest checkpoint in that directory"
+            )
         return target
     found = _checkpoints(ckpt_dir)
     return found[-1] if found else None
@@ -103,8 +107,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         found = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
         if found is not None:
             return found
-    raise CheckpointError(f"no checkpoint at {path}: expected a step_*.pt file, a DCP checkpoint directory, "
-                          "a checkpoints/ directory or a run dir containing one")
+    raise CheckpointError(
+        f"no checkpoint at {path}: expected a step_*.pt file, a DCP checkpoint directory, "
+        "a checkpoints/ directory or a run dir containing one"
+    )
 
 
 # ---- writing ----------------------------------------------------------------------------------------
@@ -122,7 +128,7 @@ def _publish(ckpt_dir: Path, tmp: Path, final: Path, keep: int) -> None:
         shutil.rmtree(final)
     os.replace(tmp, final)
     atomic_write_text(ckpt_dir / LAST, final.name + "\n")  # also fsyncs the directory, both renames
-    for old in _checkpoints(ckpt_dir)[:-max(1, keep)]:
+    for old in _checkpoints(ckpt_dir)[: -max(1, keep)]:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
@@ -145,8 +151,9 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | os.PathLike, step: in
     return final
 
 
-def save_sharded_checkpoint(sharded: dict[str, Any], meta: dict[str, Any], ckpt_dir: str | os.PathLike,
-                            step: int, keep: int, is_main: bool) -> Path:
+def save_sharded_checkpoint(
+    sharded: dict[str, Any], meta: dict[str, Any], ckpt_dir: str | os.PathLike, step: int, keep: int, is_main: bool
+) -> Path:
     """Write a DCP checkpoint (call on every rank): ``sharded`` (model / EMA / optimizer state dicts
     of DTensors) through DCP, ``meta`` (everything else) as ``meta.pt`` by rank 0."""
     import torch.distributed as dist
@@ -176,13 +183,17 @@ def safe_load(path: Path) -> Any:
         # weights_only names the global it blocked (e.g. "GLOBAL posix.system"); garbage fails otherwise.
         blocked = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "global" in line]
         if blocked:
-            raise CheckpointError(f"refusing to load {path}: it holds pickled objects other than tensors and "
-                                  "plain containers, which could execute code (torch.load with "
-                                  f"weights_only=True: {blocked[0]})") from e
+            raise CheckpointError(
+                f"refusing to load {path}: it holds pickled objects other than tensors and "
+                "plain containers, which could execute code (torch.load with "
+                f"weights_only=True: {blocked[0]})"
+            ) from e
         detail = next((line.strip() for line in str(e).splitlines()[::-1] if line.strip()), "")
-        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupt; {type(e).__name__}: "
-                              f"{detail}). Delete it and point {path.parent / LAST} at an earlier checkpoint, "
-                              "or remove the run dir to start afresh") from e
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (truncated or corrupt; {type(e).__name__}: "
+            f"{detail}). Delete it and point {path.parent / LAST} at an earlier checkpoint, "
+            "or remove the run dir to start afresh"
+        ) from e
 
 
 def _dcp_full_state(path: Path, prefixes: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:
@@ -191,9 +202,11 @@ def _dcp_full_state(path: Path, prefixes: tuple[str, ...]) -> dict[str, dict[str
         metadata = dcp.FileSystemReader(path).read_metadata()
     except Exception as e:
         raise CheckpointError(f"DCP checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
-    flat = {k: torch.empty(m.size, dtype=m.properties.dtype)
-            for k, m in metadata.state_dict_metadata.items()
-            if isinstance(m, TensorStorageMetadata) and k.split(".", 1)[0] in prefixes}
+    flat = {
+        k: torch.empty(m.size, dtype=m.properties.dtype)
+        for k, m in metadata.state_dict_metadata.items()
+        if isinstance(m, TensorStorageMetadata) and k.split(".", 1)[0] in prefixes
+    }
     try:
         with warnings.catch_warnings():  # DCP warns that it loads in one process, which is the intent
             warnings.filterwarnings("ignore", message=".*load in a single process")
@@ -232,8 +245,10 @@ def load_sharded_into(path: Path, sharded: dict[str, Any]) -> None:
     try:
         dcp.load(sharded, checkpoint_id=path)
     except Exception as e:
-        raise CheckpointError(f"cannot load DCP checkpoint {path} into this model "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        raise CheckpointError(
+            f"cannot load DCP checkpoint {path} into this model "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -241,13 +256,19 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
-                        for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    mismatched = sorted(
+        f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+        for k in set(own) & set(state)
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    )
     if missing or unexpected or mismatched:
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "") if keys else "none"
 
-        raise CheckpointError(f"{source} does not match {type(model).__name__}: missing keys: {show(missing)}; "
-                              f"unexpected keys: {show(unexpected)}; mismatched shapes: {show(mismatched)}. "
-                              "Was it written by another model or config?")
+        raise CheckpointError(
+            f"{source} does not match {type(model).__name__}: missing keys: {show(missing)}; "
+            f"unexpected keys: {show(unexpected)}; mismatched shapes: {show(mismatched)}. "
+            "Was it written by another model or config?"
+        )
     model.load_state_dict(state)

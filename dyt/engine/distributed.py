@@ -85,8 +85,9 @@ def setup_distributed(device: str = "auto") -> DistEnv:
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
-                                **({"device_id": dev} if use_cuda else {}))
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo", rank=rank, world_size=world_size, **({"device_id": dev} if use_cuda else {})
+        )
     return DistEnv(rank, world_size, local_rank, dev)
 
 
@@ -135,8 +136,10 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         return
     units = block_units(model)
     if not units:
-        raise ValueError(f"trainer.activation_checkpointing=true but {type(model).__name__} has neither "
-                         "set_grad_checkpointing() nor fsdp_units(); add one of them or turn it off")
+        raise ValueError(
+            f"trainer.activation_checkpointing=true but {type(model).__name__} has neither "
+            "set_grad_checkpointing() nor fsdp_units(); add one of them or turn it off"
+        )
     for unit in units:
         unit.forward = functools.partial(checkpoint, unit.forward, use_reentrant=False)
 

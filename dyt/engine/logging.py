@@ -71,9 +71,18 @@ class WandbRun:
         norm, model = cfg.norm.get("tag") or cfg.norm.get("name", "norm"), cfg.get("model", {}).get("name", "model")
         task = str(cfg.get("task", {}).get("_target_", "task")).rsplit(".", 1)[-1]
         tags = [f"model:{model}", f"norm:{norm}", f"seed:{cfg.seed}", f"task:{task}", *lg.get("tags", [])]
-        self.run = wandb.init(project=lg.get("project", "dyt"), entity=lg.get("entity"), mode=lg.get("mode"),
-                              id=run_id, resume="allow", name=f"{cfg.experiment_name}/{norm}/seed{cfg.seed}",
-                              group=str(cfg.experiment_name), tags=tags, config=config, dir=str(cfg.run_dir))
+        self.run = wandb.init(
+            project=lg.get("project", "dyt"),
+            entity=lg.get("entity"),
+            mode=lg.get("mode"),
+            id=run_id,
+            resume="allow",
+            name=f"{cfg.experiment_name}/{norm}/seed{cfg.seed}",
+            group=str(cfg.experiment_name),
+            tags=tags,
+            config=config,
+            dir=str(cfg.run_dir),
+        )
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if self.run is not None:
@@ -111,11 +120,15 @@ class Progress:
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             if step % self.log_every == 0:
-                self.bar.set_postfix(loss=f"{metrics.get('train/loss', float('nan')):.4f}",
-                                     thr=f"{metrics.get('train/throughput', 0):.0f}/s", refresh=False)
+                self.bar.set_postfix(
+                    loss=f"{metrics.get('train/loss', float('nan')):.4f}",
+                    thr=f"{metrics.get('train/throughput', 0):.0f}/s",
+                    refresh=False,
+                )
         elif self.mode == "log" and (step % self.log_every == 0 or step == self.total):
-            shown = "  ".join(f"{k.split('/', 1)[-1]} {v:.4g}" for k, v in metrics.items()
-                              if isinstance(v, (int, float)))
+            shown = "  ".join(
+                f"{k.split('/', 1)[-1]} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))
+            )
             print(f"[step {step}/{self.total} epoch {epoch} {time.time() - self._t0:.0f}s] {shown}", flush=True)
 
     def write(self, line: str) -> None:

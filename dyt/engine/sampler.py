@@ -51,8 +51,10 @@ class ShardedBatchSampler(Sampler[list[int]]):
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.epoch, self.start_batch = 0, 0
         if self.batches_per_epoch == 0:
-            raise ValueError(f"the training set has {num_samples} samples, fewer than one global batch "
-                             f"({batch_size} per rank x {world_size} ranks); lower trainer.batch_size")
+            raise ValueError(
+                f"the training set has {num_samples} samples, fewer than one global batch "
+                f"({batch_size} per rank x {world_size} ranks); lower trainer.batch_size"
+            )
 
     @property
     def batches_per_epoch(self) -> int:
@@ -65,9 +67,9 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
-        shard = torch.randperm(self.num_samples, generator=g)[self.rank::self.world_size].tolist()
+        shard = torch.randperm(self.num_samples, generator=g)[self.rank :: self.world_size].tolist()
         for b in range(self.start_batch, self.batches_per_epoch):
-            yield shard[b * self.batch_size:(b + 1) * self.batch_size]
+            yield shard[b * self.batch_size : (b + 1) * self.batch_size]
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.start_batch

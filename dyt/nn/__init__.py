@@ -8,6 +8,16 @@ from dyt.nn.pointwise import Derf, DyT
 from dyt.nn.registry import get_norm_class, norm_names, register_norm
 
 __all__ = [
-    "ConversionReport", "DyT", "Derf", "LayerNorm", "NormFactory", "RMSNorm",
-    "build_norm_factory", "convert", "fold", "get_norm_class", "norm_names", "register_norm",
+    "ConversionReport",
+    "DyT",
+    "Derf",
+    "LayerNorm",
+    "NormFactory",
+    "RMSNorm",
+    "build_norm_factory",
+    "convert",
+    "fold",
+    "get_norm_class",
+    "norm_names",
+    "register_norm",
 ]

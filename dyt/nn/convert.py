@@ -100,14 +100,18 @@ def _eps(module: nn.Module) -> float | None:
 def _width(module: nn.Module, weight: torch.Tensor | None, where: str) -> int:
     if weight is not None:
         if weight.dim() != 1:
-            raise ValueError(f"cannot convert {where} ({type(module).__name__}): its weight has shape "
-                             f"{tuple(weight.shape)}, but DyT's per-channel weight normalizes one dimension")
+            raise ValueError(
+                f"cannot convert {where} ({type(module).__name__}): its weight has shape "
+                f"{tuple(weight.shape)}, but DyT's per-channel weight normalizes one dimension"
+            )
         return weight.shape[0]
     shape = getattr(module, "normalized_shape", None) or getattr(module, "dim", None)
     shape = (shape,) if isinstance(shape, int) else tuple(shape or ())
     if len(shape) != 1:
-        raise ValueError(f"cannot convert {where} ({type(module).__name__}): it normalizes over shape {shape}, "
-                         "but DyT replaces a norm over one (channel) dimension")
+        raise ValueError(
+            f"cannot convert {where} ({type(module).__name__}): it normalizes over shape {shape}, "
+            "but DyT replaces a norm over one (channel) dimension"
+        )
     return shape[0]
 
 
@@ -121,13 +125,17 @@ def _probe(module: nn.Module, width: int, layout: str, weight, bias, eps: float 
         with torch.no_grad():
             y = probe(x)
     except Exception as err:  # any failure means "not the norm we took it for"
-        raise ValueError(f"cannot convert {where} ({type(module).__name__}): it failed on a {layout} probe "
-                         f"input of shape {tuple(shape)} ({err})") from err
+        raise ValueError(
+            f"cannot convert {where} ({type(module).__name__}): it failed on a {layout} probe "
+            f"input of shape {tuple(shape)} ({err})"
+        ) from err
     xs = x.movedim(1, -1) if layout == "channels_first" else x
     eps = eps or 0.0
     centered = xs - xs.mean(-1, keepdim=True)
-    references = {"LayerNorm": centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps),
-                  "RMSNorm": xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + eps)}
+    references = {
+        "LayerNorm": centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps),
+        "RMSNorm": xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + eps),
+    }
     for ref in references.values():
         if weight is not None:
             ref = ref * weight.float()
@@ -136,10 +144,12 @@ def _probe(module: nn.Module, width: int, layout: str, weight, bias, eps: float 
         ref = ref.movedim(-1, 1) if layout == "channels_first" else ref
         if y.shape == ref.shape and torch.allclose(y, ref, rtol=1e-3, atol=1e-3):
             return
-    raise ValueError(f"cannot convert {where} ({type(module).__name__}): a probe shows it does not compute "
-                     f"{' or '.join(references)} over channels ({layout}) scaled by its own weight"
-                     f"{' and bias' if bias is not None else ''}, so a replacement would change the model. "
-                     "Supported: LayerNorm- and RMSNorm-family modules whose output is norm(x) * weight (+ bias).")
+    raise ValueError(
+        f"cannot convert {where} ({type(module).__name__}): a probe shows it does not compute "
+        f"{' or '.join(references)} over channels ({layout}) scaled by its own weight"
+        f"{' and bias' if bias is not None else ''}, so a replacement would change the model. "
+        "Supported: LayerNorm- and RMSNorm-family modules whose output is norm(x) * weight (+ bias)."
+    )
 
 
 def _factory_device(parent: nn.Module, weight: torch.Tensor | None):
@@ -172,15 +182,19 @@ def _site(qualified_name: str) -> str:
 
 
 def _refuse_batchnorm(model: nn.Module) -> None:
-    found = [name or type(model).__name__ for name, m in model.named_modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    found = [
+        name or type(model).__name__
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
     if found:
         shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
         raise ValueError(
             f"convert refuses models with BatchNorm ({shown}): DyT is not a drop-in replacement for it. "
             "The paper (App. D, Table 16) replaced BatchNorm with DyT in ResNet-50 (top-1 76.2% -> 68.9%) and "
             "VGG19 (72.7% -> 71.0%); it attributes the gap to BatchNorm following every weight layer. "
-            "DyT replaces LayerNorm and RMSNorm.")
+            "DyT replaces LayerNorm and RMSNorm."
+        )
 
 
 def convert(model: nn.Module, to: str | Mapping[str, Any] = "dyt", **options: Any) -> ConversionReport:
@@ -225,10 +239,17 @@ def convert(model: nn.Module, to: str | Mapping[str, Any] = "dyt", **options: An
 
     visit(model, "")
     if not report.total:
-        others = sorted({type(m).__name__ for m in model.modules()
-                         if "norm" in type(m).__name__.lower() or getattr(m, "pointwise", False)})
-        raise ValueError(f"convert found no LayerNorm- or RMSNorm-family module in {type(model).__name__} "
-                         "to replace" + (f"; its other norm modules are: {', '.join(others)}" if others else ""))
+        others = sorted(
+            {
+                type(m).__name__
+                for m in model.modules()
+                if "norm" in type(m).__name__.lower() or getattr(m, "pointwise", False)
+            }
+        )
+        raise ValueError(
+            f"convert found no LayerNorm- or RMSNorm-family module in {type(model).__name__} "
+            "to replace" + (f"; its other norm modules are: {', '.join(others)}" if others else "")
+        )
     factory.check_sites_used()
     for parent, name, new in plan:
         setattr(parent, name, new)

@@ -46,21 +46,25 @@ def _plain(cfg: Any) -> dict[str, Any]:
 class NormFactory:
     """Builds the configured norm at every site of a model. See the module docstring for precedence."""
 
-    def __init__(self, name: str, options: Mapping[str, Any] | None = None,
-                 sites: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self, name: str, options: Mapping[str, Any] | None = None, sites: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
         self.name = name
         self.cls = get_norm_class(name)
         self._accepted = _options_of(self.cls)
         self.options = self._checked({k: v for k, v in (options or {}).items() if v is not None}, "norm")
-        self.sites = {site: self._checked(dict(opts or {}), f"norm.sites.{site}")
-                      for site, opts in (sites or {}).items()}
+        self.sites = {
+            site: self._checked(dict(opts or {}), f"norm.sites.{site}") for site, opts in (sites or {}).items()
+        }
         self.used_sites: set[str] = set()
 
     def _checked(self, options: dict[str, Any], where: str) -> dict[str, Any]:
         unknown = sorted(set(options) - self._accepted)
         if unknown:
-            raise ValueError(f"{where}: option(s) {unknown} are not accepted by norm {self.name!r}; "
-                             f"valid options are: {', '.join(sorted(self._accepted))}")
+            raise ValueError(
+                f"{where}: option(s) {unknown} are not accepted by norm {self.name!r}; "
+                f"valid options are: {', '.join(sorted(self._accepted))}"
+            )
         return options
 
     @property
@@ -75,18 +79,20 @@ class NormFactory:
         merged.update(self.sites.get(site, {}))
         return merged
 
-    def __call__(self, dim: int, site: str = "block", layout: str = "channels_last", *,
-                 device=None, dtype=None, **hints: Any) -> nn.Module:
+    def __call__(
+        self, dim: int, site: str = "block", layout: str = "channels_last", *, device=None, dtype=None, **hints: Any
+    ) -> nn.Module:
         self.used_sites.add(site)
-        return self.cls(dim, layout=check_layout(layout), device=device, dtype=dtype,
-                        **self.settings(site, **hints))
+        return self.cls(dim, layout=check_layout(layout), device=device, dtype=dtype, **self.settings(site, **hints))
 
     def check_sites_used(self) -> None:
         """Raise if the config set options for a site that no layer of the model asked for (a typo)."""
         unused = sorted(set(self.sites) - self.used_sites)
         if unused:
-            raise ValueError(f"norm.sites names site(s) {unused} that this model does not have; "
-                             f"its sites are: {', '.join(sorted(self.used_sites))}")
+            raise ValueError(
+                f"norm.sites names site(s) {unused} that this model does not have; "
+                f"its sites are: {', '.join(sorted(self.used_sites))}"
+            )
 
     def __repr__(self) -> str:
         return f"NormFactory({self.name!r}, options={self.options}, sites={self.sites})"

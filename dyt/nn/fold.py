@@ -36,8 +36,9 @@ class _Tracer(fx.Tracer):
 
 
 def _is_metadata_read(node: fx.Node) -> bool:
-    return ((node.op == "call_function" and node.target is getattr and node.args[1] in _METADATA)
-            or (node.op == "call_method" and node.target in ("size", "dim")))
+    return (node.op == "call_function" and node.target is getattr and node.args[1] in _METADATA) or (
+        node.op == "call_method" and node.target in ("size", "dim")
+    )
 
 
 def _traced_consumers(model: nn.Module) -> list[tuple[nn.Module, list[nn.Linear]]]:
@@ -47,7 +48,8 @@ def _traced_consumers(model: nn.Module) -> list[tuple[nn.Module, list[nn.Linear]
         raise RuntimeError(
             f"dyt.fold could not trace {type(model).__name__} with torch.fx ({type(error).__name__}: {error}). "
             "Define model.norm_consumers() returning [(norm, [linear, ...]), ...] for the norms whose output "
-            "feeds only those linear layers.") from error
+            "feeds only those linear layers."
+        ) from error
     modules = dict(model.named_modules())
     calls: dict[str, list[fx.Node]] = defaultdict(list)
     for node in graph.nodes:
@@ -58,9 +60,14 @@ def _traced_consumers(model: nn.Module) -> list[tuple[nn.Module, list[nn.Linear]
         if not isinstance(modules[name], FOLDABLE) or len(nodes) != 1:
             continue  # a norm applied twice would need its consumers to agree; not worth the risk
         readers = [u for u in nodes[0].users if not _is_metadata_read(u)]
-        if readers and all(u.op == "call_module" and isinstance(modules[u.target], nn.Linear)
-                           and len(calls[u.target]) == 1 and u.args == (nodes[0],) and not u.kwargs
-                           for u in readers):
+        if readers and all(
+            u.op == "call_module"
+            and isinstance(modules[u.target], nn.Linear)
+            and len(calls[u.target]) == 1
+            and u.args == (nodes[0],)
+            and not u.kwargs
+            for u in readers
+        ):
             pairs.append((modules[name], [modules[u.target] for u in readers]))
     return pairs
 
@@ -78,8 +85,10 @@ def _check_pair(norm: nn.Module, linears: Iterable[nn.Module]) -> None:
         raise ValueError(f"cannot fold {norm!r}: only channels_last DyT/Derf layers fold into a linear layer")
     for linear in linears:
         if not isinstance(linear, nn.Linear) or linear.in_features != norm.dim:
-            raise ValueError(f"cannot fold {norm!r} into {linear!r}: the consumer must be an nn.Linear "
-                             f"with in_features == {norm.dim}")
+            raise ValueError(
+                f"cannot fold {norm!r} into {linear!r}: the consumer must be an nn.Linear "
+                f"with in_features == {norm.dim}"
+            )
 
 
 @torch.no_grad()

@@ -28,8 +28,7 @@ class _ChannelNorm(nn.Module):
 
     pointwise = False  # computes statistics over channels (a reduction), unlike DyT
 
-    def __init__(self, dim: int, *, eps: float, layout: str, affine: bool, bias: bool,
-                 device=None, dtype=None) -> None:
+    def __init__(self, dim: int, *, eps: float, layout: str, affine: bool, bias: bool, device=None, dtype=None) -> None:
         super().__init__()
         self.dim, self.eps, self.layout = dim, eps, check_layout(layout)
         self.affine = affine
@@ -53,16 +52,24 @@ class _ChannelNorm(nn.Module):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return (f"{self.dim}, eps={self.eps}, layout={self.layout}, affine={self.affine}, "
-                f"bias={self.bias is not None}")
+        return f"{self.dim}, eps={self.eps}, layout={self.layout}, affine={self.affine}, bias={self.bias is not None}"
 
 
 @register_norm("layernorm")
 class LayerNorm(_ChannelNorm):
     """LayerNorm over channels: ``(x - mean) / sqrt(var + eps) * weight + bias``."""
 
-    def __init__(self, dim: int, *, eps: float = 1e-6, layout: str = "channels_last", affine: bool = True,
-                 bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        eps: float = 1e-6,
+        layout: str = "channels_last",
+        affine: bool = True,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(dim, eps=eps, layout=layout, affine=affine, bias=bias, device=device, dtype=dtype)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,8 +80,17 @@ class LayerNorm(_ChannelNorm):
 class RMSNorm(_ChannelNorm):
     """RMSNorm over channels: ``x / sqrt(mean(x^2) + eps) * weight (+ bias)``; LLaMA has no bias."""
 
-    def __init__(self, dim: int, *, eps: float = 1e-6, layout: str = "channels_last", affine: bool = True,
-                 bias: bool = False, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        eps: float = 1e-6,
+        layout: str = "channels_last",
+        affine: bool = True,
+        bias: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(dim, eps=eps, layout=layout, affine=affine, bias=bias, device=device, dtype=dtype)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -76,9 +76,20 @@ class DyT(_PointwiseNorm):
             Only ``squash="tanh"`` has a kernel.
     """
 
-    def __init__(self, dim: int, *, alpha_init: float = 0.5, squash: str = "tanh", learn_alpha: bool = True,
-                 layout: str = "channels_last", affine: bool = True, bias: bool = True, impl: str = "auto",
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        alpha_init: float = 0.5,
+        squash: str = "tanh",
+        learn_alpha: bool = True,
+        layout: str = "channels_last",
+        affine: bool = True,
+        bias: bool = True,
+        impl: str = "auto",
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(dim, layout=layout, affine=affine, bias=bias, device=device, dtype=dtype)
         if squash not in SQUASH:
             raise ValueError(f"unknown squash {squash!r}; valid choices are: {', '.join(SQUASH)}")
@@ -108,18 +119,30 @@ class DyT(_PointwiseNorm):
         return self._affine(SQUASH[self.squash](self.alpha * x))
 
     def extra_repr(self) -> str:
-        return (f"{self.dim}, alpha_init={self.alpha_init}, squash={self.squash}, "
-                f"learn_alpha={self.learn_alpha}, layout={self.layout}, affine={self.affine}, "
-                f"bias={self.bias is not None}")
+        return (
+            f"{self.dim}, alpha_init={self.alpha_init}, squash={self.squash}, "
+            f"learn_alpha={self.learn_alpha}, layout={self.layout}, affine={self.affine}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 @register_norm("derf")
 class Derf(_PointwiseNorm):
     """Dynamic erf: ``weight * erf(alpha * x + shift) + bias`` with learnable scalars ``alpha``, ``shift``."""
 
-    def __init__(self, dim: int, *, alpha_init: float = 0.5, shift_init: float = 0.0,
-                 layout: str = "channels_last", affine: bool = True, bias: bool = True, impl: str = "auto",
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        alpha_init: float = 0.5,
+        shift_init: float = 0.0,
+        layout: str = "channels_last",
+        affine: bool = True,
+        bias: bool = True,
+        impl: str = "auto",
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(dim, layout=layout, affine=affine, bias=bias, device=device, dtype=dtype)
         self.impl = check_impl(impl)  # as DyT's: auto | fused | eager
         self.alpha_init, self.shift_init = float(alpha_init), float(shift_init)
@@ -134,10 +157,13 @@ class Derf(_PointwiseNorm):
             self.shift.fill_(self.shift_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = fused_or_none(x, self.alpha, self.weight, self.bias, fn="erf", layout=self.layout, impl=self.impl,
-                          shift=self.shift)
+        y = fused_or_none(
+            x, self.alpha, self.weight, self.bias, fn="erf", layout=self.layout, impl=self.impl, shift=self.shift
+        )
         return self._affine(torch.erf(self.alpha * x + self.shift)) if y is None else y
 
     def extra_repr(self) -> str:
-        return (f"{self.dim}, alpha_init={self.alpha_init}, shift_init={self.shift_init}, "
-                f"layout={self.layout}, affine={self.affine}, bias={self.bias is not None}")
+        return (
+            f"{self.dim}, alpha_init={self.alpha_init}, shift_init={self.shift_init}, "
+            f"layout={self.layout}, affine={self.affine}, bias={self.bias is not None}"
+        )

@@ -60,9 +60,15 @@ def load_run(path: str | Path) -> Run:
     results_file = path / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     norm = cfg.get("norm", {})
-    return Run(path=path, experiment=cfg.get("experiment_name", path.parent.parent.name),
-               model=cfg.get("model", {}).get("name", "?"), norm=norm.get("tag") or norm.get("name", "?"),
-               seed=int(cfg.get("seed", 0)), paper_ref=cfg.get("paper_ref"), results=results)
+    return Run(
+        path=path,
+        experiment=cfg.get("experiment_name", path.parent.parent.name),
+        model=cfg.get("model", {}).get("name", "?"),
+        norm=norm.get("tag") or norm.get("name", "?"),
+        seed=int(cfg.get("seed", 0)),
+        paper_ref=cfg.get("paper_ref"),
+        results=results,
+    )
 
 
 def find_runs(root: str | Path) -> list[Run]:

@@ -48,8 +48,13 @@ def _norm_order(norms: set[str]) -> list[str]:
     return base + sorted(norms - set(base))
 
 
-def _table(title: str, metric: str, rows: list[tuple[str, dict[str, list[float]], dict[str, Any]]],
-           higher_is_better: bool | None, with_paper: bool = True) -> str:
+def _table(
+    title: str,
+    metric: str,
+    rows: list[tuple[str, dict[str, list[float]], dict[str, Any]]],
+    higher_is_better: bool | None,
+    with_paper: bool = True,
+) -> str:
     """Markdown for ``rows`` of (label, {norm: our values}, {norm: paper value}); ``with_paper=False``
     leaves out the paper's columns (experiments the paper did not run)."""
     norms = _norm_order({n for _, ours, paper in rows for n in (*ours, *paper)})
@@ -59,10 +64,17 @@ def _table(title: str, metric: str, rows: list[tuple[str, dict[str, list[float]]
         header += [f"{n} (ours)", f"{n} (paper)"] if with_paper else [n]
     others = [n for n in norms if n != base] if base else []
     header += [f"{n} − {base} (ours / paper)" if with_paper else f"{n} − {base}" for n in others]
-    direction = "" if higher_is_better is None else (" (higher is better)" if higher_is_better
-                                                     else " (lower is better)")
-    lines = [f"### {title}", "", f"Metric: `{metric}`{direction}. Ours: mean ± std over seeds.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    direction = (
+        "" if higher_is_better is None else (" (higher is better)" if higher_is_better else " (lower is better)")
+    )
+    lines = [
+        f"### {title}",
+        "",
+        f"Metric: `{metric}`{direction}. Ours: mean ± std over seeds.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for label, ours, paper in rows:
         cells = [label]
         means = {n: mean_std(v)[0] for n, v in ours.items() if v}
@@ -112,8 +124,9 @@ def build_tables(runs: list[Run], paper: dict[str, Any]) -> dict[str, str]:
             label = paper_row.get("label", key) if spec else f"{key} ({group[0].model})"
             rows.append((label, dict(ours), paper_row.get("values", {})))
         title = spec["title"] + f" — {spec['source']}" if spec else "Our experiments (no paper counterpart)"
-        tables[table] = _table(title, metric, rows, spec.get("higher_is_better") if spec else None,
-                               with_paper=spec is not None)
+        tables[table] = _table(
+            title, metric, rows, spec.get("higher_is_better") if spec else None, with_paper=spec is not None
+        )
     return tables
 
 

@@ -65,8 +65,7 @@ class Task:
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def eval_extra(self, model: nn.Module, device: torch.device, run_dir: Any) -> dict[str, float]:
         """Costly final metrics that only ``eval.py`` computes (FID from samples, lm-eval scores).

@@ -31,9 +31,15 @@ class ClassificationTask(Task):
             from timm.data import Mixup
 
             # The label smoothing goes into Mixup's soft targets (timm / ConvNeXt recipe).
-            self.mixup = Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, prob=t.mixup_prob,
-                               switch_prob=t.mixup_switch_prob, mode="batch",
-                               label_smoothing=t.label_smoothing, num_classes=cfg.data.num_classes)
+            self.mixup = Mixup(
+                mixup_alpha=t.mixup,
+                cutmix_alpha=t.cutmix,
+                prob=t.mixup_prob,
+                switch_prob=t.mixup_switch_prob,
+                mode="batch",
+                label_smoothing=t.label_smoothing,
+                num_classes=cfg.data.num_classes,
+            )
 
     def build_model(self) -> nn.Module:
         return models.create_model(self.cfg.model, norm=self.cfg.norm)
@@ -58,8 +64,7 @@ class ClassificationTask(Task):
         data = self.eval_data()
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         shard = torch.utils.data.Subset(data, range(rank, len(data), world))
-        loader = DataLoader(shard, batch_size=self.cfg.task.eval_batch_size,
-                            num_workers=self.cfg.trainer.num_workers)
+        loader = DataLoader(shard, batch_size=self.cfg.task.eval_batch_size, num_workers=self.cfg.trainer.num_workers)
         was_training = model.training
         model.eval()
         # correct@1, correct@5, summed loss, count: summed over ranks, so every rank returns the same.
@@ -69,9 +74,14 @@ class ClassificationTask(Task):
             logits = model(images).float()
             top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
             hits = top5 == labels[:, None]
-            totals += torch.stack([hits[:, 0].sum(), hits.any(-1).sum(),
-                                   F.cross_entropy(logits, labels, reduction="sum"),
-                                   torch.tensor(len(labels), device=device)]).double()
+            totals += torch.stack(
+                [
+                    hits[:, 0].sum(),
+                    hits.any(-1).sum(),
+                    F.cross_entropy(logits, labels, reduction="sum"),
+                    torch.tensor(len(labels), device=device),
+                ]
+            ).double()
         if dist.is_initialized():
             dist.all_reduce(totals)
         model.train(was_training)

@@ -43,8 +43,9 @@ class DigitsPixels(Dataset):
         if split not in ("train", "test"):
             raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
         digits = load_digits()
-        train_idx, test_idx = train_test_split(np.arange(len(digits.target)), test_size=test_fraction,
-                                               random_state=split_seed, stratify=digits.target)
+        train_idx, test_idx = train_test_split(
+            np.arange(len(digits.target)), test_size=test_fraction, random_state=split_seed, stratify=digits.target
+        )
         idx = train_idx if split == "train" else test_idx
         self.images = torch.from_numpy(digits.images[idx].astype(np.float32) / 8.0 - 1.0).unsqueeze(1)
         self.labels = torch.from_numpy(digits.target[idx]).long()
@@ -136,8 +137,14 @@ class DiffusionTask(Task):
         sums = torch.zeros(4, dtype=torch.float64, device=device)
         for x, y in loader:
             terms = self._losses(model, (x.to(device), y.to(device)), generator)
-            sums += torch.stack([terms["loss"].sum(), terms["mse"].sum(), terms.get("vb", terms["mse"] * 0).sum(),
-                                 torch.tensor(float(len(y)), device=device)]).double()
+            sums += torch.stack(
+                [
+                    terms["loss"].sum(),
+                    terms["mse"].sum(),
+                    terms.get("vb", terms["mse"] * 0).sum(),
+                    torch.tensor(float(len(y)), device=device),
+                ]
+            ).double()
         if dist.is_initialized():
             dist.all_reduce(sums)
         model.train(was_training)
@@ -154,9 +161,16 @@ class DiffusionTask(Task):
         """Images in [-1, 1] for ``labels`` (on the model's device): respaced DDPM sampling with
         ``task.sample_steps`` steps and guidance ``task.cfg_scale``, decoded by the VAE in latent space."""
         t = self.cfg.task
-        x = sample(model, create_diffusion(t.num_timesteps, t.sample_steps), labels, self.sample_shape(model),
-                   cfg_scale=t.cfg_scale, generator=generator, guidance_channels=t.guidance_channels,
-                   clip_denoised=self.space == "pixel")
+        x = sample(
+            model,
+            create_diffusion(t.num_timesteps, t.sample_steps),
+            labels,
+            self.sample_shape(model),
+            cfg_scale=t.cfg_scale,
+            generator=generator,
+            guidance_channels=t.guidance_channels,
+            clip_denoised=self.space == "pixel",
+        )
         if self.space == "latent":
             return decode(self.vae(labels.device), x, scale=t.latent_scale)
         return x.clamp(-1, 1)
@@ -167,4 +181,3 @@ class DiffusionTask(Task):
         from dyt.metrics.fid import fid_for_task
 
         return fid_for_task(self, model, device, Path(run_dir))
-

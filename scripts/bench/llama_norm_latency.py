@@ -142,8 +142,9 @@ def run_passes(model: nn.Module, tokens: torch.Tensor, n: int, train: bool) -> N
                 model(tokens[:, :-1])
 
 
-def measure(model: nn.Module, tokens: torch.Tensor, clock: NormClock, iters: int, warmup: int,
-            train: bool) -> tuple[float, float]:
+def measure(
+    model: nn.Module, tokens: torch.Tensor, clock: NormClock, iters: int, warmup: int, train: bool
+) -> tuple[float, float]:
     """(model seconds, layer seconds) of ``iters`` passes, each after ``warmup`` untimed passes."""
     device = tokens.device
     clock.enabled = False
@@ -165,8 +166,11 @@ def measure(model: nn.Module, tokens: torch.Tensor, clock: NormClock, iters: int
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--paper", action="store_true", help="the paper's setting: llama2_7b, seq 4096, bf16, "
-                   "100 warm-up + 100 timed passes, on the GPU")
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="the paper's setting: llama2_7b, seq 4096, bf16, 100 warm-up + 100 timed passes, on the GPU",
+    )
     p.add_argument("--model", default="llama_20m", help="a LLaMA preset (default llama_20m)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--iters", type=int, default=10, help="timed passes of each kind")
@@ -190,12 +194,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
             clock = NormClock(device)
             model = build(args.model, norm, mode, dtype, device, clock)
             tokens = torch.randint(0, model.vocab_size, (1, args.seq_len + 1), device=device)
-            row = {"model": args.model, "norm": norm, "mode": mode, "seq_len": args.seq_len, "iters": args.iters,
-                   "dtype": args.dtype, "device": str(device)}
-            row["inference_model_s"], row["inference_layer_s"] = measure(model, tokens, clock, args.iters,
-                                                                         args.warmup, train=False)
-            row["training_model_s"], row["training_layer_s"] = measure(model, tokens, clock, args.iters,
-                                                                       args.warmup, train=True)
+            row = {
+                "model": args.model,
+                "norm": norm,
+                "mode": mode,
+                "seq_len": args.seq_len,
+                "iters": args.iters,
+                "dtype": args.dtype,
+                "device": str(device),
+            }
+            row["inference_model_s"], row["inference_layer_s"] = measure(
+                model, tokens, clock, args.iters, args.warmup, train=False
+            )
+            row["training_model_s"], row["training_layer_s"] = measure(
+                model, tokens, clock, args.iters, args.warmup, train=True
+            )
             rows.append(row)
             print(json.dumps(row), flush=True)
             del model
@@ -212,8 +225,10 @@ def report(rows: list[dict]) -> None:
         by_norm = {r["norm"]: r for r in rows if r["mode"] == mode}
         if not by_norm:
             continue
-        print(f"\n{mode}: seconds for {rows[0]['iters']} passes ({rows[0]['model']}, seq {rows[0]['seq_len']}, "
-              f"{rows[0]['dtype']}, {rows[0]['device']})")
+        print(
+            f"\n{mode}: seconds for {rows[0]['iters']} passes ({rows[0]['model']}, seq {rows[0]['seq_len']}, "
+            f"{rows[0]['dtype']}, {rows[0]['device']})"
+        )
         print(f"{'':10}" + "".join(f"{k.removesuffix('_s'):>18}" for k in keys))
         for norm, r in by_norm.items():
             print(f"{norm:10}" + "".join(f"{r[k]:18.3f}" for k in keys))

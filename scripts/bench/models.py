@@ -37,16 +37,22 @@ import models  # noqa: E402
 
 # (preset, own norm, batch, sequence length or image size) for the quick and the full runs.
 QUICK = [("vit_s", "layernorm", 4, 224), ("llama_20m", "rmsnorm", 4, 256)]
-FULL = [("vit_s", "layernorm", 32, 224), ("llama_20m", "rmsnorm", 8, 1024),
-        ("llama_60m", "rmsnorm", 8, 1024), ("llama_150m", "rmsnorm", 4, 1024)]
+FULL = [
+    ("vit_s", "layernorm", 32, 224),
+    ("llama_20m", "rmsnorm", 8, 1024),
+    ("llama_60m", "rmsnorm", 8, 1024),
+    ("llama_150m", "rmsnorm", 4, 1024),
+]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _batch(model: nn.Module, batch: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Random inputs and targets of the right kind: images and labels, or tokens and next tokens."""
     if hasattr(model, "patch_embed"):
-        return (torch.randn(batch, 3, size, size, device=device),
-                torch.randint(0, model.num_classes, (batch,), device=device))
+        return (
+            torch.randn(batch, 3, size, size, device=device),
+            torch.randint(0, model.num_classes, (batch,), device=device),
+        )
     tokens = torch.randint(0, model.vocab_size, (batch, size + 1), device=device)
     return tokens[:, :-1], tokens[:, 1:]
 
@@ -121,21 +127,29 @@ def _median_ms(steps: dict[str, Callable[[], None]], repeats: int, device: torch
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-def bench_model(preset: str, own_norm: str, batch_size: int, size: int, device: torch.device,
-                dtype: torch.dtype, repeats: int) -> list[tuple[str, str, float, float, float | None]]:
+def bench_model(
+    preset: str, own_norm: str, batch_size: int, size: int, device: torch.device, dtype: torch.dtype, repeats: int
+) -> list[tuple[str, str, float, float, float | None]]:
     """Rows (mode, variant, ms, ratio to the model's own norm, train memory MiB or None)."""
-    norms = {own_norm: own_norm, "dyt plain": {"name": "dyt", "impl": "eager"},
-             "dyt fused": {"name": "dyt", "impl": "fused"}}
+    norms = {
+        own_norm: own_norm,
+        "dyt plain": {"name": "dyt", "impl": "eager"},
+        "dyt fused": {"name": "dyt", "impl": "fused"},
+    }
     built = {name: models.create_model(preset, norm=norm).to(device) for name, norm in norms.items()}
     batch = _batch(built[own_norm], batch_size, size, device)
     memory = {name: _train_memory_mib(model.train(), batch, device, dtype) for name, model in built.items()}
-    train = _median_ms({name: _train_step(model.train(), batch, device, dtype) for name, model in built.items()},
-                       repeats, device)
+    train = _median_ms(
+        {name: _train_step(model.train(), batch, device, dtype) for name, model in built.items()}, repeats, device
+    )
     folded = copy.deepcopy(built["dyt fused"])
     dyt.fold(folded)
     inference_models = {**built, "dyt fused+folded": folded}
-    infer = _median_ms({name: _inference(model.eval(), batch, device, dtype)
-                        for name, model in inference_models.items()}, repeats, device)
+    infer = _median_ms(
+        {name: _inference(model.eval(), batch, device, dtype) for name, model in inference_models.items()},
+        repeats,
+        device,
+    )
     rows = [("train step", name, ms, ms / train[own_norm], memory[name]) for name, ms in train.items()]
     rows += [("inference", name, ms, ms / infer[own_norm], None) for name, ms in infer.items()]
     return rows
@@ -150,15 +164,19 @@ def main() -> None:
     args = parser.parse_args()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     memory_kind = "peak allocated" if device.type == "cuda" else "saved activations"
-    print(f"# models benchmark: {device}, {args.dtype}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds")
+    print(
+        f"# models benchmark: {device}, {args.dtype}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds"
+    )
     print(f"| model | batch x size | mode | variant | ms | x own norm | train memory MiB ({memory_kind}) |")
     print("|---|---|---|---|---:|---:|---:|")
     for preset, own_norm, batch_size, size in FULL if args.full else QUICK:
         for mode, name, ms, ratio, mib in bench_model(preset, own_norm, batch_size, size, device, dtype, args.repeats):
             memory = "" if mib is None else f"{mib:.1f}"
-            print(f"| {preset} | {batch_size} x {size} | {mode} | {name} | {ms:.1f} | {ratio:.2f} | {memory} |",
-                  flush=True)
+            print(
+                f"| {preset} | {batch_size} x {size} | {mode} | {name} | {ms:.1f} | {ratio:.2f} | {memory} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def _sync(device: torch.device) -> None:
 
 def _variants(width: int, device: torch.device, dtype: torch.dtype) -> dict[str, Callable | None]:
     """name -> module (None for the copy reference); parameters in the input's dtype."""
+
     def build(module: nn.Module) -> nn.Module:
         return module.to(device, dtype)
 
@@ -70,8 +71,9 @@ def _time(step: Callable[[], None], iters: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / iters * 1e3
 
 
-def bench_cell(tokens: int, width: int, dtype: torch.dtype, backward: bool, device: torch.device,
-               repeats: int, iters: int) -> dict[str, float]:
+def bench_cell(
+    tokens: int, width: int, dtype: torch.dtype, backward: bool, device: torch.device, repeats: int, iters: int
+) -> dict[str, float]:
     """Median ms per call of every variant on a (tokens, width) tensor."""
     x = torch.randn(tokens, width, device=device, dtype=dtype, requires_grad=backward)
     variants = _variants(width, device, dtype)
@@ -96,8 +98,10 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5, help="calls per timed sample")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"# norms benchmark: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats} rounds x {args.iters} calls")
+    print(
+        f"# norms benchmark: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats} rounds x {args.iters} calls"
+    )
     print("| tokens x width | dtype | pass | variant | ms | x LayerNorm | x copy |")
     print("|---|---|---|---|---:|---:|---:|")
     for tokens, width in FULL_SHAPES if args.full else QUICK_SHAPES:
@@ -105,8 +109,11 @@ def main() -> None:
             for backward in (False, True):
                 times = bench_cell(tokens, width, DTYPES[dtype_name], backward, device, args.repeats, args.iters)
                 for name, ms in times.items():
-                    print(f"| {tokens} x {width} | {dtype_name} | {'fwd+bwd' if backward else 'fwd'} | {name} | "
-                          f"{ms:.3f} | {ms / times['LayerNorm']:.2f} | {ms / times['copy']:.2f} |", flush=True)
+                    print(
+                        f"| {tokens} x {width} | {dtype_name} | {'fwd+bwd' if backward else 'fwd'} | {name} | "
+                        f"{ms:.3f} | {ms / times['LayerNorm']:.2f} | {ms / times['copy']:.2f} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -84,20 +84,40 @@ class _FusedPointwise(torch.autograd.Function):
         gk = _as_kernel_view(g, weight.numel(), ctx.layout)
         gx, galpha, gshift, gweight, gbias = ctx.backend.backward(ctx.fn, gk, xk, alpha, shift, weight, ctx.layout)
         gshift = None if gshift is None else gshift.to(shift.dtype)
-        return (gx.view(ctx.x_shape), galpha.to(alpha.dtype), gshift, gweight.to(weight.dtype),
-                gbias.to(weight.dtype), None, None, None, None)
+        return (
+            gx.view(ctx.x_shape),
+            galpha.to(alpha.dtype),
+            gshift,
+            gweight.to(weight.dtype),
+            gbias.to(weight.dtype),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _warn_broken(device: str, error: Exception) -> None:
     _broken[device] = f"{type(error).__name__}: {error}"
-    warnings.warn(f"dyt: the fused {device} kernel could not be built ({_broken[device].splitlines()[0]}); "
-                  "using the plain PyTorch path from now on. On CPU the fused path needs a working C++ "
-                  "compiler for torch.compile (g++ or clang, or set CXX); impl='eager' silences this.",
-                  RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"dyt: the fused {device} kernel could not be built ({_broken[device].splitlines()[0]}); "
+        "using the plain PyTorch path from now on. On CPU the fused path needs a working C++ "
+        "compiler for torch.compile (g++ or clang, or set CXX); impl='eager' silences this.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
-def fused_pointwise(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                    *, fn: str, layout: str, shift: torch.Tensor | None = None) -> torch.Tensor | None:
+def fused_pointwise(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    *,
+    fn: str,
+    layout: str,
+    shift: torch.Tensor | None = None,
+) -> torch.Tensor | None:
     """``weight * fn(alpha * x + shift) + bias`` through the fused kernel of ``x``'s device.
 
     ``weight``, ``bias`` and ``shift`` may be ``None`` (absent). The output dtype follows PyTorch's
@@ -108,8 +128,10 @@ def fused_pointwise(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor |
     if fn not in FUNCTIONS:
         raise ValueError(f"unknown fused function {fn!r}; valid functions are: {', '.join(FUNCTIONS)}")
     if not fused_supported(x, layout):
-        raise RuntimeError(f"no fused kernel for a {x.dtype} tensor on {x.device} with layout {layout!r}; "
-                           "use impl='auto' or impl='eager'")
+        raise RuntimeError(
+            f"no fused kernel for a {x.dtype} tensor on {x.device} with layout {layout!r}; "
+            "use impl='auto' or impl='eager'"
+        )
     present = [t for t in (alpha, weight, bias, shift) if t is not None]
     out_dtype = functools.reduce(torch.promote_types, [t.dtype for t in present], x.dtype)
     dim = x.shape[-1] if layout == "channels_last" else x.shape[1]
@@ -131,8 +153,17 @@ def check_impl(impl: str) -> str:
     return impl
 
 
-def fused_or_none(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                  *, fn: str, layout: str, impl: str, shift: torch.Tensor | None = None) -> torch.Tensor | None:
+def fused_or_none(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    *,
+    fn: str,
+    layout: str,
+    impl: str,
+    shift: torch.Tensor | None = None,
+) -> torch.Tensor | None:
     """The module-level policy of ``DyT``/``Derf``: the fused result, or ``None`` for "run the plain path".
 
     Plain runs for ``impl="eager"``, empty inputs, a backend that failed to build, and (with

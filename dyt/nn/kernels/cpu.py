@@ -83,8 +83,13 @@ def _tanh_backward(g, x, alpha, weight, layout: str, dim: int):
     xc, gc = x.to(cd), g.to(cd)
     t = fast_tanh(alpha.to(cd) * xc)
     gz = gc * weight.to(cd).view(cshape) * (1.0 - t * t)
-    return ((gz * alpha.to(cd)).to(x.dtype), (gz * xc).sum(dim).sum().view(1), None,
-            (gc * t).sum(dim).sum(0), gc.sum(dim).sum(0))
+    return (
+        (gz * alpha.to(cd)).to(x.dtype),
+        (gz * xc).sum(dim).sum().view(1),
+        None,
+        (gc * t).sum(dim).sum(0),
+        gc.sum(dim).sum(0),
+    )
 
 
 def _erf_forward(x, alpha, shift, weight, bias, layout: str, out_dtype: torch.dtype):
@@ -98,8 +103,13 @@ def _erf_backward(g, x, alpha, shift, weight, layout: str, dim: int):
     xc, gc = x.to(cd), g.to(cd)
     z = alpha.to(cd) * xc + shift.to(cd)
     gz = gc * weight.to(cd).view(cshape) * (_TWO_OVER_SQRT_PI * torch.exp(-z * z))
-    return ((gz * alpha.to(cd)).to(x.dtype), (gz * xc).sum(dim).sum().view(1), gz.sum(dim).sum().view(1),
-            (gc * torch.erf(z)).sum(dim).sum(0), gc.sum(dim).sum(0))
+    return (
+        (gz * alpha.to(cd)).to(x.dtype),
+        (gz * xc).sum(dim).sum().view(1),
+        gz.sum(dim).sum().view(1),
+        (gc * torch.erf(z)).sum(dim).sum(0),
+        gc.sum(dim).sum(0),
+    )
 
 
 _compiled: dict[str, object] = {}

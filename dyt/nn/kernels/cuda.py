@@ -59,8 +59,9 @@ if triton is not None:
         return f
 
     @triton.jit
-    def _forward_kernel(x_ptr, y_ptr, alpha_ptr, shift_ptr, w_ptr, b_ptr, n, C,
-                        IS_ERF: tl.constexpr, BLOCK: tl.constexpr):
+    def _forward_kernel(
+        x_ptr, y_ptr, alpha_ptr, shift_ptr, w_ptr, b_ptr, n, C, IS_ERF: tl.constexpr, BLOCK: tl.constexpr
+    ):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         c = offs % C
@@ -74,9 +75,24 @@ if triton is not None:
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _backward_kernel(g_ptr, x_ptr, gx_ptr, alpha_ptr, shift_ptr, w_ptr,
-                         pw_ptr, pb_ptr, pa_ptr, ps_ptr, R, C, rows_per_program,
-                         IS_ERF: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _backward_kernel(
+        g_ptr,
+        x_ptr,
+        gx_ptr,
+        alpha_ptr,
+        shift_ptr,
+        w_ptr,
+        pw_ptr,
+        pb_ptr,
+        pa_ptr,
+        ps_ptr,
+        R,
+        C,
+        rows_per_program,
+        IS_ERF: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
         pid_r, pid_c = tl.program_id(0), tl.program_id(1)
         cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         col_mask = cols < C
@@ -120,8 +136,9 @@ def forward(fn: str, x, alpha, shift, weight, bias, layout: str, out_dtype: torc
     y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
     n = x.numel()
     shift = alpha if shift is None else shift  # not read unless erf
-    _forward_kernel[(triton.cdiv(n, _FWD_BLOCK),)](x, y, alpha, shift, weight, bias, n, x.shape[1],
-                                                   IS_ERF=fn == "erf", BLOCK=_FWD_BLOCK)
+    _forward_kernel[(triton.cdiv(n, _FWD_BLOCK),)](
+        x, y, alpha, shift, weight, bias, n, x.shape[1], IS_ERF=fn == "erf", BLOCK=_FWD_BLOCK
+    )
     return y
 
 
@@ -142,8 +159,19 @@ def backward(fn: str, g, x, alpha, shift, weight, layout: str):
     partials = torch.empty(4, row_programs, C, device=x.device, dtype=torch.float32)
     is_erf = fn == "erf"
     _backward_kernel[(row_programs, col_blocks)](
-        g, x, gx, alpha, alpha if shift is None else shift, weight, *partials, R, C, rows,
-        IS_ERF=is_erf, BLOCK_R=_BWD_BLOCK_R, BLOCK_C=_BWD_BLOCK_C)
+        g,
+        x,
+        gx,
+        alpha,
+        alpha if shift is None else shift,
+        weight,
+        *partials,
+        R,
+        C,
+        rows,
+        IS_ERF=is_erf,
+        BLOCK_R=_BWD_BLOCK_R,
+        BLOCK_C=_BWD_BLOCK_C,
+    )
     gweight, gbias, galpha, gshift = partials.sum(1)
     return gx, galpha.sum().view(1), gshift.sum().view(1) if is_erf else None, gweight, gbias
-
