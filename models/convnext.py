@@ -11,7 +11,7 @@ a callable, and each callable is the factory bound to one site. Parameter names 
     final       after global average pooling, before the fc  channels_first  (``head.norm``)
 
 The official DyT code converts these same four kinds of LayerNorm, the channels-first ones through
-DyT's channels-first path (paper.md Sec. 1 and 9).
+DyT's channels-first path (paper Sec. 4).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class ConvNeXt(nn.Module):
         norm: the norm factory (or a norm name / ``configs/norm`` mapping).
         depths, dims: blocks and channels of the four stages.
         drop_path_rate: stochastic depth of the last block; it grows linearly from 0 over all blocks.
-        ls_init_value: layer-scale init (1e-6 in ConvNeXt and the paper's recipe, paper.md Sec. 8);
+        ls_init_value: layer-scale init (1e-6 in ConvNeXt and the paper's recipe, paper App. A);
             ``None`` turns layer scale off.
         head_init_scale: multiplies the classifier's initial weight and bias (ConvNeXt fine-tuning).
     """

@@ -1,7 +1,7 @@
 """LLaMA-2 with any norm: pre-norm decoder, SwiGLU FFN, rotary positions, grouped-query attention.
 
 The paper's LLaMA runs (Table 4) use the LLaMA-2 7B/13B/34B/70B shapes of IBM's fms-fsdp and replace
-each RMSNorm by DyT without a bias (paper.md Sec. 1). Every norm comes from the factory at one of
+each RMSNorm by DyT without a bias (paper Sec. 4). Every norm comes from the factory at one of
 three sites: ``attn`` (before attention), ``ffn`` (before the FFN) and ``final`` (before the head).
 
 With a point-wise norm (DyT, Derf) two recipe quirks of the paper apply:
@@ -170,7 +170,7 @@ class Llama(nn.Module):
         self.hidden_dim = hidden_dim or ffn_hidden_dim(dim, multiple_of)
         self.rope_theta, self.eps, self.init_std = rope_theta, eps, init_std
 
-        # LLaMA-2's RMSNorm has eps 1e-5 and no bias; DyT keeps "no bias" (paper.md Sec. 1).
+        # LLaMA-2's RMSNorm has eps 1e-5 and no bias; DyT keeps "no bias" (paper Sec. 4).
         attn_alpha, other_alpha = alpha_init_for_width(dim)
         hints = {
             site: {"eps": eps, "bias": False, "alpha_init": alpha}
@@ -282,7 +282,7 @@ def hf_config(model: Llama):
 
 
 # --------------------------------------------------------------------------------------------------
-# Presets. Paper sizes: fms-fsdp's llama2_{7b,13b,34b,70b} (paper.md Sec. 8 and 11); vocab 32000.
+# Presets. Paper sizes: fms-fsdp's llama2_{7b,13b,34b,70b} (paper App. A; fms-fsdp model configs); vocab 32000.
 # --------------------------------------------------------------------------------------------------
 def _llama(norm, kwargs, **shape) -> Llama:
     return Llama(norm=norm, **{**shape, **kwargs})

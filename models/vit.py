@@ -9,7 +9,7 @@ here, because timm's block takes one norm class for both of its norms and we nam
     ffn    pre-MLP norm of every block                 (timm ``blocks.i.norm2``)
     final  the last norm: ``fc_norm`` after average pooling, ``norm`` before token pooling
 
-The paper's ImageNet ViTs use ``global_pool='avg'`` (the official code's ``main.py``, paper.md Sec. 1),
+The paper's ImageNet ViTs use ``global_pool='avg'`` (the official code's ``main.py``, paper Sec. 4),
 so the final norm sits after pooling.
 """
 

@@ -53,7 +53,7 @@ def test_every_norm_config_builds_the_quickstart_model(norm):
 
 
 def test_table1_recipes_match_the_paper():
-    """paper.md Sec. 8, ImageNet row: the numbers that make the Table 1 recipe."""
+    """paper App. A, ImageNet row: the numbers that make the Table 1 recipe."""
     expected_drop_path = {"vit_b": 0.1, "vit_l": 0.4, "convnext_b": 0.5, "convnext_l": 0.5}
     for model, drop_path in expected_drop_path.items():
         cfg = _compose(f"experiment=paper/{model}_in1k", "norm=dyt")

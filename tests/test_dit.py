@@ -144,7 +144,7 @@ def test_bad_sizes_are_explained():
 
 def test_matches_diffusers_dit_with_mapped_weights():
     """Parity with diffusers' DiTTransformer2DModel. diffusers gives every block its own copy of the
-    timestep/class embedder (shared/notes/environment.md), so ours is copied into each; and its timestep
+    timestep/class embedder, so ours is copied into each; and its timestep
     frequencies divide by ``half - 1`` (``downscale_freq_shift=1``) where DiT divides by ``half``, so the
     test sets that shift to 0, i.e. to DiT's formula."""
     diffusers = pytest.importorskip("diffusers")

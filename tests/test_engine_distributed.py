@@ -36,7 +36,7 @@ def torchrun(run: Path, *overrides: str) -> dict:
         *overrides,
     ]
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    # A gloo teardown race would show up here as a SIGABRT exit (see environment.md).
+    # A gloo teardown race would show up here as a SIGABRT exit.
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

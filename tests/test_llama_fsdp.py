@@ -102,7 +102,7 @@ def _worker() -> None:
     cfg = compose_cfg(sys.argv[1:])
     Trainer(cfg).fit(KilledLM(cfg))
     sys.stdout.flush()
-    os._exit(0)  # skip interpreter teardown: avoids gloo's exit-time SIGABRT race (environment.md)
+    os._exit(0)  # skip interpreter teardown: avoids gloo's exit-time SIGABRT race
 
 
 if __name__ == "__main__":

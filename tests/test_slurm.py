@@ -54,7 +54,7 @@ LAUNCHER = [
 ]
 SBATCH_CPU = ["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=10"]
 SWEEP_TIMEOUT_S = 300
-# submitit polls sacct: a killed job fails its sweep in ~20 s (notes/slurm.md).
+# submitit polls sacct: a killed job fails its sweep in ~20 s.
 CRASH_TIMEOUT_S = 60
 
 

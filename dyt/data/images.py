@@ -1,6 +1,6 @@
 """Image classification data: ImageNet-1K (ImageFolder tree or Hugging Face ``datasets``) and digits.
 
-ImageNet uses timm's pipeline with the paper's augmentation (paper.md Sec. 8, the ConvNeXt recipe):
+ImageNet uses timm's pipeline with the paper's augmentation (paper App. A, the ConvNeXt recipe):
 RandAugment ``rand-m9-mstd0.5-inc1``, color jitter 0.4, random erasing 0.25, bicubic 224 px crops; the
 evaluation transform resizes to 224 / crop_pct and center-crops. Mixup and CutMix act on whole
 batches and live in the classification task.

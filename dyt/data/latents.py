@@ -2,7 +2,7 @@
 
 DiT trains on 32x32x4 latents of 256x256 ImageNet images encoded by the Stable Diffusion VAE
 (``stabilityai/sd-vae-ft-ema``), scaled by 0.18215 so that they have roughly unit variance (DiT
-``train.py``; paper.md Sec. 8). Two ways to feed them:
+``train.py``; paper App. A). Two ways to feed them:
 
 - ``format: images``: an ImageFolder tree; the task encodes every batch with the VAE on the device,
   as DiT's ``train.py`` does.

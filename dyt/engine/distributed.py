@@ -94,7 +94,7 @@ def setup_distributed(device: str = "auto") -> DistEnv:
 def teardown_distributed() -> None:
     """Destroy the process group after a garbage collection. Callers drop their references to models
     and optimizers first: destroying gloo while a DDP model lives crashes ~1 run in 5 with SIGABRT
-    (environment.md)."""
+    (gloo's teardown race, measured on CPU)."""
     gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()

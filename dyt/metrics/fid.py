@@ -3,7 +3,7 @@ Frechet distance.
 
 FID (Heusel et al. 2017) is ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))`` between Gaussians fitted
 to feature sets. The paper's Table 3 uses the ADM evaluation suite with "the standard ImageNet
-reference batch" (paper.md Sec. 2): pass its ``.npz`` (``mu``/``sigma`` keys) as ``task.fid.reference``.
+reference batch" (paper Sec. 5): pass its ``.npz`` (``mu``/``sigma`` keys) as ``task.fid.reference``.
 Our features come from the same FID Inception weights run in PyTorch (``dyt.metrics.features``); ADM
 runs the TensorFlow graph, whose internal resize differs slightly, so compare with the paper's numbers
 knowing that small offset.

@@ -1,7 +1,7 @@
 """Zero-shot evaluation of our language models with lm-evaluation-harness, in process.
 
 Paper Table 4 reports a "score": the average zero-shot accuracy over 15 lm-eval tasks, following
-OpenLLaMA (paper.md Sec. 2). ``DytLM`` adapts any causal model returning logits (our ``Llama`` with any
+OpenLLaMA (paper Sec. 5). ``DytLM`` adapts any causal model returning logits (our ``Llama`` with any
 norm, no Hugging Face export needed) and its tokenizer to lm-eval's ``LM`` interface; ``evaluate_lm``
 runs the tasks and averages one metric per task into ``lm_eval/score``; ``lm_eval_hook`` is what
 ``eval.py`` calls with a run's config and trained model.

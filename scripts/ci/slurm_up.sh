@@ -12,7 +12,7 @@
 # /etc/slurm/slurm.conf is made a symlink to PREFIX/etc/slurm.conf (unless another file is there),
 # so sinfo/sbatch work without SLURM_CONF; `export SLURM_CONF=PREFIX/etc/slurm.conf` also works.
 #
-# Why each setting: ../../../shared/notes/slurm.md (measured facts); in short, accounting makes a
+# Why each setting (measured on a one-node Debian 12 cluster): accounting makes a
 # crashed job visible to submitit (without sacct a hard crash hangs a Hydra sweep), and
 # cred_expire=10 + bf_interval=5 bring a requeue round trip from ~2 min down to ~15 s.
 set -euo pipefail
