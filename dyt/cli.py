@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -31,13 +32,9 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def _headline(metrics: dict[str, Any] | None) -> float | None:
-    """The number a Hydra sweeper would optimise: the first headline metric of the tables present."""
-    from dyt.results.tables import HEADLINE
-
-    for key in HEADLINE:
-        if metrics and key in metrics:
-            return float(metrics[key])
-    return None
+    """The number a Hydra sweeper would optimise: the task's headline metric, when the run has it."""
+    key = (metrics or {}).get("headline_metric")
+    return float(metrics[key]) if key in (metrics or {}) else None
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float] | None:
@@ -80,13 +77,13 @@ def evaluate_run(
     """Evaluate the newest checkpoint of a run dir (or a checkpoint file) with the config it was trained
     with: the task's metrics for the raw and the EMA model (suffix ``_ema``), and with ``extra`` its costly
     metrics on the EMA model (raw if none). The metrics are merged into the run dir's ``results.json``."""
-    import copy
     from pathlib import Path
 
     import torch
     from omegaconf import OmegaConf
 
     from dyt.engine.checkpoint import load_checkpoint, load_model_state
+    from dyt.engine.evaluation import evaluate_model, weights_swapped_in
     from dyt.io import atomic_write_json
 
     ckpt = load_checkpoint(path)
@@ -100,16 +97,15 @@ def evaluate_run(
     model = task.build_model()
     load_model_state(model, ckpt["model"], source=ckpt["path"])
     model.to(dev)
-    metrics = dict(task.evaluate(model, dev))
+    ema = ckpt.get("ema")
+    swap = (lambda: weights_swapped_in(model, ema, f"{ckpt['path']} (EMA)")) if ema else None
+    metrics = evaluate_model(task.evaluate, model, dev, ema_weights=swap)
     run_dir = Path(ckpt["path"]).parent.parent
-    final = model
-    if ckpt.get("ema"):
-        final = copy.deepcopy(model)
-        load_model_state(final, ckpt["ema"], source=f"{ckpt['path']} (EMA)")
-        metrics.update({f"{k}_ema": v for k, v in task.evaluate(final, dev).items()})
     if extra:
         # Costly metrics once, on the model papers report: the EMA model where there is one (DiT's FID).
-        metrics.update(task.eval_extra(final, dev, run_dir))
+        model.eval()
+        with swap() if swap else contextlib.nullcontext():
+            metrics.update(task.eval_extra(model, dev, run_dir))
     results_file = run_dir / "results.json"
     if (run_dir / "config.yaml").exists():
         results = json.loads(results_file.read_text()) if results_file.exists() else {}

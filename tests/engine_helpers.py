@@ -1,6 +1,6 @@
 """A tiny task and config for the engine tests: an MLP with DyT on scikit-learn's digits.
 
-Fault injection lives here, not in the engine: task options make ``on_step_end`` kill the process
+Fault injection lives here, not in the engine: task options make ``after_optimizer_step`` kill the process
 (SIGKILL) or send it a signal at a given step, and ``training_step`` return NaN at a given step.
 """
 
@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dyt.nn import DyT
-from dyt.tasks.base import Task
+from dyt.tasks.base import StepInfo, Task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 N_TRAIN = 1024  # digits used for training; the other 773 are the validation set
@@ -55,7 +55,7 @@ def make_cfg(run_dir: str | os.PathLike, overrides: list[str] | None = None) -> 
             "logger": OmegaConf.load(CONFIGS / "logger/jsonl.yaml"),
         }
     )
-    cfg.trainer.batch_size = 32
+    cfg.trainer.global_batch = 32
     cfg.trainer.progress = "off"
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides or []))
 
@@ -74,7 +74,8 @@ class Block(nn.Module):
 
 
 class TinyNet(nn.Module):
-    """64 pixels -> ``depth`` residual blocks -> 10 classes."""
+    """64 pixels -> ``depth`` residual blocks -> 10 classes. Without ``reset_parameters`` it is built whole
+    also under FSDP2, so FSDP2 and DDP runs start from the same weights and can be compared."""
 
     def __init__(self, width: int, depth: int, dropout: float) -> None:
         super().__init__()
@@ -112,7 +113,6 @@ class DigitsTask(Task):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self.x, self.y = load_digits()
-        self.calls = 0
 
     def build_model(self) -> nn.Module:
         m = self.cfg.model
@@ -121,13 +121,11 @@ class DigitsTask(Task):
     def train_data(self) -> Dataset:
         return Digits(self.x[:N_TRAIN], self.y[:N_TRAIN], self.cfg.task.noise)
 
-    def training_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_step(self, model: nn.Module, batch: Any, info: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
         x, y = batch
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y)
-        self.calls += 1
-        step = (self.calls - 1) // self.cfg.trainer.grad_accum + 1  # 1-based, like metrics.jsonl
-        if self.cfg.task.nan_at_step is not None and step >= self.cfg.task.nan_at_step:
+        if self.cfg.task.nan_at_step is not None and info.step + 1 >= self.cfg.task.nan_at_step:  # 1-based
             loss = loss * float("nan")
         return loss, {"acc": (logits.argmax(-1) == y).float().mean().item()}
 
@@ -140,8 +138,8 @@ class DigitsTask(Task):
             "val/top1": 100.0 * (logits.argmax(-1) == y).float().mean().item(),
         }
 
-    def on_step_end(self, model: nn.Module, step: int) -> None:
-        t = self.cfg.task
+    def after_optimizer_step(self, model: nn.Module, info: StepInfo) -> None:
+        t, step = self.cfg.task, info.step + 1  # steps taken, like metrics.jsonl
         if t.kill_at_step == step:
             os.kill(os.getpid(), signal.SIGKILL)
         if t.signal_at_step == step:

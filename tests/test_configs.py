@@ -62,7 +62,7 @@ def test_table1_recipes_match_the_paper():
         assert tuple(cfg.optim.betas) == ((0.9, 0.95) if model == "vit_l" else (0.9, 0.999))
         assert cfg.optim.schedule.warmup_epochs == 20 and cfg.optim.schedule.min_lr == 1e-6
         assert (cfg.trainer.epochs, cfg.trainer.ema_decay, cfg.trainer.clip_grad) == (300, 0.9999, None)
-        assert cfg.trainer.batch_size * 64 == 4096, "64 per GPU on 64 GPUs"
+        assert (cfg.trainer.global_batch, cfg.trainer.micro_batch) == (4096, 64), "64 per GPU on 64 GPUs"
         assert (cfg.task.mixup, cfg.task.cutmix, cfg.task.label_smoothing) == (0.8, 1.0, 0.1)
         assert (cfg.data.auto_augment, cfg.data.reprob, cfg.data.color_jitter) == ("rand-m9-mstd0.5-inc1", 0.25, 0.4)
         if model.startswith("vit"):

@@ -10,6 +10,8 @@ from hydra import compose, initialize_config_dir
 from dyt.diffusion import create_diffusion, sample, space_timesteps
 from dyt.diffusion.gaussian import normal_kl
 from dyt.diffusion.sampling import guided_output
+from dyt.engine.evaluation import evaluate_model
+from dyt.tasks.base import StepInfo
 from models.dit import dit_tiny
 
 CONFIGS = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs")
@@ -129,18 +131,18 @@ def test_task_loss_decreases_on_tiny_config(norm):
     model = task.build_model()
     data = task.train_data()
     assert data.images.min() == -1 and data.images.max() == 1 and data.images.shape[1:] == (1, 8, 8)
-    before = task.evaluate(model, torch.device("cpu"))
-    assert before == task.evaluate(model, torch.device("cpu"))  # fixed timesteps and noise
+    before = evaluate_model(task.evaluate, model, torch.device("cpu"))
+    assert before == evaluate_model(task.evaluate, model, torch.device("cpu"))  # fixed timesteps and noise
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0)
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         idx = torch.randint(0, len(data), (64,), generator=g)
-        loss, logs = task.training_step(model, (data.images[idx], data.labels[idx]))
+        loss, logs = task.training_step(model, (data.images[idx], data.labels[idx]), StepInfo(0, 0, 1, 1))
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert set(logs) == {"mse", "vb"}
-    after = task.evaluate(model, torch.device("cpu"))
+    after = evaluate_model(task.evaluate, model, torch.device("cpu"))
     assert after["val/loss"] < 0.8 * before["val/loss"], (before, after)
 
 

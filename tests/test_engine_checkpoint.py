@@ -36,8 +36,9 @@ def test_checkpoint_contents_pruning_and_last_pointer(run_dir):
         "model",
         "ema",
         "optimizer",
-        "scheduler",
         "scaler",
+        "task",
+        "global_batch",
         "epoch",
         "step_in_epoch",
         "rng",
@@ -46,6 +47,7 @@ def test_checkpoint_contents_pruning_and_last_pointer(run_dir):
         "metrics_bytes",
     ):
         assert key in state, key
+    assert state["format"] == 2 and state["task"] == {}
     assert set(state["rng"]) == {"torch", "cuda", "numpy", "python"}
     assert state["config"]["trainer"]["max_steps"] == 4  # resolved config as a plain dict
     model = TinyNet(32, 2, 0.0)

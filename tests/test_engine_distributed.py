@@ -47,7 +47,10 @@ def rows(run: Path) -> list[dict]:
 
 # A constant lr makes a run's first steps independent of its length (max_steps), so runs of different
 # lengths can be compared step for step.
+# The recipe's global batch of 64 in micro-batches of at most 32: 2 processes x 32, or 1 x 2 x 32.
 COMMON = (
+    "trainer.global_batch=64",
+    "trainer.micro_batch=32",
     "trainer.log_every_steps=2",
     "trainer.ema_decay=0.9",
     "optim.schedule.name=constant",
@@ -64,7 +67,7 @@ def ddp_run(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_ddp_two_processes_train_and_resume_in_one(ddp_run, tmp_path):
     src, results = ddp_run
-    assert results["world_size"] == 2 and results["global_batch"] == 64 and results["steps"] == 8
+    assert (results["world_size"], results["global_batch"], results["grad_accum"], results["steps"]) == (2, 64, 1, 8)
     assert [r["step"] for r in rows(src) if "train/loss" in r] == [2, 4, 6, 8]
     state = load_checkpoint(src)
     assert state["step"] == 8 and state["world_size"] == 2
@@ -75,7 +78,7 @@ def test_ddp_two_processes_train_and_resume_in_one(ddp_run, tmp_path):
     torch.set_num_threads(1)
     cfg = make_cfg(run, ["trainer.max_steps=12", *COMMON])
     resumed = Trainer(cfg).fit(DigitsTask(cfg))
-    assert resumed["steps"] == 12 and resumed["world_size"] == 1
+    assert (resumed["world_size"], resumed["global_batch"], resumed["grad_accum"], resumed["steps"]) == (1, 64, 2, 12)
     assert [r["step"] for r in rows(run) if "train/loss" in r] == [2, 4, 6, 8, 10, 12]
     assert load_checkpoint(run)["step"] == 12
 

@@ -42,7 +42,7 @@ def test_metrics_results_and_config_of_a_run(tmp_path):
     evals = [r for r in lines if "val/top1" in r]
     assert [r["step"] for r in train] == [8, 16, 24, 32, 40, 48, 56, 64]  # 1024 // 32 = 32 steps per epoch
     assert [(r["step"], r["epoch"]) for r in evals] == [(32, 1), (64, 2)]
-    for key in ("train/lr", "train/grad_norm", "train/throughput", "train/acc", "dyt/alpha_mean"):
+    for key in ("train/lr", "train/grad_norm", "train/samples_per_s", "train/acc", "dyt/alpha_mean"):
         assert all(key in r for r in train), key
     assert all(r["dyt/alpha_mean"] != 0.5 for r in train)  # alpha (init 0.5) is learnt
     assert all("val/top1_ema" in r and "val/loss_ema" in r for r in evals)
@@ -60,8 +60,8 @@ def test_metrics_results_and_config_of_a_run(tmp_path):
 
 def test_grad_accumulation_matches_a_larger_batch(tmp_path):
     common = ("trainer.max_steps=6", "optim.schedule.warmup_steps=2")
-    fit(tmp_path / "a", "trainer.batch_size=16", "trainer.grad_accum=2", *common)
-    fit(tmp_path / "b", "trainer.batch_size=32", "trainer.grad_accum=1", *common)
+    fit(tmp_path / "a", "trainer.global_batch=32", "trainer.micro_batch=16", *common)  # 2 micro-batches
+    fit(tmp_path / "b", "trainer.global_batch=32", *common)
     a, b = (load_checkpoint(tmp_path / name)["model"] for name in ("a", "b"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
@@ -163,7 +163,7 @@ def test_kill_9_then_same_command_resumes_bit_identically(tmp_path):
             assert torch.equal(ours[part][k], v), f"{part}.{k} differs from the uninterrupted run"
 
     def strip(r: list[dict]) -> list[dict]:
-        return [{k: v for k, v in x.items() if k != "train/throughput"} for x in r]
+        return [{k: v for k, v in x.items() if k != "train/samples_per_s"} for x in r]
 
     assert strip(rows(run)) == strip(rows(reference))  # no duplicated or missing lines either
 

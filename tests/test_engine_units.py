@@ -13,44 +13,95 @@ from torch import nn
 from dyt.engine import distributed
 from dyt.engine.ema import ModelEMA
 from dyt.engine.precision import resolve_precision
-from dyt.engine.sampler import SeededDataset, ShardedBatchSampler
-from dyt.engine.schedule import LRSchedule, build_schedule, scaled_lr
+from dyt.engine.sampler import BatchPlan, SeededDataset, ShardedBatchSampler, plan_batch
+from dyt.engine.schedule import (
+    build_hyper_schedules,
+    build_lr_schedule,
+    build_optimizer,
+    build_scalar_schedule,
+    scaled_lr,
+    set_hyper,
+)
 from dyt.engine.signals import PREEMPTED_EXIT_CODE, PreemptionHandler
+from dyt.tasks.base import Task
 
 
 # ---- schedule -----------------------------------------------------------------------------------
-def test_linear_warmup_then_cosine_to_zero():
-    s = LRSchedule(1.0, total_steps=110, warmup_steps=10)
-    assert [s(i) for i in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
-    assert s(10) == pytest.approx(1.0)
-    assert s(60) == pytest.approx(0.5)  # half way through the cosine
-    assert s(109) == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
-    assert all(s(i) >= s(i + 1) for i in range(10, 109))
+def lr_schedule(total=110, **schedule):
+    optim = OmegaConf.load("configs/optim/adamw.yaml")
+    optim.schedule = OmegaConf.merge(optim.schedule, schedule)
+    return build_lr_schedule(optim, 1.0, total_steps=total, steps_per_epoch=10)
 
 
-def test_cosine_floor_absolute_and_ratio():
-    assert LRSchedule(2.0, 100, 0, min_lr=0.1)(100) == pytest.approx(0.1)
-    ratio = LRSchedule(2.0, 100, 0, min_lr=0.1, min_lr_ratio=0.1)  # ratio wins (LLaMA: 0.1 x peak)
-    assert ratio(0) == pytest.approx(2.0) and ratio(100) == pytest.approx(0.2)
-    assert ratio(50) == pytest.approx(0.2 + 0.5 * 1.8)
+def test_linear_warmup_from_zero_then_cosine_to_the_floor():
+    s = lr_schedule(warmup_steps=10, min_lr=0.1)  # ConvNeXt / DINO cosine_scheduler: warmup from 0
+    assert [s(i) for i in (0, 4, 10)] == pytest.approx([0.0, 0.4, 1.0])
+    assert s(60) == pytest.approx(0.1 + 0.5 * 0.9)  # half way through the cosine
+    assert s(109) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 99 / 100)))
+    assert s(500) == pytest.approx(0.1)
+    assert all(s(i) >= s(i + 1) for i in range(10, 200))
 
 
-def test_quadratic_warmup_and_constant():
-    s = LRSchedule(1.0, 100, 10, warmup_shape="quadratic", name="constant")
-    assert [s(i) for i in (0, 4, 9)] == pytest.approx([0.19, 0.75, 1.0]), "fms-fsdp: 1 - (1 - s/w)^2"
-    assert s(50) == s(99) == 1.0
-
-
-def test_schedule_config_and_linear_scaling():
+def test_warmup_epochs_floor_ratio_and_linear_scaling():
     optim = OmegaConf.load("configs/optim/adamw.yaml")
     optim.lr, optim.lr_batch_size, optim.schedule.warmup_epochs = 4e-3, 4096, 2
-    assert scaled_lr(optim, 1024) == pytest.approx(1e-3)  # paper Sec. 8: 4e-3 at batch 4096
-    s = build_schedule(optim, 1e-3, total_steps=100, steps_per_epoch=10)
-    assert s.warmup_steps == 20
-    optim.schedule.warmup_steps = 5
-    assert build_schedule(optim, 1e-3, 100, 10).warmup_steps == 5
-    with pytest.raises(ValueError, match="cosine, constant"):
-        LRSchedule(1.0, 10, name="step")
+    assert scaled_lr(optim, 1024) == pytest.approx(1e-3)  # paper App. A: 4e-3 at batch 4096
+    assert build_lr_schedule(optim, 1e-3, 100, steps_per_epoch=10).warmup == 20
+    assert lr_schedule(min_lr=0.5, min_lr_ratio=0.1)(110) == pytest.approx(0.1), "the ratio wins (LLaMA)"
+    with pytest.raises(ValueError, match="cosine, polynomial"):
+        lr_schedule(name="step")
+
+
+def test_fms_fsdp_llama_schedule_is_the_min_of_both_curves():
+    """fms-fsdp main_training_llama.py: min(1 - (1 - s/w)^2, 0.1 + 0.45 (1 + cos(pi s / n)))."""
+    s = lr_schedule(total=1000, name="cosine", warmup_steps=100, warmup_shape="quadratic",
+                    warmup_combine="min", min_lr_ratio=0.1)  # fmt: skip
+    for step in (0, 1, 50, 99, 100, 101, 500, 999, 1000, 2000):
+        warm = 1 - (1 - min(step, 100) / 100) ** 2
+        cos = 0.1 + 0.45 * (1 + math.cos(min(step, 1000) / 1000 * math.pi))
+        assert s(step) == pytest.approx(min(warm, cos)), step
+
+
+def test_polynomial_decay_as_fairseq():
+    s = lr_schedule(total=100, name="polynomial", warmup_steps=10, power=2.0)
+    assert s(5) == pytest.approx(0.5) and s(10) == pytest.approx(1.0)
+    assert s(55) == pytest.approx((1 - 45 / 90) ** 2) and s(100) == pytest.approx(0.0)
+
+
+def test_scalar_schedules_per_step_and_per_epoch():
+    momentum = build_scalar_schedule({"shape": "cosine", "start": 0.996, "end": 1.0}, 100, 10)
+    assert momentum(0) == pytest.approx(0.996) and momentum(50) == pytest.approx(0.998)
+    # DINO's teacher temperature: 0.04 -> 0.07 over 3 epochs (linspace per epoch), then constant.
+    temp = build_scalar_schedule(
+        {"shape": "constant", "start": 0.07, "warmup_epochs": 3, "warmup_start": 0.04, "unit": "epoch"}, 100, 10
+    )
+    assert [temp(s) for s in (0, 9, 10, 25, 30, 99)] == pytest.approx([0.04, 0.04, 0.05, 0.06, 0.07, 0.07])
+    gumbel = build_scalar_schedule({"shape": "exponential", "start": 2.0, "end": 0.5, "decay": 0.5}, 100, 10)
+    assert [gumbel(s) for s in (0, 1, 2, 3)] == [2.0, 1.0, 0.5, 0.5]
+    with pytest.raises(ValueError, match="unknown schedule keys \\['stop'\\]"):
+        build_scalar_schedule({"start": 1.0, "stop": 2.0}, 10, 1)
+
+
+def test_hyper_schedules_respect_exempt_groups():
+    optim = OmegaConf.load("configs/optim/adamw.yaml")
+    optim.schedules = {"weight_decay": {"shape": "cosine", "start": 0.04, "end": 0.4}}
+    model = nn.Linear(4, 4)
+    opt = build_optimizer(optim, Task(None), model, 1e-3)
+    wd = build_hyper_schedules(optim, 100, 10)["weight_decay"]
+    set_hyper(opt, "weight_decay", wd(50))
+    assert [g["weight_decay"] for g in opt.param_groups] == pytest.approx([0.22, 0.0]), "bias stays undecayed"
+
+
+def test_global_batch_plans():
+    assert plan_batch(4096, 64, 64) == BatchPlan(4096, 64, 1, 64)  # the paper's 64 GPUs
+    assert plan_batch(4096, 64, 8) == BatchPlan(4096, 64, 8, 8)
+    assert plan_batch(96, 40, 2) == BatchPlan(96, 24, 2, 2), "equal micro-batches no larger than 40"
+    assert plan_batch(64, None, 1) == BatchPlan(64, 64, 1, 1)
+    with pytest.raises(ValueError, match="does not split over 3 processes"):
+        plan_batch(256, 32, 3)
+    for bad in (0, -4, 2.5, "64"):
+        with pytest.raises(ValueError, match="trainer.global_batch=.* positive whole number"):
+            plan_batch(bad, None, 1)
 
 
 def test_precision_choices():

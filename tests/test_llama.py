@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from transformers import LlamaForCausalLM
 
 import models
+from dyt.engine.sampler import plan_batch
 from dyt.nn import get_norm_class, norm_names
 from models.llama import Llama, alpha_init_for_width, from_hf_state_dict, hf_config, to_hf_state_dict
 
@@ -177,7 +178,20 @@ def test_logits_are_causal():
 def test_paper_experiments_compose_and_build_on_meta(experiment, norm):
     with initialize_config_dir(config_dir=CONFIGS, version_base=None):
         cfg = compose("train", overrides=[f"experiment={experiment}", f"norm={norm}"])
-    assert cfg.trainer.batch_size * 4096 * (512 if cfg.trainer.batch_size == 2 else 1024) == 4_194_304
+    assert cfg.trainer.global_batch * cfg.data.seq_len == 4_194_304, "4M tokens per step (paper App. A)"
+    paper_gpus = 512 if experiment in ("paper/llama2_7b", "paper/llama2_13b") else 1024
+    assert plan_batch(1024, cfg.trainer.micro_batch, paper_gpus).grad_accum == 1, "the paper's GPU count"
+    for gpus in (1, 8, 64):  # any other GPU count accumulates up to the same 4M tokens
+        plan = plan_batch(1024, cfg.trainer.micro_batch, gpus)
+        assert plan.micro_batch * plan.grad_accum * gpus * 4096 == 4_194_304
+        assert plan.micro_batch <= cfg.trainer.micro_batch
+    sched = cfg.optim.schedule
+    assert (sched.warmup_combine, sched.warmup_shape, sched.warmup_steps, sched.min_lr_ratio) == (
+        "min",
+        "quadratic",
+        2000,
+        0.1,
+    )
     assert (cfg.optim.betas, cfg.optim.weight_decay, cfg.trainer.clip_grad) == ([0.9, 0.95], 0.1, 1.0)
     with torch.device("meta"):
         m = models.create_model(cfg.model, norm=cfg.norm)

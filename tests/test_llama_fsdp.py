@@ -41,7 +41,7 @@ def overrides(run: Path, cache: Path) -> list[str]:
         f"trainer.ckpt_every_steps={CKPT_EVERY}",
         "trainer.log_every_steps=1",
         "trainer.eval_every_steps=null",
-        "trainer.batch_size=4",
+        "trainer.global_batch=8",
         "trainer.progress=off",
         "task.eval_max_sequences=8",
     ]
@@ -95,8 +95,8 @@ def _worker() -> None:
     kill_at = int(os.environ.get("DYT_TEST_KILL_AT_STEP", 0))
 
     class KilledLM(LanguageModelingTask):
-        def on_step_end(self, model, step: int) -> None:
-            if step == kill_at:
+        def after_optimizer_step(self, model, info) -> None:
+            if info.step + 1 == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     cfg = compose_cfg(sys.argv[1:])

@@ -8,7 +8,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from dyt.engine.evaluation import evaluate_model
+from dyt.tasks.base import StepInfo
 from dyt.tasks.lm import LanguageModelingTask
+
+INFO = StepInfo(step=0, epoch=0, total_steps=1, steps_per_epoch=1)
 
 
 def lm_cfg(cache, norm: str):
@@ -44,18 +48,18 @@ def test_tiny_lm_validation_loss_falls_on_the_offline_corpus(cache, norm):
     torch.manual_seed(0)
     task = LanguageModelingTask(lm_cfg(cache, norm))
     model, data = task.build_model(), task.train_data()
-    before = task.evaluate(model, torch.device("cpu"))
+    before = evaluate_model(task.evaluate, model, torch.device("cpu"))
     assert before["val/loss"] == pytest.approx(math.log(384), abs=0.3)  # an untrained model is near uniform
     assert before["val/ppl"] == pytest.approx(math.exp(before["val/loss"]))
     opt = torch.optim.AdamW(task.param_groups(model, 0.1), lr=3e-3, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(0)
     for _ in range(60):
         batch = torch.stack([data[i] for i in torch.randint(len(data), (16,), generator=g).tolist()])
-        loss, _ = task.training_step(model, batch)
+        loss, _ = task.training_step(model, batch, INFO)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    after = task.evaluate(model, torch.device("cpu"))
+    after = evaluate_model(task.evaluate, model, torch.device("cpu"))
     assert after["val/loss"] < before["val/loss"] - 1.0
 
 
@@ -65,7 +69,7 @@ def test_loss_is_next_token_cross_entropy(cache):
     batch = torch.stack([task.train_data()[i] for i in range(2)])
     logits = model(batch[:, :-1])
     want = torch.nn.functional.cross_entropy(logits.reshape(-1, 384), batch[:, 1:].reshape(-1))
-    assert task.training_step(model, batch)[0].item() == pytest.approx(want.item(), rel=1e-6)
+    assert task.training_step(model, batch, INFO)[0].item() == pytest.approx(want.item(), rel=1e-6)
 
 
 def test_decay_all_params_puts_alpha_and_embed_scale_under_weight_decay(cache):

@@ -96,7 +96,9 @@ def test_two_process_torchrun_quickstart_resumes_in_one_process(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     two_proc = json.loads((run_dir / "results.json").read_text())
-    assert (two_proc["world_size"], two_proc["global_batch"], two_proc["steps"]) == (2, 128, 11)
+    assert (two_proc["world_size"], two_proc["global_batch"], two_proc["steps"]) == (2, 64, 22), (
+        "the recipe's global batch, not 2 x 64"
+    )
     # The 2-rank checkpoint resumes in a single process and keeps training (22 steps per epoch now).
     _run("train.py", "trainer.epochs=2", f"run_dir={run_dir}")
     one_proc = json.loads((run_dir / "results.json").read_text())

@@ -40,10 +40,15 @@ ENV = {
     "OMP_NUM_THREADS": "1",
 }
 # The quickstart, shortened: a few optimizer steps of the small ViT on digits.
-QUICK = ["trainer.max_steps=4", "trainer.batch_size=16", "trainer.log_every_steps=1", "trainer.progress=log"]
+QUICK = ["trainer.max_steps=4", "trainer.global_batch=16", "trainer.log_every_steps=1", "trainer.progress=log"]
 # Long enough to signal a run mid-training (~0.1 s a step on CPU), short enough to finish in seconds.
 LONG_STEPS = 100
-LONG = [f"trainer.max_steps={LONG_STEPS}", "trainer.batch_size=8", "trainer.log_every_steps=1", "trainer.progress=log"]
+LONG = [
+    f"trainer.max_steps={LONG_STEPS}",
+    "trainer.global_batch=8",
+    "trainer.log_every_steps=1",
+    "trainer.progress=log",
+]
 # hydra/launcher=slurm as a CPU-only cluster needs it: one process, one CPU, no GPU per run.
 LAUNCHER = [
     "hydra/launcher=slurm",

@@ -1,6 +1,8 @@
-"""Deterministic, resumable data order and seeding (the trainer's half of the determinism contract
-in ``dyt/tasks/base.py``).
+"""Deterministic, resumable data order, the global batch, and seeding (the trainer's half of the
+determinism contract in ``dyt/tasks/base.py``).
 
+- :func:`plan_batch`: the recipe's global batch -> per-device micro-batch and gradient accumulation.
+- :class:`ResumableBatchSampler`: what any batch sampler (the default one, or a task's own) provides.
 - :class:`ShardedBatchSampler`: one global permutation per ``(seed, epoch)``, sharded by rank, full
   batches only, startable at any batch so a resumed run skips exactly the consumed batches.
 - :class:`SeededDataset`: seeds every RNG from ``(seed, epoch, index)`` before each item, so
@@ -13,7 +15,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -37,6 +40,53 @@ def seed_all(*keys: int, cuda: bool = True) -> None:
     random.seed(s)
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step's ``global_batch`` samples are spread: ``world_size`` devices each run
+    ``grad_accum`` micro-batches of ``micro_batch`` samples."""
+
+    global_batch: int
+    micro_batch: int
+    grad_accum: int
+    world_size: int
+
+
+def plan_batch(global_batch: int, micro_batch: int | None, world_size: int) -> BatchPlan:
+    """Split the recipe's ``global_batch`` over ``world_size`` devices with micro-batches of at most
+    ``micro_batch`` samples (None: no limit), or refuse with the fix when it cannot be reached exactly."""
+    for key, value in (("trainer.global_batch", global_batch), ("trainer.micro_batch", micro_batch)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key}={value!r} is not allowed: it must be a positive whole number")
+    if global_batch % world_size:
+        raise ValueError(
+            f"trainer.global_batch={global_batch} does not split over {world_size} processes; run on a number of "
+            f"processes that divides it, or change trainer.global_batch (this changes the recipe)"
+        )
+    per_device = global_batch // world_size
+    limit = min(micro_batch or per_device, per_device)
+    accum = -(-per_device // limit)
+    while per_device % accum:  # the smallest accumulation whose micro-batches are equal and fit
+        accum += 1
+    return BatchPlan(global_batch, per_device // accum, accum, world_size)
+
+
+@runtime_checkable
+class ResumableBatchSampler(Protocol):
+    """A batch sampler the trainer can resume exactly: lists of dataset indices, a pure function of
+    ``(seed, epoch, rank)``, the same number of batches on every rank."""
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches each rank yields in a whole epoch (identical on every rank)."""
+        ...
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Iterate epoch ``epoch`` from its batch ``start_batch`` (0 = from the start)."""
+        ...
+
+    def __iter__(self) -> Iterator[list[int]]: ...
+
+
 class ShardedBatchSampler(Sampler[list[int]]):
     """Batches of indices for one rank.
 
@@ -53,7 +103,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         if self.batches_per_epoch == 0:
             raise ValueError(
                 f"the training set has {num_samples} samples, fewer than one global batch "
-                f"({batch_size} per rank x {world_size} ranks); lower trainer.batch_size"
+                f"({batch_size} per rank x {world_size} ranks); lower trainer.global_batch"
             )
 
     @property

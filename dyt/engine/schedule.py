@@ -1,115 +1,218 @@
-"""Optimizer and per-iteration learning-rate schedule.
+"""Optimizer, and per-step schedules of the learning rate, any optimizer hyperparameter and task scalars.
 
-The optimizer is AdamW over ``task.param_groups(model, weight_decay)`` (the task decides which
-parameters are exempt from weight decay; the paper's recipes exempt 1-D parameters, DyT's ``alpha``
-included). The learning rate is set before every optimizer step from a pure function of the step, so
-the schedule needs no state of its own to resume exactly.
+Every schedule is a pure function of the optimizer step, evaluated before each step: resuming at step
+``s`` gives exactly the values of an uninterrupted run, and no schedule has state to checkpoint.
+
+One :class:`Schedule` serves all three uses:
+
+- the learning rate (``optim.schedule``): peak lr from the linear scaling rule, warmup, then cosine /
+  constant / linear / polynomial decay;
+- optimizer hyperparameters (``optim.schedules.<key>``, e.g. DINO's weight decay 0.04 -> 0.4), set on every
+  parameter group as ``value * group["<key>_scale"]``; a group built with ``<key>`` 0 gets scale 0, so a
+  weight-decay schedule never decays the parameters the task exempted;
+- task scalars (``Task.schedules()``: DINO's teacher momentum and temperature, wav2vec 2.0's quantizer
+  temperature), handed to the task as ``StepInfo.scalars``.
+
+Warmup rises linearly (or quadratically, fms-fsdp's LLaMA warmup) from ``warmup_start`` at step 0 to
+``start`` at step ``warmup``, as in ConvNeXt's / DINO's ``cosine_scheduler`` and fairseq's schedulers: the
+first step runs at ``warmup_start`` (0 for the lr). After the warmup the value moves from ``start`` to
+``end`` over ``length`` steps (default: the rest of the run) and stays at ``end``. With
+``warmup_combine="min"`` the decay instead runs from step 0 and the value is the smaller of the two curves
+(fms-fsdp ``main_training_llama.py``, the paper's LLaMA runs).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-SCHEDULES = ("cosine", "constant")
+SHAPES = ("constant", "linear", "cosine", "polynomial", "exponential")
 WARMUP_SHAPES = ("linear", "quadratic")
+WARMUP_COMBINES = ("sequential", "min")
+UNITS = ("step", "epoch")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A value per optimizer step (see the module docstring).
+
+    Args:
+        shape: ``constant`` (stays at ``start``), ``linear``, ``cosine`` (half cosine from ``start`` to ``end``),
+            ``polynomial`` (``end + (start - end) * (1 - p) ** power``, fairseq's ``polynomial_decay``) or
+            ``exponential`` (``start * decay ** t``, clipped at ``end``; fairseq's Gumbel temperature).
+        start, end: value after the warmup and at the end of the decay.
+        total: length of the run in clock ticks (steps, or epochs with ``tick`` > 1).
+        warmup, warmup_start, warmup_shape: warmup length, value at step 0 and ``linear`` | ``quadratic``.
+        length: ticks from ``start`` to ``end`` (default: ``total - warmup``, or ``total`` with ``min``).
+        warmup_combine: ``sequential`` (decay after the warmup) or ``min`` (fms-fsdp: min of both curves).
+        tick: optimizer steps per clock tick: 1, or the steps of an epoch for per-epoch schedules (DINO's
+            teacher temperature changes once per epoch).
+    """
+
+    shape: str
+    start: float
+    end: float
+    total: int
+    warmup: int = 0
+    warmup_start: float = 0.0
+    warmup_shape: str = "linear"
+    length: int | None = None
+    warmup_combine: str = "sequential"
+    power: float = 1.0
+    decay: float = 1.0
+    tick: int = 1
+
+    def __post_init__(self) -> None:
+        for name, value, valid in (
+            ("shape", self.shape, SHAPES),
+            ("warmup_shape", self.warmup_shape, WARMUP_SHAPES),
+            ("warmup_combine", self.warmup_combine, WARMUP_COMBINES),
+        ):
+            if value not in valid:
+                raise ValueError(f"unknown schedule {name} {value!r}; valid choices are: {', '.join(valid)}")
+        if self.warmup < 0 or self.total < 0 or self.tick < 1:
+            raise ValueError(f"schedule lengths must be >= 0 (warmup={self.warmup}, total={self.total})")
+
+    def _warm(self, t: int) -> float:
+        frac = min(t, self.warmup) / self.warmup
+        if self.warmup_shape == "quadratic":
+            frac = 1.0 - (1.0 - frac) ** 2
+        return self.warmup_start + (self.start - self.warmup_start) * frac
+
+    def _decay(self, t: int) -> float:
+        if self.shape == "constant":
+            return self.start
+        if self.shape == "exponential":
+            value = self.start * self.decay**t
+            return max(value, self.end) if self.decay <= 1.0 else min(value, self.end)
+        default = self.total if self.warmup_combine == "min" else self.total - self.warmup
+        length = max(1, self.length if self.length is not None else default)
+        p = min(1.0, t / length)
+        if self.shape == "linear":
+            return self.start + (self.end - self.start) * p
+        if self.shape == "polynomial":
+            return self.end + (self.start - self.end) * (1.0 - p) ** self.power
+        return self.end + 0.5 * (self.start - self.end) * (1.0 + math.cos(math.pi * p))
+
+    def __call__(self, step: int) -> float:
+        """The value at optimizer step ``step`` (0-based)."""
+        t = step // self.tick
+        if self.warmup_combine == "min":
+            return min(self._warm(t), self._decay(t)) if self.warmup else self._decay(t)
+        if t < self.warmup:
+            return self._warm(t)
+        return self._decay(t - self.warmup)
+
+
+def _ticks(spec: Mapping[str, Any], key: str, steps_per_epoch: int, tick: int) -> int | None:
+    """``<key>_steps`` or ``<key>_epochs`` of ``spec`` in clock ticks (None when neither is set)."""
+    steps, epochs = spec.get(f"{key}_steps"), spec.get(f"{key}_epochs")
+    if steps is not None:
+        return round(int(steps) / tick)
+    if epochs is not None:
+        return round(float(epochs) * steps_per_epoch / tick)
+    return None
+
+
+def build_scalar_schedule(spec: Mapping[str, Any], total_steps: int, steps_per_epoch: int) -> Schedule:
+    """A :class:`Schedule` from a config mapping.
+
+    Keys: ``shape``, ``start``, ``end`` (default ``start``), ``warmup_steps`` | ``warmup_epochs``,
+    ``warmup_start``, ``warmup_shape``, ``steps`` | ``epochs`` (length of the decay), ``warmup_combine``,
+    ``power``, ``decay``, ``unit`` (``step``, or ``epoch`` for a value that changes once per epoch).
+    """
+    known = {"shape", "start", "end", "warmup_steps", "warmup_epochs", "warmup_start", "warmup_shape", "steps",
+             "epochs", "warmup_combine", "power", "decay", "unit"}  # fmt: skip
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ValueError(f"unknown schedule keys {unknown}; valid keys are: {', '.join(sorted(known))}")
+    unit = spec.get("unit", "step")
+    if unit not in UNITS:
+        raise ValueError(f"unknown schedule unit {unit!r}; valid choices are: {', '.join(UNITS)}")
+    tick = steps_per_epoch if unit == "epoch" else 1
+    start = float(spec["start"])
+    return Schedule(
+        shape=spec.get("shape", "cosine"),
+        start=start,
+        end=float(spec.get("end", start)),
+        total=math.ceil(total_steps / tick),
+        warmup=_ticks(spec, "warmup", steps_per_epoch, tick) or 0,
+        warmup_start=float(spec.get("warmup_start", 0.0)),
+        warmup_shape=spec.get("warmup_shape", "linear"),
+        length=_ticks(
+            {"length_steps": spec.get("steps"), "length_epochs": spec.get("epochs")}, "length", steps_per_epoch, tick
+        ),  # fmt: skip
+        warmup_combine=spec.get("warmup_combine", "sequential"),
+        power=float(spec.get("power", 1.0)),
+        decay=float(spec.get("decay", 1.0)),
+        tick=tick,
+    )
 
 
 def scaled_lr(optim_cfg: Any, global_batch: int) -> float:
-    """Peak lr after the linear scaling rule: ``lr * global_batch / lr_batch_size`` (paper Sec. 8 quotes
-    lr 4e-3 at batch 4096); ``lr`` unchanged when ``lr_batch_size`` is null."""
+    """Peak lr after the linear scaling rule: ``lr * global_batch / lr_batch_size`` (paper App. A quotes
+    lr 4e-3 at batch 4096; MAE and DINO quote a base lr per 256); ``lr`` unchanged when ``lr_batch_size``
+    is null."""
     lr = float(optim_cfg.lr)
     base = optim_cfg.get("lr_batch_size")
     return lr if base is None else lr * global_batch / float(base)
 
 
-class LRSchedule:
-    """Warmup (linear or quadratic) then cosine decay to a floor, or a constant lr after warmup.
-
-    Args:
-        peak_lr: lr at the end of warmup.
-        total_steps: optimizer steps of the whole run (the cosine reaches its floor there).
-        warmup_steps: steps of warmup; lr rises from ``peak_lr / warmup_steps`` at step 0 to ``peak_lr``.
-        name: ``cosine`` or ``constant``.
-        warmup_shape: ``linear`` or ``quadratic``: ``peak * (1 - (1 - (s+1)/warmup)**2)``, the warmup of
-            fms-fsdp that the paper's LLaMA runs use (fast at first, flat at the end).
-        min_lr: absolute floor of the cosine, or
-        min_lr_ratio: the floor as a fraction of ``peak_lr`` (wins over ``min_lr`` when set).
-    """
-
-    def __init__(
-        self,
-        peak_lr: float,
-        total_steps: int,
-        warmup_steps: int = 0,
-        name: str = "cosine",
-        warmup_shape: str = "linear",
-        min_lr: float = 0.0,
-        min_lr_ratio: float | None = None,
-    ) -> None:
-        if name not in SCHEDULES:
-            raise ValueError(f"unknown lr schedule {name!r}; valid choices are: {', '.join(SCHEDULES)}")
-        if warmup_shape not in WARMUP_SHAPES:
-            raise ValueError(f"unknown warmup_shape {warmup_shape!r}; valid choices are: {', '.join(WARMUP_SHAPES)}")
-        self.peak_lr, self.total_steps, self.warmup_steps = peak_lr, max(1, total_steps), max(0, warmup_steps)
-        self.name, self.warmup_shape = name, warmup_shape
-        self.min_lr = peak_lr * min_lr_ratio if min_lr_ratio is not None else min_lr
-
-    def __call__(self, step: int) -> float:
-        """The lr of optimizer step ``step`` (0-based)."""
-        if step < self.warmup_steps:
-            frac = (step + 1) / self.warmup_steps
-            return self.peak_lr * (frac if self.warmup_shape == "linear" else 1.0 - (1.0 - frac) ** 2)
-        if self.name == "constant":
-            return self.peak_lr
-        decay_steps = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
-        return self.min_lr + 0.5 * (self.peak_lr - self.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-    def state_dict(self) -> dict[str, Any]:
-        """The schedule's settings (stored in checkpoints for inspection; resume recomputes from step)."""
-        return {
-            "peak_lr": self.peak_lr,
-            "total_steps": self.total_steps,
-            "warmup_steps": self.warmup_steps,
-            "name": self.name,
-            "warmup_shape": self.warmup_shape,
-            "min_lr": self.min_lr,
-        }
-
-
-def build_schedule(optim_cfg: Any, peak_lr: float, total_steps: int, steps_per_epoch: int) -> LRSchedule:
-    """The schedule of ``optim.schedule``; ``warmup_epochs`` converts to steps with the epoch length."""
+def build_lr_schedule(optim_cfg: Any, peak_lr: float, total_steps: int, steps_per_epoch: int) -> Schedule:
+    """The lr schedule of ``optim.schedule``: ``name`` is the decay shape (``cosine``, ``constant``,
+    ``linear``, ``polynomial``), from ``peak_lr`` to ``min_lr`` (or ``min_lr_ratio * peak_lr``), after
+    ``warmup_steps`` | ``warmup_epochs`` of warmup from 0."""
     s = optim_cfg.schedule
-    warmup = s.get("warmup_steps")
-    if warmup is None:
-        warmup = round(float(s.get("warmup_epochs", 0)) * steps_per_epoch)
-    return LRSchedule(
-        peak_lr,
-        total_steps,
-        int(warmup),
-        name=s.get("name", "cosine"),
-        warmup_shape=s.get("warmup_shape", "linear"),
-        min_lr=float(s.get("min_lr", 0.0)),
-        min_lr_ratio=s.get("min_lr_ratio"),
-    )
+    ratio = s.get("min_lr_ratio")
+    spec = {
+        "shape": s.get("name", "cosine"),
+        "start": peak_lr,
+        "end": peak_lr * float(ratio) if ratio is not None else float(s.get("min_lr", 0.0)),
+        "warmup_shape": s.get("warmup_shape", "linear"),
+        "warmup_combine": s.get("warmup_combine", "sequential"),
+        "power": s.get("power", 1.0),
+    }
+    if s.get("warmup_steps") is not None:
+        spec["warmup_steps"] = s.warmup_steps
+    else:
+        spec["warmup_epochs"] = s.get("warmup_epochs", 0)
+    return build_scalar_schedule(spec, total_steps, steps_per_epoch)
+
+
+def build_hyper_schedules(optim_cfg: Any, total_steps: int, steps_per_epoch: int) -> dict[str, Schedule]:
+    """``optim.schedules``: per-step schedules of optimizer hyperparameters other than the lr."""
+    specs = optim_cfg.get("schedules") or {}
+    if "lr" in specs:
+        raise ValueError("optim.schedules.lr is not allowed: the learning rate is scheduled by optim.schedule")
+    return {key: build_scalar_schedule(spec, total_steps, steps_per_epoch) for key, spec in specs.items()}
+
+
+OPTIMIZERS = ("adamw", "adam")
 
 
 def build_optimizer(optim_cfg: Any, task: Any, model: nn.Module, peak_lr: float) -> torch.optim.Optimizer:
-    """AdamW over ``task.param_groups(model, optim.weight_decay)``."""
-    if optim_cfg.name != "adamw":
-        raise ValueError(f"unknown optimizer {optim_cfg.name!r}; valid choices are: adamw")
-    groups = task.param_groups(model, float(optim_cfg.weight_decay))
-    groups = [g for g in groups if len(g["params"]) > 0]
-    return torch.optim.AdamW(
-        groups, lr=peak_lr, betas=tuple(float(b) for b in optim_cfg.betas), eps=float(optim_cfg.eps)
-    )
+    """AdamW (or Adam, with fairseq's decoupled weight decay, i.e. AdamW) over
+    ``task.param_groups(model, optim.weight_decay)``.
+
+    Every group gets ``<key>_scale`` for each scheduled hyperparameter ``key`` (1, or 0 when the group was
+    built with ``key`` 0) unless the task set one."""
+    if optim_cfg.name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optim_cfg.name!r}; valid choices are: {', '.join(OPTIMIZERS)}")
+    groups = [g for g in task.param_groups(model, float(optim_cfg.weight_decay)) if len(g["params"]) > 0]
+    for key in optim_cfg.get("schedules") or {}:
+        for g in groups:
+            g.setdefault(f"{key}_scale", 0.0 if g.get(key, 1.0) == 0 else 1.0)
+    betas = tuple(float(b) for b in optim_cfg.betas)
+    return torch.optim.AdamW(groups, lr=peak_lr, betas=betas, eps=float(optim_cfg.eps))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set ``lr`` on every parameter group (groups may carry an ``lr_scale``, e.g. layer decay)."""
+def set_hyper(optimizer: torch.optim.Optimizer, key: str, value: float) -> None:
+    """Set ``key`` on every parameter group to ``value * group["<key>_scale"]`` (default scale 1;
+    ``lr_scale`` carries layer-wise lr decay)."""
     for g in optimizer.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
+        g[key] = value * g.get(f"{key}_scale", 1.0)

@@ -1,16 +1,19 @@
 """The shared trainer: ``Trainer(cfg).fit(task)`` trains any :class:`~dyt.tasks.base.Task`.
 
-One run, in order: set up devices and the process group (torchrun or SLURM env); build the model with
-identical initial weights on every rank; wrap it (DDP, or FSDP2 with ``trainer.distributed=fsdp``);
-build AdamW, the per-iteration lr schedule, the gradient scaler and the EMA; resume from
-``<run_dir>/checkpoints`` when a checkpoint exists; train with gradient accumulation and clipping;
-evaluate the raw and the EMA model; checkpoint; write ``results.json``.
+One run, in order: set up devices and the process group (torchrun or SLURM env); split the recipe's
+global batch into per-device micro-batches and gradient accumulation (:func:`~dyt.engine.sampler.plan_batch`);
+build the model with identical initial weights on every rank; wrap it (DDP, or FSDP2 with
+``trainer.distributed=fsdp``); build AdamW, the schedules (lr, optimizer hyperparameters, task scalars),
+the gradient scaler and the EMA; resume from ``<run_dir>/checkpoints`` when a checkpoint exists
+(:class:`~dyt.engine.state.TrainState` holds everything a checkpoint holds); train; evaluate the raw and
+the EMA model; checkpoint; write ``results.json``. The order of one optimizer step and its task hooks is
+in ``dyt/tasks/base.py``.
 
 Determinism: the data order is a function of ``(seed, epoch)`` (:mod:`dyt.engine.sampler`), every
 item is produced with RNGs seeded from ``(seed, epoch, index)``, and every micro-batch's
-``training_step`` runs with RNGs seeded from ``(seed, step, micro_batch, rank)``. With the model,
-optimizer, EMA and data position restored from a checkpoint, a resumed CPU run therefore ends with
-the same bits as an uninterrupted one.
+``training_step`` runs with RNGs seeded from ``(seed, step, micro_batch, rank)``; every schedule is a
+function of the step. With the train state restored from a checkpoint, a resumed CPU run therefore
+ends with the same bits as an uninterrupted one.
 
 Stopping early: a non-finite loss raises :class:`NonFiniteLossError` before the optimizer step (no
 checkpoint of the bad state is written); SIGTERM / SIGUSR1 / SIGUSR2 write a checkpoint at the next
@@ -46,12 +49,16 @@ from dyt.engine.distributed import (
     wrap_model,
 )
 from dyt.engine.ema import ModelEMA
+from dyt.engine.evaluation import evaluate_model
 from dyt.engine.logging import MetricsLog, Progress, WandbRun, new_wandb_id
 from dyt.engine.precision import autocast, grad_scaler, resolve_precision
-from dyt.engine.sampler import SeededDataset, ShardedBatchSampler, seed_all
-from dyt.engine.schedule import build_optimizer, build_schedule, scaled_lr, set_lr
+from dyt.engine.sampler import SeededDataset, ShardedBatchSampler, plan_batch, seed_all
+from dyt.engine.schedule import build_hyper_schedules, build_lr_schedule, build_optimizer, scaled_lr, set_hyper
 from dyt.engine.signals import PreemptionHandler
+from dyt.engine.state import TrainState
 from dyt.io import atomic_write_json, atomic_write_text
+from dyt.nn import Derf, DyT
+from dyt.tasks.base import StepInfo
 
 EVAL_STREAM = 1 << 20  # seeds evaluation apart from any training micro-batch
 
@@ -72,13 +79,12 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def alpha_mean(model: nn.Module) -> float | None:
-    """Mean |alpha| over modules with an ``alpha`` parameter (DyT, Derf; paper Fig. 8), or None.
+    """Mean |alpha| over the model's point-wise norms (DyT, Derf; paper Fig. 8), or None without any.
     Collective under FSDP2 (call on every rank)."""
     values = []
     for m in model.modules():
-        alpha = getattr(m, "alpha", None)
-        if isinstance(alpha, torch.Tensor):
-            alpha = alpha.full_tensor() if hasattr(alpha, "full_tensor") else alpha
+        if isinstance(m, (DyT, Derf)):
+            alpha = m.alpha.full_tensor() if hasattr(m.alpha, "full_tensor") else m.alpha
             values.append(alpha.detach().abs().float().mean())
     return torch.stack(values).mean().item() if values else None
 
@@ -123,7 +129,9 @@ class Trainer:
         cfg, tc = self.cfg, self.tc
         self.env, self.task = env, task
         self.precision = resolve_precision(tc.precision, env.device, tc.get("tf32", True))
-        self.config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        self.plan = plan_batch(tc.global_batch, tc.get("micro_batch"), env.world_size)
+        self.accum = self.plan.grad_accum
         seed_all(cfg.seed)  # identical initial weights on every rank
         self.fsdp = tc.distributed == "fsdp" and env.is_distributed
         model = self._new_model(task, env)
@@ -131,36 +139,36 @@ class Trainer:
         if tc.compile:
             model.compile()  # in place: state_dict keys stay free of "_orig_mod."
 
-        self.dataset = SeededDataset(task.train_data(), cfg.seed)
-        self.sampler = ShardedBatchSampler(len(self.dataset), tc.batch_size, env.rank, env.world_size, cfg.seed)
-        self.accum = int(tc.grad_accum)
+        data = task.train_data()
+        self.dataset = SeededDataset(data, cfg.seed)
+        args = (self.plan.micro_batch, env.rank, env.world_size, cfg.seed)
+        self.sampler = task.batch_sampler(data, *args) or ShardedBatchSampler(len(data), *args)
         self.steps_per_epoch = self.sampler.batches_per_epoch // self.accum
         if self.steps_per_epoch == 0:
             raise ValueError(
-                f"an epoch has {self.sampler.batches_per_epoch} batches per rank, fewer than "
-                f"trainer.grad_accum={self.accum}; lower grad_accum or batch_size"
+                f"an epoch has {self.sampler.batches_per_epoch} micro-batches per process, fewer than the "
+                f"{self.accum} one optimizer step needs (global batch {self.plan.global_batch}); lower "
+                "trainer.global_batch or use a larger training set"
             )
         self.total_steps = int(tc.max_steps) if tc.max_steps else int(tc.epochs) * self.steps_per_epoch
-        self.global_batch = tc.batch_size * self.accum * env.world_size
-        peak_lr = scaled_lr(cfg.optim, self.global_batch)
-        self.optimizer = build_optimizer(cfg.optim, task, model, peak_lr)
-        self.schedule = build_schedule(cfg.optim, peak_lr, self.total_steps, self.steps_per_epoch)
-        self.scaler = grad_scaler(self.precision, env.device)
-        self.ema = ModelEMA(model, tc.ema_decay, tc.get("ema_every", 1)) if tc.ema_decay else None
-
-        self.step = self.epoch = self.step_in_epoch = 0
-        self.eval_metrics: dict[str, float] = {}
-        self.eval_step = self.ckpt_step = -1
-        self.wall_before = 0.0  # wall time of earlier sessions of this run
-        self.wandb_id: str | None = None
+        peak_lr = scaled_lr(cfg.optim, self.plan.global_batch)
+        optimizer = build_optimizer(cfg.optim, task, model, peak_lr)
+        self.lr_schedule = build_lr_schedule(cfg.optim, peak_lr, self.total_steps, self.steps_per_epoch)
+        self.hyper_schedules = build_hyper_schedules(cfg.optim, self.total_steps, self.steps_per_epoch)
+        self.task_schedules = task.schedules(self.total_steps, self.steps_per_epoch)
+        scaler = grad_scaler(self.precision, env.device)
+        ema = ModelEMA(model, tc.ema_decay, tc.get("ema_every", 1)) if tc.ema_decay else None
+        self.state = TrainState(model, optimizer, scaler, ema, task, config, env.world_size,
+                                self.plan.global_batch, sharded=self.fsdp)  # fmt: skip
+        self.ckpt_step = -1
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", env.is_main)
 
     def _new_model(self, task: Any, env: DistEnv) -> nn.Module:
         """The task's model on this rank's device, wrapped for DDP / FSDP2 (``self.wrapped``).
 
-        Under FSDP2 a model with ``reset_parameters()`` is built on the meta device, sharded, and only
-        then materialised and initialised shard by shard: no rank ever holds the whole model (LLaMA-2
-        70B is ~276 GB in fp32). Other models are built whole, then sharded."""
+        Under FSDP2 a model with ``reset_parameters()`` (the model protocol) is built on the meta device,
+        sharded, and only then materialised and initialised shard by shard: no rank ever holds the whole
+        model (LLaMA-2 70B is ~276 GB in fp32). Other models are built whole, then sharded."""
         tc = self.tc
         model = None
         if self.fsdp:
@@ -180,99 +188,56 @@ class Trainer:
         return model
 
     def _resume(self) -> None:
-        """Restore everything from the newest checkpoint, or start afresh when there is none."""
+        """Restore the train state from the newest checkpoint, or start afresh when there is none."""
         if self.env.is_main:
             ckpt.remove_partial(self.ckpt_dir)
         barrier()
         path = ckpt.latest_checkpoint(self.ckpt_dir)
         if path is None:
             self.metrics.truncate(0)  # lines of an attempt killed before its first checkpoint
-            self.wandb_id = broadcast_object(new_wandb_id() if self.cfg.logger.wandb and self.env.is_main else None)
+            wandb_id = new_wandb_id() if self.cfg.logger.wandb and self.env.is_main else None
+            self.state.wandb_id = broadcast_object(wandb_id)
             return
-        if self.fsdp != path.is_dir():
-            kind, how = (
-                ("a sharded DCP (FSDP2)", "under torchrun with trainer.distributed=fsdp")
-                if path.is_dir()
-                else ("a single-file (DDP / one process)", "with trainer.distributed=ddp")
-            )
-            raise ckpt.CheckpointError(
-                f"{path} is {kind} checkpoint, which this run cannot resume: resume it {how}, "
-                "or read its weights with dyt.engine.load_checkpoint()"
-            )
-        if self.fsdp:
-            state = ckpt.safe_load(path / ckpt.META)
-            self._load_sharded(path)
-        else:
-            state = ckpt.load_checkpoint(path)
-            ckpt.load_model_state(self.model, state["model"], str(path))
-            if self.ema is not None:
-                if state["ema"] is None:
-                    raise ckpt.CheckpointError(f"{path} has no EMA weights but trainer.ema_decay is set")
-                self.ema.load_state_dict(state["ema"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
-        self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
-        self.eval_metrics, self.eval_step = state["eval_metrics"], state["eval_step"]
-        self.ckpt_step, self.wall_before, self.wandb_id = self.step, state["wall_time"], state["wandb_id"]
-        self.metrics.truncate(state["metrics_bytes"])
-
-    def _sharded_state(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        msd, osd = get_state_dict(self.model, self.optimizer)
-        return {"model": msd, "optimizer": osd, **({"ema": self.ema.state_dict()} if self.ema else {})}
-
-    def _load_sharded(self, path: Path) -> None:
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
-        sharded = self._sharded_state()
-        ckpt.load_sharded_into(path, sharded)
-        set_state_dict(
-            self.model, self.optimizer, model_state_dict=sharded["model"], optim_state_dict=sharded["optimizer"]
-        )
+        self.state.load(path)
+        self.ckpt_step = self.state.step
+        self.metrics.truncate(self.state.metrics_bytes)
 
     # ---- the run --------------------------------------------------------------------------------
     def _fit(self, task: Any, env: DistEnv, preemption: PreemptionHandler) -> dict[str, Any] | None:
         """The whole run; None when a preemption signal stopped it after a checkpoint."""
         self._build(task, env)
         self._resume()
-        self.t_start = time.time()
+        st = self.state
+        self.wall_before, self.t_start = st.wall_time, time.time()
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.config))
-        self.wandb = WandbRun(self.cfg, self.config, self.wandb_id, env.is_main and bool(self.cfg.logger.wandb))
-        self.progress = Progress(self.tc.progress, self.total_steps, self.step, self.tc.log_every_steps, env.is_main)
+            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(st.config))
+        self.wandb = WandbRun(self.cfg, st.config, st.wandb_id, env.is_main and bool(self.cfg.logger.wandb))
+        self.progress = Progress(self.tc.progress, self.total_steps, st.step, self.tc.log_every_steps, env.is_main)
         self.last_ckpt_time = time.time()
-        while self.step < self.total_steps:
-            self.dataset.set_epoch(self.epoch)
-            self.sampler.set_epoch(self.epoch, self.step_in_epoch * self.accum)
-            batches = iter(
-                DataLoader(
-                    self.dataset,
-                    batch_sampler=self.sampler,
-                    num_workers=self.tc.num_workers,
-                    collate_fn=task.collate_fn(),
-                    pin_memory=env.device.type == "cuda",
-                )
-            )
-            while self.step_in_epoch < self.steps_per_epoch and self.step < self.total_steps:
+        while st.step < self.total_steps:
+            self.dataset.set_epoch(st.epoch)
+            self.sampler.set_epoch(st.epoch, st.step_in_epoch * self.accum)
+            loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=self.tc.num_workers,
+                                collate_fn=task.collate_fn(), pin_memory=env.device.type == "cuda")  # fmt: skip
+            batches = iter(loader)
+            while st.step_in_epoch < self.steps_per_epoch and st.step < self.total_steps:
                 stop = self._train_step(batches, preemption)
-                epoch_done = self.step_in_epoch == self.steps_per_epoch
+                epoch_done = st.step_in_epoch == self.steps_per_epoch
                 if epoch_done:
-                    self.epoch, self.step_in_epoch = self.epoch + 1, 0
+                    st.epoch, st.step_in_epoch = st.epoch + 1, 0
                 if self._eval_due(epoch_done):
                     self._evaluate()
                 if stop or epoch_done or self._ckpt_due():
                     self._save()
                 if stop:
-                    self.progress.write(f"signal {preemption.signum}: checkpoint written at step {self.step}")
+                    self.progress.write(f"signal {preemption.signum}: checkpoint written at step {st.step}")
                     return None
                 if epoch_done:
                     break
-        if self.eval_step != self.step:
+        if st.eval_step != st.step:
             self._evaluate()
-        if self.ckpt_step != self.step:
+        if self.ckpt_step != st.step:
             self._save()
         results = self._results()
         if env.is_main:
@@ -288,24 +253,41 @@ class Trainer:
             return _fsdp_no_sync(self.model)
         return self.wrapped.no_sync()
 
-    def _train_step(self, batches: Iterator[Any], preemption: PreemptionHandler) -> bool:
-        """One optimizer step over ``grad_accum`` micro-batches; returns whether to stop (signal)."""
-        env, tc = self.env, self.tc
-        t0 = time.time()
-        lr = self.schedule(self.step)
-        set_lr(self.optimizer, lr)
+    def _info(self, micro: int = 0, scalars: dict[str, float] | None = None) -> StepInfo:
+        st = self.state
+        return StepInfo(st.step, st.epoch, self.total_steps, self.steps_per_epoch, micro, scalars or {})
+
+    def _forward_backward(self, batches: Iterator[Any], scalars: dict[str, float]) -> tuple[torch.Tensor, dict]:
+        """``grad_accum`` micro-batches of forward and backward; the summed loss and the mean task logs."""
+        env, st = self.env, self.state
         loss_sum = torch.zeros((), device=env.device)
         task_logs: dict[str, float] = {}
         for micro in range(self.accum):
             batch = to_device(next(batches), env.device)
-            seed_all(self.cfg.seed, self.step, micro, env.rank)
+            seed_all(self.cfg.seed, st.step, micro, env.rank)
             with self._grad_sync(micro == self.accum - 1):
                 with autocast(self.precision, env.device):
-                    loss, logs = self.task.training_step(self.wrapped, batch)
-                self.scaler.scale(loss / self.accum).backward()
+                    loss, logs = self.task.training_step(self.wrapped, batch, self._info(micro, scalars))
+                st.scaler.scale(loss / self.accum).backward()
             loss_sum += loss.detach().float()
             for k, v in logs.items():
                 task_logs[k] = task_logs.get(k, 0.0) + float(v) / self.accum
+        return loss_sum, task_logs
+
+    def _train_step(self, batches: Iterator[Any], preemption: PreemptionHandler) -> bool:
+        """One optimizer step over ``grad_accum`` micro-batches; returns whether to stop (signal)."""
+        env, tc, st = self.env, self.tc, self.state
+        t0 = time.time()
+        lr = self.lr_schedule(st.step)
+        set_hyper(st.optimizer, "lr", lr)
+        sched = {}
+        for key, fn in self.hyper_schedules.items():
+            sched[f"sched/{key}"] = fn(st.step)
+            set_hyper(st.optimizer, key, sched[f"sched/{key}"])
+        scalars = {k: float(f(st.step)) for k, f in self.task_schedules.items()}
+        sched.update({f"sched/{k}": v for k, v in scalars.items()})
+
+        loss_sum, task_logs = self._forward_backward(batches, scalars)
         minutes = tc.ckpt_every_minutes
         time_due = minutes is not None and env.is_main and time.time() - self.last_ckpt_time >= 60 * minutes
         # One all-reduce per step: mean loss (NaN on any rank reaches all), signal and timer flags.
@@ -316,128 +298,94 @@ class Trainer:
                     torch.tensor(float(preemption.requested), device=env.device),
                     torch.tensor(float(time_due), device=env.device),
                 ]
-            )
+            )  # fmt: skip
         )
         loss_mean, stop, self.time_due = (flags / env.world_size)[0].item(), flags[1].item() > 0, flags[2].item() > 0
         if not math.isfinite(loss_mean):
             raise NonFiniteLossError(
-                f"non-finite training loss ({loss_mean}) at step {self.step + 1} (epoch {self.epoch}); stopped "
+                f"non-finite training loss ({loss_mean}) at step {st.step + 1} (epoch {st.epoch}); stopped "
                 f"before applying it. The last good checkpoint is "
                 f"{ckpt.latest_checkpoint(self.ckpt_dir) or 'none'}; lower optim.lr, set trainer.clip_grad, "
                 "or check the data"
             )
-        self.scaler.unscale_(self.optimizer)
+        st.scaler.unscale_(st.optimizer)
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad or math.inf)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        self.step_in_epoch += 1
-        if self.ema is not None:
-            self.ema.update(self.step)
-        self.task.on_step_end(self.model, self.step)
+        info = self._info(scalars=scalars)
+        self.task.before_optimizer_step(self.model, info)
+        st.scaler.step(st.optimizer)
+        st.scaler.update()
+        st.optimizer.zero_grad(set_to_none=True)
+        st.step += 1
+        st.step_in_epoch += 1
+        if st.ema is not None:
+            st.ema.update(st.step)
+        self.task.after_optimizer_step(self.model, info)
 
         row = {"train/loss": loss_mean, "train/lr": lr}
-        if self.step % tc.log_every_steps == 0 or self.step == self.total_steps:
+        if st.step % tc.log_every_steps == 0 or st.step == self.total_steps:
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-            row.update(
-                {
-                    "train/grad_norm": grad_norm.item(),
-                    "train/throughput": self.global_batch / max(time.time() - t0, 1e-9),
-                    **{f"train/{k}": v for k, v in task_logs.items()},
-                }
-            )
+            unit = f"train/{self.task.throughput_unit}_per_s"
+            rate = self.plan.global_batch * self.task.units_per_sample / max(time.time() - t0, 1e-9)
+            row.update({"train/grad_norm": grad_norm.item(), unit: rate, **sched,
+                        **{f"train/{k}": v for k, v in task_logs.items()}})  # fmt: skip
             alpha = alpha_mean(self.model)
             if alpha is not None:
                 row["dyt/alpha_mean"] = alpha
             self._log(row)
-        self.progress.update(self.step, self.epoch, row)
+        self.progress.update(st.step, st.epoch, row)
         return stop
 
     def _eval_due(self, epoch_done: bool) -> bool:
-        every_steps, every_epochs = self.tc.eval_every_steps, self.tc.eval_every_epochs
+        every_steps, every_epochs, st = self.tc.eval_every_steps, self.tc.eval_every_epochs, self.state
         return bool(
-            (every_steps and self.step % every_steps == 0)
-            or (epoch_done and every_epochs and self.epoch % every_epochs == 0)
+            (every_steps and st.step % every_steps == 0)
+            or (epoch_done and every_epochs and st.epoch % every_epochs == 0)
         )
 
     def _ckpt_due(self) -> bool:
         every = self.tc.ckpt_every_steps
-        return bool(self.time_due or (every and self.step % every == 0))
+        return bool(self.time_due or (every and self.state.step % every == 0))
 
     def _evaluate(self) -> None:
         """``task.evaluate`` on the raw model and, with keys suffixed ``_ema``, on the EMA weights."""
-        env = self.env
-        self.model.eval()
-        seed_all(self.cfg.seed, self.step, EVAL_STREAM, env.rank)
-        with torch.no_grad(), autocast(self.precision, env.device):
-            metrics = dict(self.task.evaluate(self.model, env.device))
-            reshard(self.model)
-            if self.ema is not None:
-                with self.ema.swapped_in():
-                    metrics.update({f"{k}_ema": v for k, v in self.task.evaluate(self.model, env.device).items()})
-                    reshard(self.model)
-        self.model.train()
-        self.eval_metrics = {k: float(v) for k, v in metrics.items()}
-        self.eval_step = self.step
-        self._log(self.eval_metrics)
-        self.progress.write(f"eval @ step {self.step}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        env, st = self.env, self.state
+        seed_all(self.cfg.seed, st.step, EVAL_STREAM, env.rank)
+        with autocast(self.precision, env.device):
+            ema = st.ema.swapped_in if st.ema else None
+            metrics = evaluate_model(self.task.evaluate, self.model, env.device, ema, after_forward=reshard)
+        st.eval_metrics, st.eval_step = metrics, st.step
+        self._log(metrics)
+        self.progress.write(f"eval @ step {st.step}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
     def _log(self, row: dict[str, Any]) -> None:
-        self.metrics.log(self.step, self.epoch, row)
-        self.wandb.log(self.step, row)
+        self.metrics.log(self.state.step, self.state.epoch, row)
+        self.wandb.log(self.state.step, row)
 
     def _save(self) -> None:
-        meta = {
-            "format": 1,
-            "step": self.step,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": ckpt.rng_state(),
-            "wandb_id": self.wandb_id,
-            "metrics_bytes": self.metrics.tell(),
-            "eval_metrics": self.eval_metrics,
-            "eval_step": self.eval_step,
-            "wall_time": self._wall_time(),
-            "world_size": self.env.world_size,
-            "config": self.config,
-        }
-        keep = self.tc.keep_checkpoints
-        if self.fsdp:
-            ckpt.save_sharded_checkpoint(self._sharded_state(), meta, self.ckpt_dir, self.step, keep, self.env.is_main)
-        else:
-            if self.env.is_main:
-                ckpt.save_checkpoint(
-                    {
-                        **meta,
-                        "model": self.model.state_dict(),
-                        "ema": self.ema.state_dict() if self.ema else None,
-                        "optimizer": self.optimizer.state_dict(),
-                    },
-                    self.ckpt_dir,
-                    self.step,
-                    keep,
-                )
-            barrier()
-        self.ckpt_step, self.last_ckpt_time = self.step, time.time()
+        st = self.state
+        st.wall_time, st.metrics_bytes = self._wall_time(), self.metrics.tell()
+        st.save(self.ckpt_dir, self.tc.keep_checkpoints, self.env.is_main)
+        barrier()
+        self.ckpt_step, self.last_ckpt_time = st.step, time.time()
 
     def _wall_time(self) -> float:
         return self.wall_before + time.time() - self.t_start
 
     def _results(self) -> dict[str, Any]:
-        cfg = self.cfg
+        cfg, st = self.cfg, self.state
         return {
-            **self.eval_metrics,
+            **st.eval_metrics,
             "experiment": cfg.experiment_name,
             "model": cfg.model.get("name"),
             "norm": cfg.norm.get("tag") or cfg.norm.get("name"),
             "seed": cfg.seed,
-            "steps": self.step,
-            "epochs": round(self.step / self.steps_per_epoch, 4),
+            "steps": st.step,
+            "epochs": round(st.step / self.steps_per_epoch, 4),
             "world_size": self.env.world_size,
-            "global_batch": self.global_batch,
+            "global_batch": self.plan.global_batch,
+            "grad_accum": self.accum,
+            "headline_metric": self.task.headline_metric,
+            "headline_mode": self.task.headline_mode,
             "wall_time_s": round(self._wall_time(), 2),
         }
 
@@ -448,7 +396,7 @@ class Trainer:
                 getattr(self, name).close()
         if hasattr(self, "wandb"):
             self.wandb.finish()
-        for name in ("wrapped", "model", "optimizer", "ema", "dataset", "sampler", "task"):
+        for name in ("wrapped", "model", "state", "dataset", "sampler", "task"):
             self.__dict__.pop(name, None)
 
 

@@ -10,18 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 import models
 from dyt.data.images import build_image_dataset
-from dyt.tasks.base import Task
+from dyt.engine.evaluation import sharded_sums
+from dyt.tasks.base import StepInfo, Task
 
 
 class ClassificationTask(Task):
     """Image classification with any registered backbone and norm."""
+
+    headline_metric = "val/top1"
+    throughput_unit = "images"
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -50,7 +53,7 @@ class ClassificationTask(Task):
     def eval_data(self) -> Dataset:
         return build_image_dataset(self.cfg.data, "val")
 
-    def training_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_step(self, model: nn.Module, batch: Any, info: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
         images, labels = batch
         if self.mixup is not None:
             images, targets = self.mixup(images, labels)
@@ -59,31 +62,15 @@ class ClassificationTask(Task):
             loss = F.cross_entropy(model(images), labels, label_smoothing=self.cfg.task.label_smoothing)
         return loss, {}
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        data = self.eval_data()
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        shard = torch.utils.data.Subset(data, range(rank, len(data), world))
-        loader = DataLoader(shard, batch_size=self.cfg.task.eval_batch_size, num_workers=self.cfg.trainer.num_workers)
-        was_training = model.training
-        model.eval()
-        # correct@1, correct@5, summed loss, count: summed over ranks, so every rank returns the same.
-        totals = torch.zeros(4, dtype=torch.float64, device=device)
-        for images, labels in loader:
-            images, labels = images.to(device), labels.to(device)
+        def sums(batch: Any) -> torch.Tensor:
+            images, labels = batch
             logits = model(images).float()
-            top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-            hits = top5 == labels[:, None]
-            totals += torch.stack(
-                [
-                    hits[:, 0].sum(),
-                    hits.any(-1).sum(),
-                    F.cross_entropy(logits, labels, reduction="sum"),
-                    torch.tensor(len(labels), device=device),
-                ]
-            ).double()
-        if dist.is_initialized():
-            dist.all_reduce(totals)
-        model.train(was_training)
-        top1, top5_, loss, n = totals.tolist()
-        return {"val/top1": 100.0 * top1 / n, "val/top5": 100.0 * top5_ / n, "val/loss": loss / n}
+            hits = logits.topk(min(5, logits.shape[-1]), dim=-1).indices == labels[:, None]
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+            return torch.stack([hits[:, 0].sum(), hits.any(-1).sum(), loss, torch.tensor(len(labels), device=device)])
+
+        batch_size, workers = self.cfg.task.eval_batch_size, self.cfg.trainer.num_workers
+        totals = sharded_sums(self.eval_data(), sums, batch_size=batch_size, device=device, num_workers=workers)
+        top1, top5, loss, n = totals.tolist()
+        return {"val/top1": 100.0 * top1 / n, "val/top5": 100.0 * top5 / n, "val/loss": loss / n}

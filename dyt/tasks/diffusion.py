@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 import models
 from dyt.data.latents import LatentDataset, decode, encode, image_folder, load_vae
 from dyt.diffusion import create_diffusion, sample
-from dyt.tasks.base import Task
+from dyt.engine.evaluation import rank_and_world, sharded_sums
+from dyt.tasks.base import StepInfo, Task
 
 
 class DigitsPixels(Dataset):
@@ -59,6 +59,10 @@ class DigitsPixels(Dataset):
 
 class DiffusionTask(Task):
     """DiT training and evaluation in latent or pixel space (see the module docstring)."""
+
+    headline_metric = "fid"
+    headline_mode = "min"
+    throughput_unit = "images"
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -115,12 +119,11 @@ class DiffusionTask(Task):
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
         return self.diffusion.training_losses(model, x0, t, noise, y=y)
 
-    def training_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_step(self, model: nn.Module, batch: Any, info: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
         terms = self._losses(model, batch)
         logs = {k: v.detach().mean().item() for k, v in terms.items() if k != "loss"}
         return terms["loss"].mean(), logs
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Held-out diffusion loss (``val/loss``, ``val/mse``, ``val/vb``) with timesteps and noise from
         ``task.eval_seed`` (the same draws for every model), over at most ``task.eval_max_samples``."""
@@ -128,27 +131,16 @@ class DiffusionTask(Task):
         if data is None:
             return {}
         t = self.cfg.task
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        n = min(len(data), t.eval_max_samples or len(data))
-        loader = DataLoader(torch.utils.data.Subset(data, range(rank, n, world)), batch_size=t.eval_batch_size)
-        generator = torch.Generator(device).manual_seed(t.eval_seed + rank)
-        was_training = model.training
-        model.eval()
-        sums = torch.zeros(4, dtype=torch.float64, device=device)
-        for x, y in loader:
-            terms = self._losses(model, (x.to(device), y.to(device)), generator)
-            sums += torch.stack(
-                [
-                    terms["loss"].sum(),
-                    terms["mse"].sum(),
-                    terms.get("vb", terms["mse"] * 0).sum(),
-                    torch.tensor(float(len(y)), device=device),
-                ]
-            ).double()
-        if dist.is_initialized():
-            dist.all_reduce(sums)
-        model.train(was_training)
-        loss, mse, vb, count = sums.tolist()
+        generator = torch.Generator(device).manual_seed(t.eval_seed + rank_and_world()[0])
+
+        def sums(batch: Any) -> torch.Tensor:
+            terms = self._losses(model, batch, generator)
+            vb = terms.get("vb", terms["mse"] * 0).sum()
+            count = torch.tensor(float(len(batch[1])), device=device)
+            return torch.stack([terms["loss"].sum(), terms["mse"].sum(), vb, count])
+
+        loss, mse, vb, count = sharded_sums(data, sums, batch_size=t.eval_batch_size, device=device,
+                                            size=t.eval_max_samples or None).tolist()  # fmt: skip
         return {"val/loss": loss / count, "val/mse": mse / count, "val/vb": vb / count}
 
     # ---- sampling and FID -----------------------------------------------------------------------

@@ -12,14 +12,14 @@ import math
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 import models
 from dyt.data.text import build_text_dataset
-from dyt.tasks.base import Task
+from dyt.engine.evaluation import sharded_sums
+from dyt.tasks.base import StepInfo, Task
 
 
 def next_token_loss(model: nn.Module, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -30,6 +30,14 @@ def next_token_loss(model: nn.Module, tokens: torch.Tensor, reduction: str = "me
 
 class LanguageModelingTask(Task):
     """Next-token prediction with a LLaMA preset and any norm (``configs/task/lm.yaml``)."""
+
+    headline_metric = "val/loss"
+    headline_mode = "min"
+    throughput_unit = "tokens"
+
+    @property
+    def units_per_sample(self) -> float:
+        return float(self.cfg.data.seq_len)
 
     def build_model(self) -> nn.Module:
         return models.create_model(self.cfg.model, norm=self.cfg.norm)
@@ -42,7 +50,9 @@ class LanguageModelingTask(Task):
         limit = self.cfg.task.get("eval_max_sequences")
         return data if limit is None else Subset(data, range(min(int(limit), len(data))))
 
-    def training_step(self, model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_step(
+        self, model: nn.Module, batch: torch.Tensor, info: StepInfo
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         return next_token_loss(model, batch), {}
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -59,21 +69,12 @@ class LanguageModelingTask(Task):
 
         return lm_eval_hook(self.cfg, model, device)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        data = self.eval_data()
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        loader = DataLoader(Subset(data, range(rank, len(data), world)), batch_size=self.cfg.task.eval_batch_size)
-        was_training = model.training
-        model.eval()
-        # Summed loss and token count, reduced over ranks so every rank returns the same numbers.
-        totals = torch.zeros(2, dtype=torch.float64, device=device)
-        for tokens in loader:
-            tokens = tokens.to(device)
-            totals[0] += next_token_loss(model, tokens, reduction="sum").double()
-            totals[1] += tokens[:, 1:].numel()
-        if dist.is_initialized():
-            dist.all_reduce(totals)
-        model.train(was_training)
-        loss = (totals[0] / totals[1]).item()
+        def sums(tokens: torch.Tensor) -> torch.Tensor:
+            loss = next_token_loss(model, tokens, reduction="sum")
+            return torch.stack([loss.double(), torch.tensor(tokens[:, 1:].numel(), device=device).double()])
+
+        loss_sum, count = sharded_sums(self.eval_data(), sums, batch_size=self.cfg.task.eval_batch_size,
+                                       device=device).tolist()  # fmt: skip
+        loss = loss_sum / count
         return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}

@@ -1,0 +1,1 @@
+"""The test suite (a package, so that `tests.*` resolves here and not to a site-packages `tests`)."""
