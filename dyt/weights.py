@@ -57,11 +57,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from dyt.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state, safe_load
 from dyt.io import atomic_write_json
 
-SOURCE_KINDS = ("dyt", "timm", "huggingface", "file")
 INIT_FROM_KEYS = ("source", "ignore", "key", "made_by")
 REPORT_FILE = "init_from.json"
 EXPORT_FORMATS = ("auto", "hf", "dyt")
@@ -228,8 +228,8 @@ def _read_source(spec: InitFrom) -> tuple[dict[str, torch.Tensor], InitReport]:
         name = spec.source[len("timm:") :]
         return _read_timm(name), InitReport(spec.source, "timm", f"timm:{name}")
     path = Path(spec.source).expanduser()
+    hint = f"; create it with: {spec.made_by}" if spec.made_by else ""
     if not path.exists():
-        hint = f"; create it with: {spec.made_by}" if spec.made_by else ""
         raise InitFromError(
             f"init_from: {path} does not exist (expected a run dir, a checkpoint or weight file, a local "
             f"Hugging Face directory or 'timm:<model name>'){hint}"
@@ -247,7 +247,6 @@ def _read_source(spec: InitFrom) -> tuple[dict[str, torch.Tensor], InitReport]:
         try:
             ckpt = load_checkpoint(path)
         except CheckpointError as e:
-            hint = f"; create it with: {spec.made_by}" if spec.made_by else ""
             raise InitFromError(f"init_from: {e}{hint}") from e
         key = spec.key or "model"
         state = _checkpoint_weights(ckpt, key)
@@ -283,10 +282,6 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_pr
     return torch.cat([prefix, patches], dim=1)
 
 
-def _owner(model: nn.Module, key: str) -> nn.Module:
-    return model.get_submodule(key.rpartition(".")[0])
-
-
 def _resize_pos_embeds(model: nn.Module, state: dict, own: dict, report: InitReport) -> None:
     """Resize, in ``state``, every ``*pos_embed`` whose token count differs from the model's."""
     for key, value in list(state.items()):
@@ -295,7 +290,7 @@ def _resize_pos_embeds(model: nn.Module, state: dict, own: dict, report: InitRep
             continue
         if value.dim() != 3 or value.shape[::2] != target.shape[::2]:
             continue  # not a token-count difference: the shape check reports it
-        owner = _owner(model, key)
+        owner = model.get_submodule(key.rpartition(".")[0])
         prefix = getattr(owner, "num_prefix_tokens", 0)
         patches = target.shape[1] - prefix
         grid = tuple(getattr(getattr(owner, "patch_embed", None), "grid_size", ()) or ())
@@ -376,6 +371,8 @@ def load_init_weights(
     spec = replace(spec, ignore=spec.ignore + tuple(ignore), key=key or spec.key)
     if any(p.is_meta for p in model.parameters()):
         raise InitFromError("init_from: the model is on the meta device; materialise it (to_empty) first")
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        raise InitFromError("init_from: the model is already sharded (FSDP2); load the weights before sharding it")
     state, report = _read_source(spec)
     report.model, report.ignore = type(model).__name__, list(spec.ignore)
     if report.kind == "huggingface":
