@@ -214,8 +214,13 @@ def hf_llama_dir(tmp_path_factory):
     return path, hf
 
 
-def test_hf_llama_dir_into_rmsnorm_llama_gives_hf_logits(hf_llama_dir):
+@pytest.mark.parametrize("sharded", [False, True], ids=["one_file", "sharded"])
+def test_hf_llama_dir_into_rmsnorm_llama_gives_hf_logits(hf_llama_dir, tmp_path, sharded):
     path, hf = hf_llama_dir
+    if sharded:  # model.safetensors.index.json naming several files, as large checkpoints come
+        path = tmp_path / "sharded"
+        hf.save_pretrained(path, max_shard_size="100KB")
+        assert len(list(path.glob("*.safetensors"))) > 1
     model = models.create_model("llama_tiny", norm="rmsnorm")
     report = load_init_weights(model, path)
     tokens = torch.randint(0, 512, (2, 17))
