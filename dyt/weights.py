@@ -416,7 +416,7 @@ def load_init_weights(
     report.fresh = fresh
     report.loaded = len(state)
 
-    keep_own = {k: own[k] for keys in fresh.values() for k in keys}
+    keep_own = {k: own[k] for keys in fresh.values() for k in keys if k in own}
     try:
         load_model_state(model, {**keep_own, **state}, f"init_from {spec.source}")
     except CheckpointError as e:
