@@ -201,6 +201,17 @@ class Llama(nn.Module):
         """The modules the trainer shards one by one with FSDP2 (and checkpoints activations of)."""
         return list(self.layers)
 
+    def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor | None]:
+        """Weights of another model -> ours, for ``init_from`` (dyt/weights.py): Hugging Face
+        ``LlamaForCausalLM`` names are renamed (``from_hf_state_dict``); a source without ``embed_scale``
+        (Hugging Face, or an RMSNorm run) leaves ours at its init, sqrt(dim) (paper App. A; ``None`` =
+        keep the model's own value)."""
+        if any(k.startswith(("model.layers.", "model.embed_tokens.", "lm_head.")) for k in state):
+            state = from_hf_state_dict(state)
+        if self.embed_scale is not None and "embed_scale" not in state:
+            state = {**state, "embed_scale": None}
+        return state
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.tok_embeddings(tokens)
         if self.embed_scale is not None:
@@ -231,35 +242,39 @@ _HF_NAMES = [
 ]
 
 
-def _rename(state_dict: dict[str, torch.Tensor], pairs: list[tuple[str, str]], what: str) -> dict[str, torch.Tensor]:
+def _rename(state_dict: dict[str, torch.Tensor], pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Rename keys by ``pairs`` of name patterns; a key no pattern matches keeps its name."""
     patterns = [(re.compile("^" + re.escape(src).replace(r"\{\}", r"(\d+)") + "$"), dst) for src, dst in pairs]
     out = {}
     for key, value in state_dict.items():
-        for pattern, dst in patterns:
-            match = pattern.match(key)
-            if match:
-                out[dst.format(*match.groups())] = value
-                break
-        else:
-            raise KeyError(
-                f"{what}: no Hugging Face LLaMA equivalent for parameter {key!r}; only an "
-                f"RMSNorm model without embed_scale converts (HF LLaMA has no DyT alpha or embed scale)"
-            )
+        match, dst = next(((m, dst) for pattern, dst in patterns if (m := pattern.match(key))), (None, None))
+        out[dst.format(*match.groups()) if match else key] = value
     return out
 
 
 def to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our state dict -> Hugging Face ``LlamaForCausalLM`` names (RMSNorm models only)."""
-    return _rename(state_dict, _HF_NAMES, "to_hf_state_dict")
+    """Our state dict -> Hugging Face ``LlamaForCausalLM`` names (RMSNorm models without embed scale only)."""
+    hf_names = {hf for _, hf in _HF_NAMES}
+    out = _rename(state_dict, _HF_NAMES)
+    extra = sorted(k for k in out if re.sub(r"\.\d+\.", ".{}.", k) not in hf_names)
+    if extra:
+        raise ValueError(
+            f"this LLaMA has parameters that Hugging Face's LlamaForCausalLM cannot hold: {', '.join(extra[:6])}"
+            f"{' ...' if len(extra) > 6 else ''} (that class has RMSNorm without bias at every norm site and no "
+            "embed scale). Export it with dyt.weights.export_llama_hf(..., format='dyt') (safetensors + a "
+            "config.json with the norm), which models.create_model + dyt.weights.load_init_weights read back"
+        )
+    return out
 
 
 def from_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face ``LlamaForCausalLM`` state dict -> our names (load into a ``norm=rmsnorm`` model)."""
-    return _rename(
-        {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")},
-        [(hf, ours) for ours, hf in _HF_NAMES],
-        "from_hf_state_dict",
-    )
+    """Hugging Face ``LlamaForCausalLM`` state dict -> our names; a key without an equivalent keeps its name
+    (so loading reports it as unexpected). A checkpoint with tied embeddings (no ``lm_head.weight``, e.g.
+    Llama 3.2 1B) gives our untied head a copy of the embedding."""
+    state = {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
+    if "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+    return _rename(state, [(hf, ours) for ours, hf in _HF_NAMES])
 
 
 def hf_config(model: Llama):

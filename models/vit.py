@@ -130,6 +130,17 @@ class VisionTransformer(nn.Module):
         """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
         return list(self.blocks)
 
+    def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+        """Weights of another ViT -> ours, for ``init_from`` (dyt/weights.py). timm's names are ours; only
+        the final norm (one site, ``final``) is ``norm`` under class-token pooling and ``fc_norm`` under
+        average pooling, so a source pooled the other way initialises our final norm from its own.
+        (MAE's fine-tuning, ``main_finetune.py``, instead starts ``fc_norm`` fresh: ``init_from.ignore:
+        [fc_norm.*, norm.*]`` does that.)"""
+        ours, theirs = ("fc_norm", "norm") if self.global_pool == "avg" else ("norm", "fc_norm")
+        if any(k.startswith(ours + ".") for k in state):
+            return state
+        return {(ours + k[len(theirs) :] if k.startswith(theirs + ".") else k): v for k, v in state.items()}
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) -> tokens (N, prefix + patches, D) after the blocks (and ``norm`` when
         pooling the class token)."""

@@ -52,7 +52,7 @@ def test_state_dict_converts_both_ways():
 
 
 def test_dyt_model_does_not_convert_to_hugging_face():
-    with pytest.raises(KeyError, match="alpha"):
+    with pytest.raises(ValueError, match=r"alpha.*format='dyt'"):
         to_hf_state_dict(Llama(dim=64, n_heads=4, norm="dyt", **SMALL).state_dict())
 
 
