@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from dyt.cli import build_task  # noqa: E402
 from dyt.engine import Trainer  # noqa: E402
-from tests.engine_helpers import DigitsTask, make_cfg  # noqa: E402
+from tests.engine_helpers import make_cfg  # noqa: E402
 
 
 def kill_during_write(kth: int) -> None:
@@ -48,7 +49,7 @@ def main() -> None:
         cfg.task.kill_at_step = int(os.environ["DYT_TEST_KILL_AT_STEP"])
     if os.environ.get("DYT_TEST_KILL_IN_CKPT_WRITE"):
         kill_during_write(int(os.environ["DYT_TEST_KILL_IN_CKPT_WRITE"]))
-    results = Trainer(cfg).fit(DigitsTask(cfg))
+    results = Trainer(cfg).fit(build_task(cfg))
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(results), flush=True)
 

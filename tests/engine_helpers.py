@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
+from dyt.engine.sampler import derive_seed
 from dyt.nn import DyT
 from dyt.tasks.base import StepInfo, Task
 
@@ -144,3 +145,80 @@ class DigitsTask(Task):
             os.kill(os.getpid(), signal.SIGKILL)
         if t.signal_at_step == step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class ByLabelBatchSampler:
+    """A task-supplied sampler (like audio batched by length): indices bucketed by label, each bucket
+    shuffled from ``(seed, epoch)`` and cut into full batches, the batches shuffled and dealt to ranks."""
+
+    def __init__(self, labels: torch.Tensor, batch_size: int, rank: int, world_size: int, seed: int) -> None:
+        self.labels, self.batch_size, self.rank, self.world, self.seed = labels, batch_size, rank, world_size, seed
+        self.epoch = self.start = 0
+
+    def _batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 99))
+        batches = []
+        for label in range(10):
+            idx = torch.nonzero(self.labels == label).flatten()
+            idx = idx[torch.randperm(len(idx), generator=g)].tolist()
+            batches += [idx[i : i + self.batch_size] for i in range(0, len(idx) - self.batch_size + 1, self.batch_size)]
+        order = torch.randperm(len(batches), generator=g).tolist()
+        usable = len(batches) - len(batches) % self.world
+        return [batches[i] for i in order[:usable]][self.rank :: self.world]
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self._batches())
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start = epoch, start_batch
+
+    def __iter__(self):
+        yield from self._batches()[self.start :]
+
+
+class ToyDinoTask(DigitsTask):
+    """A DINO-shaped task that uses every hook of the Task contract: a step-aware loss (a scheduled
+    temperature), a center kept as task state and updated after each step with a scheduled momentum,
+    the head's gradients cancelled before the optimizer step for the first steps (DINO's last-layer
+    freeze), its own batch sampler, and (in the config) a weight-decay schedule."""
+
+    FREEZE_STEPS = 3
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.center = torch.zeros(10)
+        self._batch_center = torch.zeros(10)
+
+    def batch_sampler(self, dataset, batch_size, rank, world_size, seed):
+        return ByLabelBatchSampler(self.y[:N_TRAIN], batch_size, rank, world_size, seed)
+
+    def schedules(self, total_steps, steps_per_epoch):
+        from dyt.engine.schedule import build_scalar_schedule
+
+        return {
+            "temperature": build_scalar_schedule({"shape": "linear", "start": 1.0, "end": 0.5}, total_steps, 1),
+            "momentum": build_scalar_schedule({"shape": "cosine", "start": 0.9, "end": 1.0}, total_steps, 1),
+        }
+
+    def training_step(self, model: nn.Module, batch: Any, info: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = batch
+        logits = model(x) / info.scalars["temperature"]
+        loss = nn.functional.cross_entropy(logits - self.center, y)
+        self._batch_center = logits.detach().mean(0)
+        return loss, {"center_norm": self.center.norm().item()}
+
+    def before_optimizer_step(self, model: nn.Module, info: StepInfo) -> None:
+        if info.step < self.FREEZE_STEPS:
+            model.head.weight.grad = None
+
+    def after_optimizer_step(self, model: nn.Module, info: StepInfo) -> None:
+        m = info.scalars["momentum"]
+        self.center = m * self.center + (1 - m) * self._batch_center
+        super().after_optimizer_step(model, info)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"center": self.center.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.center = state["center"].clone()

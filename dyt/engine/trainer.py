@@ -59,6 +59,7 @@ from dyt.engine.state import TrainState
 from dyt.io import atomic_write_json, atomic_write_text
 from dyt.nn import Derf, DyT
 from dyt.tasks.base import StepInfo
+from dyt.weights import load_init_weights, parse_init_from, record_init
 
 EVAL_STREAM = 1 << 20  # seeds evaluation apart from any training micro-batch
 
@@ -164,20 +165,31 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", env.is_main)
 
     def _new_model(self, task: Any, env: DistEnv) -> nn.Module:
-        """The task's model on this rank's device, wrapped for DDP / FSDP2 (``self.wrapped``).
+        """The task's model on this rank's device, wrapped for DDP / FSDP2 (``self.wrapped``), started
+        from ``init_from`` weights on a fresh run.
 
         Under FSDP2 a model with ``reset_parameters()`` (the model protocol) is built on the meta device,
         sharded, and only then materialised and initialised shard by shard: no rank ever holds the whole
-        model (LLaMA-2 70B is ~276 GB in fp32). Other models are built whole, then sharded."""
+        model (LLaMA-2 70B is ~276 GB in fp32). Other models, and models started from ``init_from``
+        weights, are built whole, then sharded."""
         tc = self.tc
+        init = parse_init_from(self.cfg.get("init_from"))
+        if init is not None and ckpt.latest_checkpoint(self.ckpt_dir) is not None:
+            init = None  # resuming: the checkpoint holds the weights
         model = None
-        if self.fsdp:
+        if self.fsdp and init is None:
             with torch.device("meta"):
                 model = task.build_model()
             if not hasattr(model, "reset_parameters"):
                 model = None
         if model is None:
-            model = task.build_model().to(env.device)
+            model = task.build_model()
+            if init is not None:
+                report = load_init_weights(model, init)  # every rank reads the same weights
+                if env.is_main:
+                    record_init(report, self.run_dir)
+                    print(report, flush=True)
+            model.to(env.device)
         if tc.activation_checkpointing:
             apply_activation_checkpointing(model)
         self.wrapped = wrap_model(model, env, tc.distributed)
