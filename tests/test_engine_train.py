@@ -3,11 +3,13 @@ signals, and kill -9 + resume ending bit-identical to an uninterrupted run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -238,3 +240,56 @@ def _fit_target(run_dir: Path, *overrides: str) -> dict:
 
 def _strip_rate(row: dict) -> dict:
     return {k: v for k, v in row.items() if not k.endswith("_per_s")}
+
+
+def test_nonfinite_gradient_is_caught_before_the_step_and_never_checkpointed(tmp_path):
+    """lr=1e6 keeps the loss finite for a step but the gradient norm goes NaN: the guard must look at the
+    gradients, and the poisoned state must never reach a checkpoint."""
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="gradient norm|training loss"):
+        fit(run, "trainer.max_steps=30", "trainer.ckpt_every_steps=1", "optim.lr=1e6", "optim.schedule.name=constant")
+    last = load_checkpoint(run)
+    assert all(torch.isfinite(v).all() for v in last["model"].values()), "a non-finite state was checkpointed"
+
+
+def test_nonfinite_skips_skip_bad_steps_then_stop(tmp_path):
+    run = tmp_path / "run"
+    fit(run, "trainer.max_steps=6", "task.nan_at_step=5", "trainer.nonfinite_skips=2")  # steps 5 and 6 skipped
+    skipped = [r["step"] for r in rows(run) if r.get("train/skipped")]
+    assert skipped == [5, 6] and load_checkpoint(run)["nonfinite_skips"] == 2
+    with pytest.raises(NonFiniteLossError, match="at step 4 .*nonfinite_skips"):
+        fit(tmp_path / "b", "trainer.max_steps=6", "task.nan_at_step=2", "trainer.nonfinite_skips=2")
+
+
+def test_sigterm_to_the_process_group_with_workers_checkpoints_and_resumes_exactly(tmp_path):
+    """SLURM signals every process of the job step: DataLoader workers included. The run must still end
+    in a checkpoint and exit 75 (a second signal during the save changes nothing), then resume exactly."""
+    args = ("trainer.max_steps=150", "trainer.num_workers=2", "trainer.log_every_steps=1", "task.noise=0.1")
+    reference = tmp_path / "reference"
+    fit(reference, *args)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "tests/engine_driver.py", str(run), *args],
+        cwd=ROOT,
+        env=ENV,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (metrics.exists() and metrics.stat().st_size):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    time.sleep(0.01)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]
+    stopped = load_checkpoint(run)["step"]
+    assert 0 < stopped < 150
+    fit(run, *args)
+    ours, ref = load_checkpoint(run), load_checkpoint(reference)
+    assert all(torch.equal(ours["model"][k], v) for k, v in ref["model"].items())
+    assert [_strip_rate(r) for r in rows(run)] == [_strip_rate(r) for r in rows(reference)]

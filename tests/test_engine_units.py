@@ -54,8 +54,9 @@ def test_warmup_epochs_floor_ratio_and_linear_scaling():
 
 def test_fms_fsdp_llama_schedule_is_the_min_of_both_curves():
     """fms-fsdp main_training_llama.py: min(1 - (1 - s/w)^2, 0.1 + 0.45 (1 + cos(pi s / n)))."""
-    s = lr_schedule(total=1000, name="cosine", warmup_steps=100, warmup_shape="quadratic",
-                    warmup_combine="min", min_lr_ratio=0.1)  # fmt: skip
+    s = lr_schedule(
+        total=1000, name="cosine", warmup_steps=100, warmup_shape="quadratic", warmup_combine="min", min_lr_ratio=0.1
+    )
     for step in (0, 1, 50, 99, 100, 101, 500, 999, 1000, 2000):
         warm = 1 - (1 - min(step, 100) / 100) ** 2
         cos = 0.1 + 0.45 * (1 + math.cos(min(step, 1000) / 1000 * math.pi))

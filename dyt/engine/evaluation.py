@@ -16,6 +16,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from dyt.engine.signals import ignore_preemption_signals
+
 
 def rank_and_world() -> tuple[int, int]:
     """This process's rank and the number of processes (0, 1 without a process group)."""
@@ -54,8 +56,13 @@ def sharded_sums(
         raise ValueError("the evaluation set is empty: check the data path and split")
 
     def total(indices: range) -> torch.Tensor | None:
-        loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
-                            collate_fn=collate_fn)  # fmt: skip
+        loader = DataLoader(
+            Subset(dataset, indices),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+            worker_init_fn=ignore_preemption_signals,
+        )
         sums = None
         for batch in loader:
             out = batch_fn(_to(batch, device)).detach().double()

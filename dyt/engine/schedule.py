@@ -126,8 +126,21 @@ def build_scalar_schedule(spec: Mapping[str, Any], total_steps: int, steps_per_e
     ``warmup_start``, ``warmup_shape``, ``steps`` | ``epochs`` (length of the decay), ``warmup_combine``,
     ``power``, ``decay``, ``unit`` (``step``, or ``epoch`` for a value that changes once per epoch).
     """
-    known = {"shape", "start", "end", "warmup_steps", "warmup_epochs", "warmup_start", "warmup_shape", "steps",
-             "epochs", "warmup_combine", "power", "decay", "unit"}  # fmt: skip
+    known = {
+        "shape",
+        "start",
+        "end",
+        "warmup_steps",
+        "warmup_epochs",
+        "warmup_start",
+        "warmup_shape",
+        "steps",
+        "epochs",
+        "warmup_combine",
+        "power",
+        "decay",
+        "unit",
+    }
     unknown = sorted(set(spec) - known)
     if unknown:
         raise ValueError(f"unknown schedule keys {unknown}; valid keys are: {', '.join(sorted(known))}")
@@ -146,7 +159,7 @@ def build_scalar_schedule(spec: Mapping[str, Any], total_steps: int, steps_per_e
         warmup_shape=spec.get("warmup_shape", "linear"),
         length=_ticks(
             {"length_steps": spec.get("steps"), "length_epochs": spec.get("epochs")}, "length", steps_per_epoch, tick
-        ),  # fmt: skip
+        ),
         warmup_combine=spec.get("warmup_combine", "sequential"),
         power=float(spec.get("power", 1.0)),
         decay=float(spec.get("decay", 1.0)),

@@ -21,6 +21,14 @@ PREEMPTED_EXIT_CODE = 75
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
+def ignore_preemption_signals(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of every DataLoader: SLURM signals the whole process group, and a worker that
+    died of it would take the run down before the trainer could checkpoint; workers leave the signals
+    to the trainer, which stops them after its checkpoint."""
+    for s in PREEMPTION_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 class PreemptionHandler:
     """Installs flag-setting handlers for ``signals``; ``restore()`` puts the previous ones back."""
 

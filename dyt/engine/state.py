@@ -23,7 +23,18 @@ from dyt.engine import checkpoint as ckpt
 FORMAT = 2
 # Plain values restored as they were saved. metrics_bytes: length of metrics.jsonl at the checkpoint
 # (a resumed run truncates the lines logged after it); wall_time: seconds trained before this session.
-COUNTERS = ("step", "epoch", "step_in_epoch", "eval_metrics", "eval_step", "wall_time", "wandb_id", "metrics_bytes")
+# nonfinite_skips: steps skipped so far for a non-finite loss or gradient norm.
+COUNTERS = (
+    "step",
+    "epoch",
+    "step_in_epoch",
+    "eval_metrics",
+    "eval_step",
+    "wall_time",
+    "wandb_id",
+    "metrics_bytes",
+    "nonfinite_skips",
+)
 
 
 class TrainState:
@@ -49,6 +60,7 @@ class TrainState:
         self.wall_time = 0.0
         self.wandb_id: str | None = None
         self.metrics_bytes = 0
+        self.nonfinite_skips = 0
 
     # ---- what a checkpoint holds ----------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -103,8 +115,9 @@ class TrainState:
             state = ckpt.safe_load(path / ckpt.META)
             tensors = self._sharded_tensors()
             ckpt.load_sharded_into(path, tensors)
-            set_state_dict(self.model, self.optimizer, model_state_dict=tensors["model"],
-                           optim_state_dict=tensors["optimizer"])  # fmt: skip
+            set_state_dict(
+                self.model, self.optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optimizer"]
+            )
         else:
             state = ckpt.load_checkpoint(path)
             ckpt.load_model_state(self.model, state["model"], str(path))
@@ -117,4 +130,4 @@ class TrainState:
         self.task.load_state_dict(state.get("task", {}))  # format 1 had no task state
         ckpt.set_rng_state(state["rng"])
         for k in COUNTERS:
-            setattr(self, k, state[k])
+            setattr(self, k, state.get(k, 0) if k == "nonfinite_skips" else state[k])  # not in format 1

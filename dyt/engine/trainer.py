@@ -15,8 +15,10 @@ item is produced with RNGs seeded from ``(seed, epoch, index)``, and every micro
 function of the step. With the train state restored from a checkpoint, a resumed CPU run therefore
 ends with the same bits as an uninterrupted one.
 
-Stopping early: a non-finite loss raises :class:`NonFiniteLossError` before the optimizer step (no
-checkpoint of the bad state is written); SIGTERM / SIGUSR1 / SIGUSR2 write a checkpoint at the next
+Non-finite steps: a non-finite loss or gradient norm is caught before the optimizer step. The step is
+skipped (no update, logged as ``train/skipped``) while fewer than ``trainer.nonfinite_skips`` steps of
+the run were skipped; then :class:`NonFiniteLossError` stops the run naming the last finite checkpoint
+(a non-finite state is never checkpointed); SIGTERM / SIGUSR1 / SIGUSR2 write a checkpoint at the next
 step boundary and hand over to :class:`~dyt.engine.signals.PreemptionHandler` (exit status
 :data:`~dyt.engine.signals.PREEMPTED_EXIT_CODE` unless a previous handler, e.g. submitit's, takes over).
 """
@@ -54,7 +56,7 @@ from dyt.engine.logging import MetricsLog, Progress, WandbRun, new_wandb_id
 from dyt.engine.precision import autocast, grad_scaler, resolve_precision
 from dyt.engine.sampler import SeededDataset, ShardedBatchSampler, plan_batch, seed_all
 from dyt.engine.schedule import build_hyper_schedules, build_lr_schedule, build_optimizer, scaled_lr, set_hyper
-from dyt.engine.signals import PreemptionHandler
+from dyt.engine.signals import PreemptionHandler, ignore_preemption_signals
 from dyt.engine.state import TrainState
 from dyt.io import atomic_write_json, atomic_write_text
 from dyt.nn import Derf, DyT
@@ -65,7 +67,7 @@ EVAL_STREAM = 1 << 20  # seeds evaluation apart from any training micro-batch
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped before applying that step."""
+    """The loss or the gradient norm became NaN or infinite; training stopped before applying that step."""
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -159,8 +161,9 @@ class Trainer:
         self.task_schedules = task.schedules(self.total_steps, self.steps_per_epoch)
         scaler = grad_scaler(self.precision, env.device)
         ema = ModelEMA(model, tc.ema_decay, tc.get("ema_every", 1)) if tc.ema_decay else None
-        self.state = TrainState(model, optimizer, scaler, ema, task, config, env.world_size,
-                                self.plan.global_batch, sharded=self.fsdp)  # fmt: skip
+        self.state = TrainState(
+            model, optimizer, scaler, ema, task, config, env.world_size, self.plan.global_batch, sharded=self.fsdp
+        )
         self.ckpt_step = -1
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", env.is_main)
 
@@ -230,8 +233,14 @@ class Trainer:
         while st.step < self.total_steps:
             self.dataset.set_epoch(st.epoch)
             self.sampler.set_epoch(st.epoch, st.step_in_epoch * self.accum)
-            loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=self.tc.num_workers,
-                                collate_fn=task.collate_fn(), pin_memory=env.device.type == "cuda")  # fmt: skip
+            loader = DataLoader(
+                self.dataset,
+                batch_sampler=self.sampler,
+                num_workers=self.tc.num_workers,
+                collate_fn=task.collate_fn(),
+                pin_memory=env.device.type == "cuda",
+                worker_init_fn=ignore_preemption_signals,
+            )
             batches = iter(loader)
             while st.step_in_epoch < self.steps_per_epoch and st.step < self.total_steps:
                 stop = self._train_step(batches, preemption)
@@ -310,42 +319,63 @@ class Trainer:
                     torch.tensor(float(preemption.requested), device=env.device),
                     torch.tensor(float(time_due), device=env.device),
                 ]
-            )  # fmt: skip
+            )
         )
         loss_mean, stop, self.time_due = (flags / env.world_size)[0].item(), flags[1].item() > 0, flags[2].item() > 0
-        if not math.isfinite(loss_mean):
-            raise NonFiniteLossError(
-                f"non-finite training loss ({loss_mean}) at step {st.step + 1} (epoch {st.epoch}); stopped "
-                f"before applying it. The last good checkpoint is "
-                f"{ckpt.latest_checkpoint(self.ckpt_dir) or 'none'}; lower optim.lr, set trainer.clip_grad, "
-                "or check the data"
-            )
         st.scaler.unscale_(st.optimizer)
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad or math.inf)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        grad_norm = grad_norm.item()  # gradients are synchronised: every rank sees the same norm
+        bad = self._nonfinite(loss_mean, grad_norm)
         info = self._info(scalars=scalars)
-        self.task.before_optimizer_step(self.model, info)
-        st.scaler.step(st.optimizer)
-        st.scaler.update()
+        if bad:
+            st.nonfinite_skips += 1
+            self.progress.write(
+                f"step {st.step + 1}: {bad}; step skipped ({st.nonfinite_skips} of "
+                f"trainer.nonfinite_skips={tc.nonfinite_skips})"
+            )
+        else:
+            self.task.before_optimizer_step(self.model, info)
+            st.scaler.step(st.optimizer)
+            st.scaler.update()
         st.optimizer.zero_grad(set_to_none=True)
         st.step += 1
         st.step_in_epoch += 1
-        if st.ema is not None:
-            st.ema.update(st.step)
-        self.task.after_optimizer_step(self.model, info)
+        if not bad:
+            if st.ema is not None:
+                st.ema.update(st.step)
+            self.task.after_optimizer_step(self.model, info)
 
-        row = {"train/loss": loss_mean, "train/lr": lr}
-        if st.step % tc.log_every_steps == 0 or st.step == self.total_steps:
-            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        row = {"train/loss": loss_mean, "train/lr": lr, **({"train/skipped": 1} if bad else {})}
+        if st.step % tc.log_every_steps == 0 or st.step == self.total_steps or bad:
             unit = f"train/{self.task.throughput_unit}_per_s"
             rate = self.plan.global_batch * self.task.units_per_sample / max(time.time() - t0, 1e-9)
-            row.update({"train/grad_norm": grad_norm.item(), unit: rate, **sched,
-                        **{f"train/{k}": v for k, v in task_logs.items()}})  # fmt: skip
+            logs = {f"train/{k}": v for k, v in task_logs.items()}
+            row.update({"train/grad_norm": grad_norm, unit: rate, **sched, **logs})
             alpha = alpha_mean(self.model)
             if alpha is not None:
                 row["dyt/alpha_mean"] = alpha
             self._log(row)
         self.progress.update(st.step, st.epoch, row)
         return stop
+
+    def _nonfinite(self, loss: float, grad_norm: float) -> str | None:
+        """What is non-finite in this step (None when all is well), or raise when no skip is left.
+        Under fp16 the gradient scaler skips steps with overflowing gradients itself."""
+        if math.isfinite(loss) and (math.isfinite(grad_norm) or self.precision == "fp16"):
+            return None
+        if not math.isfinite(loss):
+            what = f"non-finite training loss ({loss})"
+        else:
+            what = f"non-finite gradient norm ({grad_norm}; loss {loss:.4g})"
+        st = self.state
+        if st.nonfinite_skips < int(self.tc.nonfinite_skips):
+            return what
+        raise NonFiniteLossError(
+            f"{what} at step {st.step + 1} (epoch {st.epoch}); stopped before applying it. The last finite "
+            f"checkpoint is {ckpt.latest_checkpoint(self.ckpt_dir) or 'none'}; lower optim.lr, set "
+            "trainer.clip_grad, check the data, or let trainer.nonfinite_skips=N skip such steps"
+        )
 
     def _eval_due(self, epoch_done: bool) -> bool:
         every_steps, every_epochs, st = self.tc.eval_every_steps, self.tc.eval_every_epochs, self.state

@@ -139,8 +139,9 @@ class DiffusionTask(Task):
             count = torch.tensor(float(len(batch[1])), device=device)
             return torch.stack([terms["loss"].sum(), terms["mse"].sum(), vb, count])
 
-        loss, mse, vb, count = sharded_sums(data, sums, batch_size=t.eval_batch_size, device=device,
-                                            size=t.eval_max_samples or None).tolist()  # fmt: skip
+        loss, mse, vb, count = sharded_sums(
+            data, sums, batch_size=t.eval_batch_size, device=device, size=t.eval_max_samples or None
+        ).tolist()
         return {"val/loss": loss / count, "val/mse": mse / count, "val/vb": vb / count}
 
     # ---- sampling and FID -----------------------------------------------------------------------

@@ -74,7 +74,8 @@ class LanguageModelingTask(Task):
             loss = next_token_loss(model, tokens, reduction="sum")
             return torch.stack([loss.double(), torch.tensor(tokens[:, 1:].numel(), device=device).double()])
 
-        loss_sum, count = sharded_sums(self.eval_data(), sums, batch_size=self.cfg.task.eval_batch_size,
-                                       device=device).tolist()  # fmt: skip
+        loss_sum, count = sharded_sums(
+            self.eval_data(), sums, batch_size=self.cfg.task.eval_batch_size, device=device
+        ).tolist()
         loss = loss_sum / count
         return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
