@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from hydra.utils import get_class
@@ -20,10 +23,36 @@ def build_task(cfg: DictConfig) -> Task:
     return cls(cfg)
 
 
+DEBUG_ENV = "DYT_DEBUG"  # set to 1 for full tracebacks instead of one-line errors
+
+
+def one_line_errors(fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; a known failure (bad config, data or checkpoint, a non-finite run...) prints one line,
+    ``error: <what was wrong and how to fix it>``, on rank 0 and exits with status 2. Set ``DYT_DEBUG=1``
+    for the traceback."""
+    from dyt.engine import CheckpointError, NonFiniteLossError
+    from dyt.weights import InitFromError
+
+    try:
+        return fn()
+    except (CheckpointError, NonFiniteLossError, InitFromError, FileNotFoundError, ValueError, OSError) as e:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}\n(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train (or resume) the configured run; print and return its final metrics' headline number."""
-    from dyt.engine import Trainer
+    return one_line_errors(lambda: _train(cfg))
 
+
+def _train(cfg: DictConfig) -> float | None:
+    from dyt.engine import Trainer
+    from dyt.engine.validate import validate_config
+
+    validate_config(cfg)
     trainer = Trainer(cfg)
     metrics = trainer.fit(build_task(cfg))
     if metrics and trainer.env.is_main:
@@ -39,6 +68,10 @@ def _headline(metrics: dict[str, Any] | None) -> float | None:
 
 def evaluate(cfg: DictConfig) -> dict[str, float] | None:
     """eval.py: re-evaluate one run (``run=``), or build the tables and figures from ``runs_root``."""
+    return one_line_errors(lambda: _evaluate(cfg))
+
+
+def _evaluate(cfg: DictConfig) -> dict[str, float] | None:
     if cfg.run:
         metrics = evaluate_run(cfg.run, device=cfg.device, extra=cfg.extra, overrides=list(cfg.overrides))
         print(json.dumps(metrics, indent=2, sort_keys=True), flush=True)

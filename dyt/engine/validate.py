@@ -1,0 +1,117 @@
+"""Start-up checks of the values a run is configured with, before anything is built or written.
+
+Each check names the key, the value it got and what is allowed, in one line: ``optim.lr='abc' is not
+allowed: it must be a positive number``. Choices (norm names, schedule shapes, devices...) are checked
+where they are used, with the valid ones listed there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and what is allowed."""
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)  # YAML 1.1 reads "1e-3" as a string
+        except ValueError:
+            return None
+    return None
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# (what is allowed, test) for each kind of value
+KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "positive whole number": ("a positive whole number", lambda v: _whole(v) and v > 0),
+    "whole number >= 0": ("a whole number >= 0", lambda v: _whole(v) and v >= 0),
+    "whole number": ("a whole number", _whole),
+    "positive number": ("a positive number", lambda v: (n := _number(v)) is not None and math.isfinite(n) and n > 0),
+    "number >= 0": ("a number >= 0", lambda v: (n := _number(v)) is not None and math.isfinite(n) and n >= 0),
+    "number": ("a number", lambda v: (n := _number(v)) is not None and math.isfinite(n)),
+    "fraction": ("a number in [0, 1)", lambda v: (n := _number(v)) is not None and 0 <= n < 1),
+}
+
+# key -> (kind, may it be null)
+CHECKS: dict[str, tuple[str, bool]] = {
+    "seed": ("whole number", False),
+    "trainer.global_batch": ("positive whole number", False),
+    "trainer.micro_batch": ("positive whole number", True),
+    "trainer.epochs": ("positive whole number", True),
+    "trainer.max_steps": ("positive whole number", True),
+    "trainer.clip_grad": ("positive number", True),
+    "trainer.ema_decay": ("fraction", True),
+    "trainer.ema_every": ("positive whole number", True),
+    "trainer.nonfinite_skips": ("whole number >= 0", True),
+    "trainer.num_workers": ("whole number >= 0", False),
+    "trainer.log_every_steps": ("positive whole number", False),
+    "trainer.eval_every_epochs": ("positive whole number", True),
+    "trainer.eval_every_steps": ("positive whole number", True),
+    "trainer.ckpt_every_steps": ("positive whole number", True),
+    "trainer.ckpt_every_minutes": ("positive number", True),
+    "trainer.keep_checkpoints": ("positive whole number", False),
+    "optim.lr": ("positive number", False),
+    "optim.lr_batch_size": ("positive number", True),
+    "optim.weight_decay": ("number >= 0", False),
+    "optim.eps": ("positive number", False),
+    "optim.schedule.min_lr": ("number >= 0", True),
+    "optim.schedule.min_lr_ratio": ("fraction", True),
+    "optim.schedule.warmup_epochs": ("number >= 0", True),
+    "optim.schedule.warmup_steps": ("whole number >= 0", True),
+}
+
+
+def _get(cfg: Any, key: str) -> tuple[bool, Any]:
+    node = cfg
+    for part in key.split("."):
+        if not OmegaConf.is_config(node) and not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _norm_values(norm: Any) -> Iterator[tuple[str, Any]]:
+    """``norm.alpha_init``, ``norm.shift_init`` and their per-site overrides."""
+    for key in ("alpha_init", "shift_init", "eps"):
+        if key in norm and norm[key] is not None:
+            yield f"norm.{key}", norm[key]
+    for site, opts in (norm.get("sites") or {}).items():
+        for key in ("alpha_init", "shift_init", "eps"):
+            if opts is not None and key in opts and opts[key] is not None:
+                yield f"norm.sites.{site}.{key}", opts[key]
+
+
+def validate_config(cfg: Any) -> None:
+    """Raise :class:`ConfigError` for the first value that cannot work (see the module docstring)."""
+    for key, (kind, nullable) in CHECKS.items():
+        present, value = _get(cfg, key)
+        if not present or (value is None and nullable):
+            continue
+        allowed, ok = KINDS[kind]
+        if value is None or not ok(value):
+            raise ConfigError(
+                f"{key}={value!r} is not allowed: it must be {allowed}" + (" or null" if nullable else "")
+            )
+    trainer = cfg.get("trainer") or {}
+    if trainer.get("epochs") is None and trainer.get("max_steps") is None:
+        raise ConfigError("trainer.epochs and trainer.max_steps are both null: set one of them")
+    betas = (cfg.get("optim") or {}).get("betas")
+    if betas is not None and (len(betas) != 2 or not all(KINDS["fraction"][1](b) for b in betas)):
+        raise ConfigError(f"optim.betas={list(betas)!r} is not allowed: it must be two numbers in [0, 1)")
+    for key, value in _norm_values(cfg.get("norm") or {}):
+        if not KINDS["number"][1](value):
+            raise ConfigError(f"{key}={value!r} is not allowed: it must be a number")
