@@ -125,11 +125,16 @@ def test_no_intact_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
         ckpt.latest_checkpoint(tmp_path)
 
 
-def test_checkpoint_without_manifest_is_not_trusted(tmp_path, capsys):
-    old, new = save_steps(tmp_path, (2, 4))
+@pytest.mark.parametrize("sharded", [False, True], ids=["file", "dcp"])
+def test_checkpoint_without_manifest_is_not_trusted_until_adopted(tmp_path, capsys, sharded):
+    old, new = save_steps(tmp_path, (2, 4), sharded)
     ckpt.manifest_path(new).unlink()
     assert ckpt.latest_checkpoint(tmp_path) == old
     assert "has no checksum manifest" in one_warning(capsys)
+    with pytest.raises(CheckpointError, match=r"no checksum manifest .*adopt_checkpoint\(path\)"):
+        ckpt.load_checkpoint(new)
+    ckpt.adopt_checkpoint(new)
+    assert ckpt.latest_checkpoint(tmp_path) == new and ckpt.load_checkpoint(new)["step"] == 4
 
 
 # ---- no code execution -------------------------------------------------------------------------------

@@ -170,7 +170,8 @@ def read_manifest(ckpt: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(
-            f"{ckpt} has no checksum manifest ({path.name}): it was not written completely by dyt"
+            f"{ckpt} has no checksum manifest ({path.name}): it was not written completely by dyt (or by a dyt "
+            "before checksums: if you trust it, adopt it with dyt.engine.checkpoint.adopt_checkpoint(path))"
         ) from None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"the manifest {path} of {ckpt} is unreadable ({type(e).__name__}: {e})") from None
@@ -588,6 +589,26 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, A
         raise CheckpointError(f"{path} is not a dyt checkpoint: expected a dict with a 'model' entry")
     state["path"] = str(path)
     return state
+
+
+def adopt_checkpoint(path: str | os.PathLike) -> Path:
+    """Write the manifest of a checkpoint that has none (written before checksums existed), after
+    loading it safely and checking that its model, EMA and optimizer are finite. Returns its path."""
+    path = Path(path)
+    if manifest_path(path).exists():
+        raise CheckpointError(f"{path} already has a manifest; nothing to adopt")
+    if path.is_dir():
+        state = safe_load(path / META)
+        state.update(_dcp_full_state(path, SHARDED_KEYS))
+        files = {str(p.relative_to(path)): p for p in path.rglob("*") if p.is_file()}
+    else:
+        state = safe_load(path)
+        files = {path.name: path}
+    bad = check_finite_state(state)
+    if bad:
+        raise NonFiniteCheckpointError(f"not adopting {path}: NaN or inf in {', '.join(bad[:4])}")
+    _write_manifest(files, int(state.get("step", -1)), manifest_path(path))
+    return path
 
 
 def load_sharded_into(path: Path, sharded: dict[str, Any]) -> None:
