@@ -88,7 +88,10 @@ NAMES = {"experiment_name": "quickstart", "model": "vit_b", "data": "imagenet", 
         ([], "runs/quickstart/dyt/seed0"),  # python train.py: the quickstart
         (["experiment=quickstart", "norm=dyt"], "runs/quickstart/dyt/seed0"),
         (["model=vit_b", "norm=dyt", "data=imagenet", "data.root=/data/in1k"], "runs/vit_b_imagenet/dyt/seed0"),
-        (["model=vit_b", "data=imagenet", "trainer.num_workers=8"], "runs/vit_b_imagenet/dyt/seed0"),
+        (
+            ["model=vit_b", "data=imagenet", "trainer.num_workers=8", "logger=wandb", "hydra/launcher=submitit_slurm"],
+            "runs/vit_b_imagenet/dyt/seed0",
+        ),
         (
             ["model=vit_b", "data=imagenet", "optim.lr=1e-3", "model.drop_path_rate=0.1"],
             "runs/vit_b_imagenet+model.drop_path_rate=0.1,optim.lr=1e-3/dyt/seed0",

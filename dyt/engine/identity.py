@@ -25,6 +25,7 @@ from typing import Any
 NON_TRAINING_KEYS: tuple[str, ...] = (
     "hydra",
     "hydra.*",
+    "hydra/*",  # launcher and logging choices on the command line (hydra/launcher=submitit_slurm)
     "logger",
     "logger.*",
     "run_dir",
