@@ -6,7 +6,9 @@ Specification:
   width, layout, affine/bias presence, device and dtype, with the old weights copied;
 - converting to ``layernorm``/``rmsnorm`` gives back the very same function (same logits);
 - the converted model runs forward and backward;
-- BatchNorm is refused, a model with nothing to convert is an error, a look-alike norm that computes
+- BatchNorm is left alone unless ``batchnorm=True`` (then replaced with the paper's warning); norms
+  inside a name-matched wrapper (diffusers' AdaLayerNormZero) are converted, the wrapper kept;
+- a model with nothing to convert is an error, a look-alike norm that computes
   something else is an error, and bad options raise the factory's error.
 """
 
@@ -201,11 +203,82 @@ def test_report_prints_counts():
 @pytest.mark.parametrize(
     "bn", [nn.BatchNorm1d(8), nn.BatchNorm2d(8), nn.SyncBatchNorm(8)], ids=["bn1d", "bn2d", "syncbn"]
 )
-def test_batchnorm_is_refused_with_the_papers_reason_and_nothing_changes(bn):
+def test_batchnorm_is_left_alone_and_replaced_only_on_request(bn):
     model = nn.Sequential(nn.LayerNorm(8), bn)
-    with pytest.raises(ValueError, match=r"BatchNorm.*App\. D.*76\.2% -> 68\.9%"):
-        dyt.convert(model, "dyt")
-    assert isinstance(model[0], nn.LayerNorm)
+    report = dyt.convert(model, "dyt")
+    assert isinstance(model[0], DyT) and model[1] is bn
+    assert report.untouched == {type(bn).__name__: 1} and "left unchanged: 1" in str(report)
+    model = nn.Sequential(nn.LayerNorm(8), bn)
+    with pytest.raises(ValueError, match=r"sites=\['1'\] name BatchNorm.*App\. D.*76\.2% -> 68\.9%.*batchnorm=True"):
+        dyt.convert(model, "dyt", sites={"1": {"alpha_init": 0.1}})  # an explicit request to replace it
+    assert isinstance(model[0], nn.LayerNorm) and model[1] is bn
+
+
+def test_batchnorm_opt_in_warns_with_the_papers_result_and_keeps_the_weights():
+    bn = nn.BatchNorm2d(8)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), bn)
+    with pytest.warns(UserWarning, match=r"replaced 1 BatchNorm layer\(s\) with dyt: .*76\.2% -> 68\.9%"):
+        report = dyt.convert(model, "dyt", batchnorm=True, sites={"1": {"alpha_init": 0.1}}, **EAGER)
+    assert report.by_type == {"BatchNorm2d": 1}
+    new = model[1]
+    assert isinstance(new, DyT) and new.layout == "channels_first" and torch.equal(new.weight, bn.weight)
+    assert model(torch.randn(2, 3, 6, 6)).shape == (2, 8, 4, 4)
+
+
+def test_timm_maxvit_converts_its_layernorms_and_keeps_its_batchnorms():
+    model = timm.create_model("maxvit_tiny_tf_224", pretrained=False, img_size=64)
+    batchnorms = modules_of(model, nn.modules.batchnorm._BatchNorm)
+    report = dyt.convert(model, "dyt")
+    assert report.total == 45 and not modules_of(model, nn.LayerNorm)  # 44 LayerNorm + 1 LayerNorm2d
+    assert modules_of(model, nn.modules.batchnorm._BatchNorm) == batchnorms and report.untouched == {
+        "BatchNormAct2d": 34
+    }
+    with pytest.raises(ValueError, match="BatchNormAct2d.*may do more than normalize"):
+        dyt.convert(model, "dyt", batchnorm=True)  # it fuses an activation: DyT would drop it
+
+
+# ---- diffusers DiT: the LayerNorm inside AdaLayerNormZero (as the official converter) ------------------
+
+
+def tiny_diffusers_dit() -> nn.Module:
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    return diffusers.DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+    )
+
+
+def dit_forward(model: nn.Module) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 8, 8, generator=gen)
+    with torch.no_grad():
+        return model(x, timestep=torch.tensor([3, 500]), class_labels=torch.tensor([1, 7])).sample
+
+
+def test_diffusers_dit_converts_the_layernorm_inside_adalayernormzero():
+    model = tiny_diffusers_dit()
+    reference = dit_forward(model)
+    wrappers = {n: type(m) for n, m in model.named_modules() if type(m).__name__ == "AdaLayerNormZero"}
+    report = dyt.convert(model, "layernorm")  # the same function: the output must not change
+    torch.testing.assert_close(dit_forward(model), reference)
+    report = dyt.convert(model, "dyt", **EAGER)
+    assert report.total == 5 and set(report.by_site) == {
+        "transformer_blocks.norm1.norm",
+        "transformer_blocks.norm3",
+        "norm_out",
+    }
+    assert {n: type(m) for n, m in model.named_modules() if n in wrappers} == wrappers  # wrappers kept
+    inner = model.transformer_blocks[0].norm1.norm
+    assert isinstance(inner, DyT) and inner.weight is None  # elementwise_affine=False: adaLN supplies it
+    assert torch.isfinite(dit_forward(model)).all()
 
 
 def test_nothing_to_convert_is_an_error():

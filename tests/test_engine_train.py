@@ -80,7 +80,7 @@ def test_clipping_and_time_based_checkpoints(tmp_path):
         "trainer.keep_checkpoints=5",
     )
     # ckpt_every_minutes=0: the timer is due after every step.
-    assert sorted(p.name for p in (tmp_path / "clipped" / "checkpoints").glob("step_*")) == [
+    assert sorted(p.name for p in (tmp_path / "clipped" / "checkpoints").glob("step_*.pt")) == [
         "step_00000001.pt",
         "step_00000002.pt",
         "step_00000003.pt",

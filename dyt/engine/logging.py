@@ -57,6 +57,10 @@ def _plain(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+class LoggerError(RuntimeError):
+    """The experiment logger (W&B) could not start."""
+
+
 class WandbRun:
     """A W&B run named ``<experiment>/<norm>/seed<k>``, grouped by experiment, tagged by model / norm /
     seed / task. ``run_id`` (from the checkpoint) makes a resumed run continue the same W&B run."""
@@ -71,18 +75,25 @@ class WandbRun:
         norm, model = cfg.norm.get("tag") or cfg.norm.get("name", "norm"), cfg.get("model", {}).get("name", "model")
         task = str(cfg.get("task", {}).get("_target_", "task")).rsplit(".", 1)[-1]
         tags = [f"model:{model}", f"norm:{norm}", f"seed:{cfg.seed}", f"task:{task}", *lg.get("tags", [])]
-        self.run = wandb.init(
-            project=lg.get("project", "dyt"),
-            entity=lg.get("entity"),
-            mode=lg.get("mode"),
-            id=run_id,
-            resume="allow",
-            name=f"{cfg.experiment_name}/{norm}/seed{cfg.seed}",
-            group=str(cfg.experiment_name),
-            tags=tags,
-            config=config,
-            dir=str(cfg.run_dir),
-        )
+        try:
+            self.run = wandb.init(
+                project=lg.get("project", "dyt"),
+                entity=lg.get("entity"),
+                mode=lg.get("mode"),
+                id=run_id,
+                resume="allow",
+                name=f"{cfg.experiment_name}/{norm}/seed{cfg.seed}",
+                group=str(cfg.experiment_name),
+                tags=tags,
+                config=config,
+                dir=str(cfg.run_dir),
+            )
+        except wandb.errors.Error as e:  # no API key, wrong key, no network: one line, not W&B's traceback
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise LoggerError(
+                f"W&B could not start ({reason}). Log in with `wandb login` or WANDB_API_KEY, or log locally "
+                "with logger.mode=offline (upload later with `wandb sync`), or use logger=jsonl (no W&B)"
+            ) from None
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if self.run is not None:
@@ -99,16 +110,37 @@ def new_wandb_id() -> str:
     return secrets.token_hex(6)
 
 
-class Progress:
-    """A progress bar with throughput on a TTY (``bar``) or one line every ``log_every`` steps (``log``)."""
+def _duration(seconds: float) -> str:
+    """``75`` -> ``1m15s``; ``7300`` -> ``2h01m``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
-    def __init__(self, mode: str, total_steps: int, start_step: int, log_every: int, enabled: bool) -> None:
+
+class Progress:
+    """A progress bar with throughput on a TTY (``bar``) or one line every ``log_every`` steps (``log``),
+    with the time left estimated from the steps of this process. ``throughput_unit`` is what
+    ``train/throughput`` counts per second (the task declares it: ``images/s``, ``tokens/s``)."""
+
+    def __init__(
+        self,
+        mode: str,
+        total_steps: int,
+        start_step: int,
+        log_every: int,
+        enabled: bool,
+        throughput_unit: str = "samples/s",
+    ) -> None:
         if mode not in PROGRESS_MODES:
             raise ValueError(f"unknown trainer.progress {mode!r}; valid choices are: {', '.join(PROGRESS_MODES)}")
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "log"
         self.mode = mode if enabled else "off"
         self.total, self.log_every, self.bar = total_steps, max(1, log_every), None
+        self.start, self.unit = start_step, throughput_unit
         self._t0 = time.time()
         if self.mode == "bar":
             from tqdm import tqdm
@@ -122,14 +154,19 @@ class Progress:
             if step % self.log_every == 0:
                 self.bar.set_postfix(
                     loss=f"{metrics.get('train/loss', float('nan')):.4f}",
-                    thr=f"{metrics.get('train/throughput', 0):.0f}/s",
+                    thr=f"{metrics.get('train/throughput', 0):.0f} {self.unit}",
                     refresh=False,
                 )
         elif self.mode == "log" and (step % self.log_every == 0 or step == self.total):
+            elapsed = time.time() - self._t0
+            done = step - self.start
+            eta = f" ETA {_duration(elapsed / done * (self.total - step))}" if done > 0 else ""
             shown = "  ".join(
-                f"{k.split('/', 1)[-1]} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))
+                f"{k.split('/', 1)[-1]} {v:.4g}" + (f" {self.unit}" if k == "train/throughput" else "")
+                for k, v in metrics.items()
+                if isinstance(v, (int, float))
             )
-            print(f"[step {step}/{self.total} epoch {epoch} {time.time() - self._t0:.0f}s] {shown}", flush=True)
+            print(f"[step {step}/{self.total} epoch {epoch} {_duration(elapsed)}{eta}] {shown}", flush=True)
 
     def write(self, line: str) -> None:
         """A message that does not break the bar (eval results, checkpoints)."""

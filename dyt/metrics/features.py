@@ -29,11 +29,39 @@ def default_inception_path() -> Path:
     return Path(spec.origin).parent / "default_1.pt"
 
 
+def resize_bilinear_tf1(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of float images (N, C, H, W) as TensorFlow 1.x's ``resize_bilinear`` with
+    ``align_corners=False``, the resize inside the FID Inception graph (TF's resize_bilinear_op.cc).
+
+    Output pixel ``i`` samples the input at ``i * in / out``, with no half-pixel offset (unlike
+    ``F.interpolate(..., align_corners=False)``, which samples at ``(i + 0.5) * in / out - 0.5``),
+    between rows/columns ``floor`` and ``floor + 1`` clamped to the last one. torch-fidelity and the
+    ADM evaluator resize this way; the half-pixel resize shifts FID by ~0.6% at 64 px.
+    """
+
+    def taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # float32 source positions, as TF computes them (scale = in / out in float32)
+        src = torch.arange(n_out, dtype=torch.float32, device=x.device) * torch.tensor(n_in / n_out)
+        lo = src.long()  # src >= 0, so truncation is floor
+        return lo, (lo + 1).clamp(max=n_in - 1), (src - lo).to(x.dtype)
+
+    y_lo, y_hi, wy = taps(x.shape[-2], size[0])
+    x_lo, x_hi, wx = taps(x.shape[-1], size[1])
+
+    def along_width(rows: torch.Tensor) -> torch.Tensor:
+        left, right = rows[..., x_lo], rows[..., x_hi]
+        return left + (right - left) * wx
+
+    top, bottom = along_width(x[..., y_lo, :]), along_width(x[..., y_hi, :])
+    return top + (bottom - top) * wy[:, None]
+
+
 class InceptionFeatures(nn.Module):
     """uint8 images (N, 3, H, W) -> 2048-d pool3 features of the FID Inception.
 
-    Images are resized to 299x299 (bilinear, as torch-fidelity) and mapped to the graph's input range
-    ``(x - 128) / 128``, as TensorFlow's FID code does.
+    Images are resized to 299x299 with TensorFlow 1.x's bilinear resize (:func:`resize_bilinear_tf1`,
+    as torch-fidelity and the TensorFlow graph do) and mapped to the graph's input range
+    ``(x - 128) / 128``.
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
@@ -49,7 +77,7 @@ class InceptionFeatures(nn.Module):
             raise ValueError(f"expected uint8 RGB images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
         x = images.float()
         if x.shape[-2:] != (299, 299):
-            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+            x = resize_bilinear_tf1(x, (299, 299))
         feats = self.net((x - 128.0) / 128.0)
         return feats.flatten(2).mean(-1) if feats.dim() > 2 else feats
 

@@ -4,9 +4,9 @@ Frechet distance.
 FID (Heusel et al. 2017) is ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))`` between Gaussians fitted
 to feature sets. The paper's Table 3 uses the ADM evaluation suite with "the standard ImageNet
 reference batch" (paper Sec. 5): pass its ``.npz`` (``mu``/``sigma`` keys) as ``task.fid.reference``.
-Our features come from the same FID Inception weights run in PyTorch (``dyt.metrics.features``); ADM
-runs the TensorFlow graph, whose internal resize differs slightly, so compare with the paper's numbers
-knowing that small offset.
+Our features come from the same FID Inception weights run in PyTorch (``dyt.metrics.features``),
+with images resized as TensorFlow 1.x's bilinear resize does inside ADM's graph (no half-pixel offset;
+torch-fidelity resizes the same way), so the features match up to float rounding.
 
 Samples are generated in chunks of ``chunk_size`` written atomically to ``<run_dir>/samples/``; chunk
 ``k`` always holds samples ``k * chunk_size ...`` with labels ``i % num_classes`` (class-balanced) and

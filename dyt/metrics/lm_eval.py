@@ -43,9 +43,11 @@ SCORE_METRICS = {"record": "em"}  # every other task: "acc"
 class DytLM(TemplateLM):
     """lm-eval ``LM`` over a causal model ``tokens (B, T) -> logits (B, T, V)`` and a ``transformers`` tokenizer.
 
-    Sequences longer than ``max_length`` keep their last ``max_length`` tokens (the continuation is
-    always kept). Documents are scored in batches of ``batch_size``, right-padded (a causal model's
-    logits at a position do not depend on later padding).
+    A context and continuation longer than ``max_length`` together lose the start of the context; the
+    continuation is always scored whole. A continuation longer than ``max_length`` cannot be, and is
+    refused with a ``ValueError``, as lm-eval's own ``HFLM`` refuses it (``huggingface.py``,
+    ``_loglikelihood_tokens``). Documents are scored in batches of ``batch_size``, right-padded (a causal
+    model's logits at a position do not depend on later padding).
     """
 
     def __init__(
@@ -93,10 +95,16 @@ class DytLM(TemplateLM):
         self.model.eval()
         sequences, targets = [], []
         for _, context, continuation in requests:
-            seq = (context + continuation)[-(self.max_length + 1) :]
-            n = min(len(continuation), len(seq) - 1)  # the first token of seq is never predicted
-            sequences.append(seq)
-            targets.append(torch.tensor(continuation[len(continuation) - n :]))
+            if len(continuation) > self.max_length:
+                raise ValueError(
+                    f"an lm-eval continuation of {len(continuation)} tokens is longer than the model's context "
+                    f"max_length={self.max_length}, so it cannot be scored whole (lm-eval's HFLM refuses it too); "
+                    "evaluate with a longer data.seq_len, or leave this task out (task.lm_eval.tasks)"
+                )
+            # up to max_length + 1 tokens: the first is never predicted, the continuation always is
+            # (contexts are never empty: lm-eval gives an empty one the prefix token)
+            sequences.append((context + continuation)[-(self.max_length + 1) :])
+            targets.append(torch.tensor(continuation))
         results = []
         for logp, target in zip(self._logprobs(sequences), targets, strict=True):
             logp = logp[-len(target) :]

@@ -11,7 +11,10 @@
 What is replaced: ``nn.LayerNorm`` and its subclasses (timm's ``LayerNorm``, channels-first
 ``LayerNorm2d``, ...), ``nn.RMSNorm``, this library's ``LayerNorm``/``RMSNorm``, and any other module
 whose class name contains ``LayerNorm`` or ``RMSNorm`` (timm's ``RmsNorm``/``RmsNorm2d``, Hugging
-Face's ``LlamaRMSNorm``, T5's RMS ``T5LayerNorm``, ...). A name is only a candidate: before a module is
+Face's ``LlamaRMSNorm``, T5's RMS ``T5LayerNorm``, ...). A name-matched module that contains norms of
+its own is a wrapper, not a norm: convert replaces the norms inside it, as the official converter
+(DyT ``dynamic_tanh.py``) does; e.g. the ``LayerNorm`` inside diffusers' ``AdaLayerNormZero``, whose
+scale and shift come from the conditioning. A name is only a candidate: before a module is
 replaced, a numeric probe checks that it computes LayerNorm or RMSNorm over its channels, scaled by its
 own ``weight`` (plus ``bias``), in the layout we inferred (channels-first when the class says so:
 ``layout`` attribute, or a name ending in ``2d``/``3d`` as timm's). A candidate that fails (Gemma's ``(1 + weight)``
@@ -32,14 +35,17 @@ Each module's *site* is its qualified name without layer indices (``blocks.norm1
 Only norms change: the paper's LLaMA also adds a learnable sqrt(d) scalar after the embedding (App. A),
 which ``convert`` does not (models/llama.py builds it).
 
-BatchNorm is refused: the paper (App. D, Table 16) found DyT does not replace it (ResNet-50 top-1
-76.2% -> 68.9%, VGG19 72.7% -> 71.0%).
+BatchNorm is left alone (and counted in the report): the paper (App. D, Table 16) found DyT does not
+replace it (ResNet-50 top-1 76.2% -> 68.9%, VGG19 72.7% -> 71.0%). ``batchnorm=True`` replaces plain
+BatchNorm layers too, with a warning quoting that result; ``sites=`` naming a BatchNorm site without
+it is refused.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +58,11 @@ from dyt.nn.factory import NormFactory, build_norm_factory
 
 _CANDIDATE_NAME = re.compile(r"layernorm|rmsnorm", re.IGNORECASE)
 _CHANNELS_FIRST_NAME = re.compile(r"[23]d(fp32)?$", re.IGNORECASE)  # timm: LayerNorm2d, RmsNorm2dFp32, ...
+_PLAIN_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_PAPER_ON_BATCHNORM = (
+    "the paper (App. D, Table 16) replaced BatchNorm with DyT in ResNet-50 (top-1 76.2% -> 68.9%) and VGG19 "
+    "(72.7% -> 71.0%), and attributes the gap to BatchNorm following every weight layer"
+)
 
 
 @dataclass
@@ -61,6 +72,7 @@ class ConversionReport:
     to: str
     by_type: Counter = field(default_factory=Counter)
     by_site: Counter = field(default_factory=Counter)
+    untouched: Counter = field(default_factory=Counter)  # BatchNorm classes left as they were
 
     @property
     def total(self) -> int:
@@ -70,11 +82,23 @@ class ConversionReport:
         lines = [f"converted {self.total} norm module(s) to {self.to}:"]
         lines += [f"  {name:<28} {n:>5}" for name, n in sorted(self.by_type.items())]
         lines.append("sites: " + ", ".join(f"{site} ({n})" for site, n in sorted(self.by_site.items())))
+        if self.untouched:
+            kept = ", ".join(f"{n} {name}" for name, n in sorted(self.untouched.items()))
+            lines.append(f"left unchanged: {kept} (BatchNorm; see convert(..., batchnorm=True))")
         return "\n".join(lines)
 
 
 def _is_candidate(module: nn.Module) -> bool:
-    return isinstance(module, nn.LayerNorm | nn.RMSNorm) or bool(_CANDIDATE_NAME.search(type(module).__name__))
+    """A LayerNorm / RMSNorm by class, or by name unless it wraps norms of its own (AdaLayerNormZero)."""
+    if isinstance(module, nn.LayerNorm | nn.RMSNorm):
+        return True
+    if not _CANDIDATE_NAME.search(type(module).__name__):
+        return False
+    return not any(_is_candidate(m) for m in module.modules() if m is not module)
+
+
+def _is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
 def _layout(module: nn.Module) -> str:
@@ -160,9 +184,18 @@ def _factory_device(parent: nn.Module, weight: torch.Tensor | None):
 
 def _replacement(module: nn.Module, parent: nn.Module, site: str, factory: NormFactory, where: str) -> nn.Module:
     weight, bias = _tensor(module, "weight"), _tensor(module, "bias")
-    width, layout, eps = _width(module, weight, where), _layout(module), _eps(module)
-    if weight is None or weight.device.type != "meta":
-        _probe(module, width, layout, weight, bias, eps, where)
+    if _is_batchnorm(module):  # opted in (batchnorm=True): normalizes dimension 1 of (N, C, ...)
+        if type(module) not in _PLAIN_BATCHNORM:
+            raise ValueError(
+                f"cannot convert {where} ({type(module).__name__}): it is a BatchNorm subclass that may do more "
+                "than normalize (e.g. timm's BatchNormAct2d adds an activation); only plain BatchNorm1d/2d/3d "
+                "and SyncBatchNorm are replaced with batchnorm=True"
+            )
+        width, layout, eps = module.num_features, "channels_first", module.eps
+    else:
+        width, layout, eps = _width(module, weight, where), _layout(module), _eps(module)
+        if weight is None or weight.device.type != "meta":
+            _probe(module, width, layout, weight, bias, eps, where)
     device, dtype = _factory_device(parent, weight)
     hints = {"affine": weight is not None, "bias": bias is not None}
     if eps is not None:
@@ -181,23 +214,20 @@ def _site(qualified_name: str) -> str:
     return ".".join(part for part in qualified_name.split(".") if not part.isdigit()) or qualified_name
 
 
-def _refuse_batchnorm(model: nn.Module) -> None:
-    found = [
-        name or type(model).__name__
-        for name, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-    ]
-    if found:
-        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+def _refuse_batchnorm_sites(model: nn.Module, sites: Mapping[str, Any]) -> None:
+    """``sites=`` naming a BatchNorm site is an explicit request to replace BatchNorm: refuse it unless
+    opted in."""
+    named = sorted({_site(name) for name, m in model.named_modules() if _is_batchnorm(m)} & set(sites))
+    if named:
         raise ValueError(
-            f"convert refuses models with BatchNorm ({shown}): DyT is not a drop-in replacement for it. "
-            "The paper (App. D, Table 16) replaced BatchNorm with DyT in ResNet-50 (top-1 76.2% -> 68.9%) and "
-            "VGG19 (72.7% -> 71.0%); it attributes the gap to BatchNorm following every weight layer. "
-            "DyT replaces LayerNorm and RMSNorm."
+            f"sites={named} name BatchNorm layers, which convert leaves alone: {_PAPER_ON_BATCHNORM}. "
+            "To replace them anyway, pass batchnorm=True"
         )
 
 
-def convert(model: nn.Module, to: str | Mapping[str, Any] = "dyt", **options: Any) -> ConversionReport:
+def convert(
+    model: nn.Module, to: str | Mapping[str, Any] = "dyt", *, batchnorm: bool = False, **options: Any
+) -> ConversionReport:
     """Replace every LayerNorm- and RMSNorm-family module of ``model`` in place by the norm ``to``.
 
     Args:
@@ -207,18 +237,21 @@ def convert(model: nn.Module, to: str | Mapping[str, Any] = "dyt", **options: An
         **options: options of that norm (``alpha_init=0.5``, ``squash="hardtanh"``...) and ``sites=``
             (per-site options, keyed by index-free qualified names); an option the norm does not accept
             raises the factory's error listing the valid ones.
+        batchnorm: also replace plain BatchNorm layers (channels-first, weight and bias copied), with a
+            warning: the paper found this hurts (App. D, Table 16). By default BatchNorm is left alone.
 
     Returns:
         A ``ConversionReport`` (printable): replaced modules per class and per site, and ``total``.
 
     Raises:
-        ValueError: the model has BatchNorm; a name-matched norm does not compute LayerNorm/RMSNorm as
-            expected; there is nothing to replace; an option or site is unknown. The model is then
-            left unchanged.
+        ValueError: a name-matched norm does not compute LayerNorm/RMSNorm as expected; there is nothing
+            to replace; an option or site is unknown; ``sites`` names a BatchNorm site without
+            ``batchnorm=True``. The model is then left unchanged.
     """
     config = {"name": to, **options} if isinstance(to, str) else {**to, **options}
     factory = build_norm_factory(config)
-    _refuse_batchnorm(model)
+    if not batchnorm:
+        _refuse_batchnorm_sites(model, config.get("sites") or {})
     report = ConversionReport(to=factory.name)
     built: dict[int, nn.Module] = {}  # a norm shared by several parents stays shared
     plan: list[tuple[nn.Module, str, nn.Module]] = []  # applied only once every replacement is built
@@ -228,7 +261,9 @@ def convert(model: nn.Module, to: str | Mapping[str, Any] = "dyt", **options: An
             qualified = f"{prefix}{name}"
             if id(child) in built:
                 plan.append((parent, name, built[id(child)]))
-            elif _is_candidate(child):
+            elif _is_batchnorm(child) and not batchnorm:
+                report.untouched[type(child).__name__] += 1
+            elif _is_candidate(child) or _is_batchnorm(child):
                 site = _site(qualified)
                 built[id(child)] = _replacement(child, parent, site, factory, qualified)
                 plan.append((parent, name, built[id(child)]))
@@ -248,9 +283,16 @@ def convert(model: nn.Module, to: str | Mapping[str, Any] = "dyt", **options: An
         )
         raise ValueError(
             f"convert found no LayerNorm- or RMSNorm-family module in {type(model).__name__} "
-            "to replace" + (f"; its other norm modules are: {', '.join(others)}" if others else "")
+            "to replace"
+            + (f"; its other norm modules are: {', '.join(others)}" if others else "")
+            + ("; BatchNorm is replaced only with batchnorm=True" if report.untouched else "")
         )
     factory.check_sites_used()
+    replaced_bn = sum(report.by_type[cls.__name__] for cls in _PLAIN_BATCHNORM)
+    if replaced_bn:
+        warnings.warn(
+            f"replaced {replaced_bn} BatchNorm layer(s) with {factory.name}: {_PAPER_ON_BATCHNORM}", stacklevel=2
+        )
     for parent, name, new in plan:
         setattr(parent, name, new)
     return report
