@@ -31,11 +31,16 @@ def one_line_errors(fn: Callable[[], Any]) -> Any:
     ``error: <what was wrong and how to fix it>``, on rank 0 and exits with status 2. Set ``DYT_DEBUG=1``
     for the traceback."""
     from dyt.engine import CheckpointError, NonFiniteLossError
+    from dyt.engine.identity import RunIdentityError
+    from dyt.engine.logging import LoggerError
+    from dyt.engine.runlock import RunLockedError
     from dyt.weights import InitFromError
 
+    known = (CheckpointError, NonFiniteLossError, InitFromError, RunIdentityError, RunLockedError, LoggerError,
+             FileNotFoundError, ValueError, OSError)  # fmt: skip
     try:
         return fn()
-    except (CheckpointError, NonFiniteLossError, InitFromError, FileNotFoundError, ValueError, OSError) as e:
+    except known as e:
         if os.environ.get(DEBUG_ENV):
             raise
         if os.environ.get("RANK", "0") == "0":

@@ -45,11 +45,12 @@ def kill_during_write(kth: int) -> None:
 
 def main() -> None:
     cfg = make_cfg(sys.argv[1], sys.argv[2:])
-    if os.environ.get("DYT_TEST_KILL_AT_STEP"):
-        cfg.task.kill_at_step = int(os.environ["DYT_TEST_KILL_AT_STEP"])
+    task = build_task(cfg)
+    if os.environ.get("DYT_TEST_KILL_AT_STEP"):  # on the task, not in the config: the command is the same
+        task.kill_at_step = int(os.environ["DYT_TEST_KILL_AT_STEP"])
     if os.environ.get("DYT_TEST_KILL_IN_CKPT_WRITE"):
         kill_during_write(int(os.environ["DYT_TEST_KILL_IN_CKPT_WRITE"]))
-    results = Trainer(cfg).fit(build_task(cfg))
+    results = Trainer(cfg).fit(task)
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(results), flush=True)
 

@@ -114,6 +114,8 @@ class DigitsTask(Task):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         self.x, self.y = load_digits()
+        # Fault injection; the driver may also set these on the task (then the command stays the same).
+        self.kill_at_step, self.signal_at_step = cfg.task.kill_at_step, cfg.task.signal_at_step
 
     def build_model(self) -> nn.Module:
         m = self.cfg.model
@@ -140,10 +142,10 @@ class DigitsTask(Task):
         }
 
     def after_optimizer_step(self, model: nn.Module, info: StepInfo) -> None:
-        t, step = self.cfg.task, info.step + 1  # steps taken, like metrics.jsonl
-        if t.kill_at_step == step:
+        step = info.step + 1  # steps taken, like metrics.jsonl
+        if self.kill_at_step == step:
             os.kill(os.getpid(), signal.SIGKILL)
-        if t.signal_at_step == step:
+        if self.signal_at_step == step:
             os.kill(os.getpid(), signal.SIGTERM)
 
 

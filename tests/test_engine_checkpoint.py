@@ -20,9 +20,13 @@ def fit(run_dir: Path, *overrides: str) -> dict:
     return Trainer(cfg).fit(DigitsTask(cfg))
 
 
+RUN = ("trainer.keep_checkpoints=2", "trainer.ema_decay=0.5")
+EXTEND = (*RUN, "trainer.accept_changes=[trainer.max_steps]")  # the same run, made longer on purpose
+
+
 @pytest.fixture
 def run_dir(tmp_path) -> Path:
-    fit(tmp_path / "run", "trainer.keep_checkpoints=2", "trainer.ema_decay=0.5")
+    fit(tmp_path / "run", *RUN)
     return tmp_path / "run"
 
 
@@ -83,7 +87,7 @@ def test_damaged_newest_checkpoint_is_refused_and_the_run_resumes_from_the_intac
     with pytest.raises(CheckpointError, match="step_00000004.pt is (truncated or )?damaged"):
         load_checkpoint(path)
     assert load_checkpoint(run_dir)["step"] == 2
-    fit(run_dir, "trainer.max_steps=6")
+    fit(run_dir, "trainer.max_steps=6", *EXTEND)
     assert "step_00000004.pt is" in capsys.readouterr().err
     assert load_checkpoint(run_dir)["step"] == 6
 
@@ -101,7 +105,7 @@ def test_pickle_that_runs_code_is_refused(run_dir, tmp_path):
     ckpt._write_manifest({path.name: path}, 8, ckpt.manifest_path(path))  # forged to match
     (run_dir / "checkpoints" / "last").write_text("step_00000008.pt\n")
     with pytest.raises(CheckpointError, match="refusing to load .*step_00000008.pt"):
-        fit(run_dir, "trainer.max_steps=10")
+        fit(run_dir, "trainer.max_steps=10", *EXTEND)
     assert not evil.marker.exists()
 
 
@@ -111,11 +115,11 @@ def test_checkpoint_of_another_model_names_the_keys(run_dir):
         match=r"mismatched shapes: .*blocks.0.fc.weight \(checkpoint \(32, 32\) "
         r"vs model \(16, 16\)\)",
     ):
-        fit(run_dir, "model.width=16", "trainer.max_steps=6")
+        fit(run_dir, "model.width=16", *RUN, "trainer.accept_changes=[model.width]")
     with pytest.raises(CheckpointError, match=r"unexpected keys: blocks.1.fc.bias"):
         load_model_state(TinyNet(32, 1, 0.0), load_checkpoint(run_dir)["model"], "run")
     with pytest.raises(CheckpointError, match=r"missing keys: blocks.2.fc.bias"):
-        fit(run_dir, "model.depth=3", "trainer.max_steps=6")
+        fit(run_dir, "model.depth=3", *RUN, "trainer.accept_changes=[model.depth]")
 
 
 def test_missing_checkpoint_path_says_what_was_expected(tmp_path):

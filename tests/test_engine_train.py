@@ -119,7 +119,8 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_with_the_preemption_code
     assert load_checkpoint(run)["step"] == 6  # flag read at the step boundary after the signal
     assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
     assert not (run / "results.json").exists()
-    assert fit(run, "trainer.max_steps=20")["steps"] == 20  # the same command resumes
+    # The same command without the fault injection resumes (told that the task key changed on purpose).
+    assert fit(run, "trainer.max_steps=20", "trainer.accept_changes=[task.signal_at_step]")["steps"] == 20
 
 
 def _driver(run: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -187,7 +188,7 @@ def test_wandb_offline_run_is_continued_after_resume(tmp_path, monkeypatch):
     args = ("logger.wandb=true", "logger.project=dyt-test")
     fit(run, "trainer.max_steps=2", *args)
     first = load_checkpoint(run)["wandb_id"]
-    fit(run, "trainer.max_steps=4", *args)
+    fit(run, "trainer.max_steps=4", "trainer.accept_changes=[trainer.max_steps]", *args)  # extended on purpose
     assert isinstance(first, str) and load_checkpoint(run)["wandb_id"] == first
     run_dirs = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
     assert len(run_dirs) == 2 and all(name.endswith(f"-{first}") for name in run_dirs)

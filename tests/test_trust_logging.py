@@ -40,9 +40,9 @@ def test_wandb_without_api_key_is_one_line_naming_offline_mode(tmp_path, monkeyp
 def test_log_mode_shows_eta_and_throughput_unit(capsys, monkeypatch):
     clock = iter([100.0, 130.0, 160.0])  # start, then 30 s per 10 steps
     monkeypatch.setattr("dyt.engine.logging.time.time", lambda: next(clock))
-    progress = Progress("log", total_steps=100, start_step=40, log_every=10, enabled=True, throughput_unit="images/s")
-    progress.update(50, 1, {"train/loss": 0.5, "train/throughput": 1234.0})
-    progress.update(60, 1, {"train/loss": 0.4, "train/throughput": 1250.0})
+    progress = Progress("log", total_steps=100, start_step=40, log_every=10, enabled=True, throughput_unit="images")
+    progress.update(50, 1, {"train/loss": 0.5, "train/images_per_s": 1234.0})
+    progress.update(60, 1, {"train/loss": 0.4, "train/images_per_s": 1250.0})
     first, second = capsys.readouterr().out.splitlines()
     # 10 steps in 30 s, 50 to go: 2m30s; then 20 steps in 60 s, 40 to go: 2m00s
     assert first.startswith("[step 50/100 epoch 1 30s ETA 2m30s]") and "throughput 1234 images/s" in first

@@ -122,8 +122,8 @@ def _duration(seconds: float) -> str:
 
 class Progress:
     """A progress bar with throughput on a TTY (``bar``) or one line every ``log_every`` steps (``log``),
-    with the time left estimated from the steps of this process. ``throughput_unit`` is what
-    ``train/throughput`` counts per second (the task declares it: ``images/s``, ``tokens/s``)."""
+    with the time left estimated from the steps of this process. ``throughput_unit`` is what the logged
+    ``train/<unit>_per_s`` counts (the task declares it: ``images``, ``tokens``)."""
 
     def __init__(
         self,
@@ -132,7 +132,7 @@ class Progress:
         start_step: int,
         log_every: int,
         enabled: bool,
-        throughput_unit: str = "samples/s",
+        throughput_unit: str = "samples",
     ) -> None:
         if mode not in PROGRESS_MODES:
             raise ValueError(f"unknown trainer.progress {mode!r}; valid choices are: {', '.join(PROGRESS_MODES)}")
@@ -140,7 +140,7 @@ class Progress:
             mode = "bar" if sys.stderr.isatty() else "log"
         self.mode = mode if enabled else "off"
         self.total, self.log_every, self.bar = total_steps, max(1, log_every), None
-        self.start, self.unit = start_step, throughput_unit
+        self.start, self.unit, self.key = start_step, f"{throughput_unit}/s", f"train/{throughput_unit}_per_s"
         self._t0 = time.time()
         if self.mode == "bar":
             from tqdm import tqdm
@@ -154,7 +154,7 @@ class Progress:
             if step % self.log_every == 0:
                 self.bar.set_postfix(
                     loss=f"{metrics.get('train/loss', float('nan')):.4f}",
-                    thr=f"{metrics.get('train/throughput', 0):.0f} {self.unit}",
+                    thr=f"{metrics.get(self.key, 0):.0f} {self.unit}",
                     refresh=False,
                 )
         elif self.mode == "log" and (step % self.log_every == 0 or step == self.total):
@@ -162,7 +162,7 @@ class Progress:
             done = step - self.start
             eta = f" ETA {_duration(elapsed / done * (self.total - step))}" if done > 0 else ""
             shown = "  ".join(
-                f"{k.split('/', 1)[-1]} {v:.4g}" + (f" {self.unit}" if k == "train/throughput" else "")
+                (f"throughput {v:.4g} {self.unit}" if k == self.key else f"{k.split('/', 1)[-1]} {v:.4g}")
                 for k, v in metrics.items()
                 if isinstance(v, (int, float))
             )

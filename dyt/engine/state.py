@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from dyt.engine import checkpoint as ckpt
+from dyt.engine.identity import check_run_identity
 
 FORMAT = 2
 # Plain values restored as they were saved. metrics_bytes: length of metrics.jsonl at the checkpoint
@@ -97,8 +98,10 @@ class TrainState:
             }
             ckpt.save_checkpoint({**meta, **tensors}, ckpt_dir, self.step, keep)
 
-    def load(self, path: Path) -> None:
-        """Restore everything from the checkpoint at ``path`` (a file, or a DCP directory when sharded)."""
+    def load(self, path: Path, accept: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+        """Restore everything from the checkpoint at ``path`` (a file, or a DCP directory when sharded),
+        after checking that it was trained with this config (:func:`~dyt.engine.identity.check_run_identity`:
+        keys in ``accept`` may differ). Returns the accepted differences."""
         if self.sharded != path.is_dir():
             kind, how = (
                 ("a sharded DCP (FSDP2)", "under torchrun with trainer.distributed=fsdp")
@@ -113,13 +116,15 @@ class TrainState:
             from torch.distributed.checkpoint.state_dict import set_state_dict
 
             state = ckpt.safe_load(path / ckpt.META)
+            accepted = check_run_identity(state["config"], self.config, str(path.parent.parent), accept)
             tensors = self._sharded_tensors()
             ckpt.load_sharded_into(path, tensors)
             set_state_dict(
                 self.model, self.optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optimizer"]
             )
         else:
-            state = ckpt.load_checkpoint(path)
+            state = ckpt.load_checkpoint(path, verify=False)  # rank 0 verified it when it chose it
+            accepted = check_run_identity(state["config"], self.config, str(path.parent.parent), accept)
             ckpt.load_model_state(self.model, state["model"], str(path))
             if self.ema is not None:
                 if state["ema"] is None:
@@ -131,3 +136,4 @@ class TrainState:
         ckpt.set_rng_state(state["rng"])
         for k in COUNTERS:
             setattr(self, k, state.get(k, 0) if k == "nonfinite_skips" else state[k])  # not in format 1
+        return accepted

@@ -54,6 +54,7 @@ from dyt.engine.ema import ModelEMA
 from dyt.engine.evaluation import evaluate_model
 from dyt.engine.logging import MetricsLog, Progress, WandbRun, new_wandb_id
 from dyt.engine.precision import autocast, grad_scaler, resolve_precision
+from dyt.engine.runlock import RunLockedError, acquire_run_lock
 from dyt.engine.sampler import SeededDataset, ShardedBatchSampler, plan_batch, seed_all
 from dyt.engine.schedule import build_hyper_schedules, build_lr_schedule, build_optimizer, scaled_lr, set_hyper
 from dyt.engine.signals import PreemptionHandler, ignore_preemption_signals
@@ -113,6 +114,7 @@ class Trainer:
         env = setup_distributed(self.tc.device)
         preemption = PreemptionHandler()
         try:
+            self._lock(env)
             results = self._fit(task, env, preemption)
         except BaseException as e:
             if env.is_distributed:  # the traceback's frames hold the model: free it before gloo goes
@@ -128,6 +130,18 @@ class Trainer:
         return results
 
     # ---- setup ----------------------------------------------------------------------------------
+    def _lock(self, env: DistEnv) -> None:
+        """One process trains in a run dir at a time: rank 0 holds ``run.lock`` until the run ends."""
+        self.run_lock, error = None, None
+        if env.is_main:
+            try:
+                self.run_lock = acquire_run_lock(self.run_dir)
+            except RunLockedError as e:
+                error = str(e)
+        error = broadcast_object(error)
+        if error:
+            raise RunLockedError(error)
+
     def _build(self, task: Any, env: DistEnv) -> None:
         cfg, tc = self.cfg, self.tc
         self.env, self.task = env, task
@@ -135,6 +149,10 @@ class Trainer:
         config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         self.plan = plan_batch(tc.global_batch, tc.get("micro_batch"), env.world_size)
         self.accum = self.plan.grad_accum
+        # Rank 0 finds (and verifies) the checkpoint to resume from; every rank uses its answer.
+        if env.is_main:
+            ckpt.remove_partial(self.ckpt_dir)
+        self.resume_from = broadcast_object(ckpt.latest_checkpoint(self.ckpt_dir) if env.is_main else None)
         seed_all(cfg.seed)  # identical initial weights on every rank
         self.fsdp = tc.distributed == "fsdp" and env.is_distributed
         model = self._new_model(task, env)
@@ -177,7 +195,7 @@ class Trainer:
         weights, are built whole, then sharded."""
         tc = self.tc
         init = parse_init_from(self.cfg.get("init_from"))
-        if init is not None and ckpt.latest_checkpoint(self.ckpt_dir) is not None:
+        if init is not None and self.resume_from is not None:
             init = None  # resuming: the checkpoint holds the weights
         model = None
         if self.fsdp and init is None:
@@ -204,16 +222,16 @@ class Trainer:
 
     def _resume(self) -> None:
         """Restore the train state from the newest checkpoint, or start afresh when there is none."""
-        if self.env.is_main:
-            ckpt.remove_partial(self.ckpt_dir)
-        barrier()
-        path = ckpt.latest_checkpoint(self.ckpt_dir)
+        path = self.resume_from
         if path is None:
             self.metrics.truncate(0)  # lines of an attempt killed before its first checkpoint
             wandb_id = new_wandb_id() if self.cfg.logger.wandb and self.env.is_main else None
             self.state.wandb_id = broadcast_object(wandb_id)
             return
-        self.state.load(path)
+        accepted = self.state.load(path, accept=self.tc.get("accept_changes") or ())
+        if accepted and self.env.is_main:
+            changes = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in accepted.items())
+            print(f"{self.run_dir}: continuing with changed settings (trainer.accept_changes): {changes}", flush=True)
         self.ckpt_step = self.state.step
         self.metrics.truncate(self.state.metrics_bytes)
 
@@ -228,7 +246,14 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(st.config))
         self.wandb = WandbRun(self.cfg, st.config, st.wandb_id, env.is_main and bool(self.cfg.logger.wandb))
-        self.progress = Progress(self.tc.progress, self.total_steps, st.step, self.tc.log_every_steps, env.is_main)
+        self.progress = Progress(
+            self.tc.progress,
+            self.total_steps,
+            st.step,
+            self.tc.log_every_steps,
+            env.is_main,
+            throughput_unit=task.throughput_unit,
+        )
         self.last_ckpt_time = time.time()
         while st.step < self.total_steps:
             self.dataset.set_epoch(st.epoch)
@@ -373,7 +398,7 @@ class Trainer:
             return what
         raise NonFiniteLossError(
             f"{what} at step {st.step + 1} (epoch {st.epoch}); stopped before applying it. The last finite "
-            f"checkpoint is {ckpt.latest_checkpoint(self.ckpt_dir) or 'none'}; lower optim.lr, set "
+            f"checkpoint is {ckpt.latest_finite_checkpoint(self.ckpt_dir) or 'none'}; lower optim.lr, set "
             "trainer.clip_grad, check the data, or let trainer.nonfinite_skips=N skip such steps"
         )
 
@@ -438,6 +463,8 @@ class Trainer:
                 getattr(self, name).close()
         if hasattr(self, "wandb"):
             self.wandb.finish()
+        if getattr(self, "run_lock", None) is not None:
+            self.run_lock.release()
         for name in ("wrapped", "model", "state", "dataset", "sampler", "task"):
             self.__dict__.pop(name, None)
 
