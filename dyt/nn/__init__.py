@@ -1,7 +1,7 @@
 """Norm layers, the registry of their names, and the site-aware factory models are built with."""
 
 from dyt.nn.convert import ConversionReport, convert
-from dyt.nn.factory import NormFactory, build_norm_factory
+from dyt.nn.factory import NormFactory, build_norm_factory, norm_tag
 from dyt.nn.fold import fold
 from dyt.nn.norms import LayerNorm, RMSNorm
 from dyt.nn.pointwise import Derf, DyT
@@ -19,5 +19,6 @@ __all__ = [
     "fold",
     "get_norm_class",
     "norm_names",
+    "norm_tag",
     "register_norm",
 ]
