@@ -19,15 +19,17 @@ every registered preset x every ``configs/norm`` file) rely on nothing else.
     block, materialises them on the device being built on and calls ``reset_parameters()`` once. So
     ``torch.manual_seed(s); model = build()`` and ``torch.manual_seed(s)``, a build under
     ``torch.device("meta")``, ``model.to_empty(device=...)``, ``model.reset_parameters()`` give the same
-    weights, bit for bit; the trainer uses the second way under FSDP2 (a 70B model is never whole on
-    one rank). Submodules with their own ``reset_parameters`` (the norms, ``nn.Conv2d``, timm's
-    ``LayerScale``) are reset through it; fixed buffers (DiT's sin-cos position grid) are recomputed in
-    it, because ``to_empty`` leaves them uninitialised.
+    weights, bit for bit. The trainer uses the second way under FSDP2, sharding before
+    ``to_empty`` (a 70B model is never whole on one rank); there the shards draw from DTensor's RNG,
+    so the values follow the same distributions but are not those of an eager build. Submodules with
+    their own ``reset_parameters`` (the norms, ``nn.Conv2d``, timm's ``LayerScale``) are reset through
+    it; fixed buffers (DiT's sin-cos position grid) are recomputed in it, because ``to_empty`` leaves
+    them uninitialised.
 ``wrap_units() -> list[nn.Module]``
     The repeated blocks: FSDP2 shards each of them as one unit and activation checkpointing recomputes
     each of them in backward. Disjoint submodules, in forward order.
 ``example_inputs(batch: int) -> tuple``
-    Positional arguments for ``model(*inputs)`` of a training forward at the smallest size the model
+    Positional arguments for ``model(*inputs)`` of a training forward at a small size the model
     accepts, on the model's device (random values from the torch RNG). Every trainable parameter must
     receive a gradient from the outputs (DDP requires it). The contract test builds a new family's
     inputs through it.

@@ -9,7 +9,12 @@ A new family is picked up from the registry: it needs no entry here (its inputs 
 - presets under ``REAL_BELOW`` parameters are also built for real: ``torch.manual_seed(s)`` then an
   eager build equals ``torch.manual_seed(s)``, a meta build, ``to_empty`` and ``reset_parameters()``,
   bit for bit, buffers included; forward and backward on ``example_inputs`` give finite outputs and a
-  finite gradient for every trainable parameter.
+  finite gradient for every trainable parameter;
+- the smallest preset of every model class also materialises under FSDP2 on 2 processes: sharded on
+  the meta device, ``to_empty`` and ``reset_parameters()`` on the shards, then finite forward and
+  backward (the values differ from an eager build: the shards draw from DTensor's RNG).
+
+Run as a script, this file is the torchrun worker of the FSDP2 check.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +36,8 @@ from torch.utils._pytree import tree_leaves
 import models
 from dyt.nn import build_norm_factory, norm_tag
 
-NORM_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "norm"
+ROOT = Path(__file__).resolve().parents[1]
+NORM_CONFIGS = ROOT / "configs" / "norm"
 REAL_BELOW = 30_000_000  # parameters; bigger presets are checked on the meta device only
 
 # Parameters plus persistent buffers (``state_dict`` entries), with the family's own norm, and what
@@ -136,3 +145,50 @@ def test_model_contract(preset, norm, one_thread):
     check_meta_build(meta, preset, norm)
     if state_size(meta) < REAL_BELOW:
         check_forward_backward(check_meta_init_equals_eager_init(preset, norm), preset)
+
+
+def smallest_of_each_class() -> list[str]:
+    sizes = {preset: build(preset, "dyt", "meta") for preset in models.model_names()}
+    smallest: dict[type, str] = {}
+    for preset, model in sizes.items():
+        best = smallest.get(type(model))
+        if best is None or state_size(model) < state_size(sizes[best]):
+            smallest[type(model)] = preset
+    return sorted(smallest.values())
+
+
+@pytest.mark.distributed
+def test_smallest_preset_of_each_class_materialises_under_fsdp2():
+    presets = smallest_of_each_class()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, *presets]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(json.loads(done.stdout.strip().splitlines()[-1])) == presets
+
+
+def _fsdp_worker(presets: list[str]) -> None:
+    """torchrun entry: shard each preset on the meta device, materialise, run forward and backward."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo")
+    for preset in presets:
+        torch.manual_seed(0)
+        model = build(preset, "dyt", "meta")
+        for unit in model.wrap_units():
+            fully_shard(unit)
+        fully_shard(model)
+        model.to_empty(device="cpu")
+        model.reset_parameters()
+        assert all(t.full_tensor().isfinite().all() for t in model.parameters()), preset
+        check_forward_backward(model, preset)
+    if dist.get_rank() == 0:
+        print(json.dumps(presets), flush=True)
+    del model
+    dist.destroy_process_group()
+    os._exit(0)  # skip interpreter teardown: avoids gloo's exit-time SIGABRT race
+
+
+if __name__ == "__main__":
+    _fsdp_worker(sys.argv[1:])
