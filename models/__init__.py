@@ -1,18 +1,70 @@
 """Architectures, one file per family, and the registry of their size presets.
 
 Every preset is a one-line function registered with ``@register_model`` at the end of its family's
-file (``vit_b``, ``convnext_t``, ``llama2_7b``, ``dit_xl2``, ...). Every constructor takes ``norm``: a
-norm factory, a norm name or a ``configs/norm`` mapping (see ``dyt.nn.factory``).
+file (``vit_b``, ``convnext_t``, ``llama2_7b``, ``dit_xl2``, ...); a new family adds its module name to
+``FAMILIES``. Every constructor takes ``norm``: a norm factory, a norm name or a ``configs/norm``
+mapping (see ``dyt.nn.factory``); norms come only from that factory.
 
     model = models.create_model("vit_b", norm="dyt", num_classes=10)
+
+The model protocol
+------------------
+Every model class follows it; the trainer, the tasks and ``tests/test_model_contract.py`` (run over
+every registered preset x every ``configs/norm`` file) rely on nothing else.
+
+``reset_parameters()``
+    The one init method. It gives every parameter and buffer its initial value, drawing from the torch
+    RNG in a fixed order, and is the only place where values are set: ``__init__`` builds its layers
+    inside ``with deferred_init(self):``, which creates them on the meta device and, on leaving the
+    block, materialises them on the device being built on and calls ``reset_parameters()`` once. So
+    ``torch.manual_seed(s); model = build()`` and ``torch.manual_seed(s)``, a build under
+    ``torch.device("meta")``, ``model.to_empty(device=...)``, ``model.reset_parameters()`` give the same
+    weights, bit for bit. The trainer uses the second way under FSDP2, sharding before
+    ``to_empty`` (a 70B model is never whole on one rank); there the shards draw from DTensor's RNG,
+    so the values follow the same distributions but are not those of an eager build. Submodules with
+    their own ``reset_parameters`` (the norms, ``nn.Conv2d``, timm's ``LayerScale``) are reset through
+    it; fixed buffers (DiT's sin-cos position grid) are recomputed in it, because ``to_empty`` leaves
+    them uninitialised.
+``wrap_units() -> list[nn.Module]``
+    The repeated blocks: FSDP2 shards each of them as one unit and activation checkpointing recomputes
+    each of them in backward. Disjoint submodules, in forward order.
+``example_inputs(batch: int) -> tuple``
+    Positional arguments for ``model(*inputs)`` of a training forward at a small size the model
+    accepts, on the model's device (random values from the torch RNG). Every trainable parameter must
+    receive a gradient from the outputs (DDP requires it). The contract test builds a new family's
+    inputs through it.
+``resolved_options() -> dict``
+    What the model resolved from ``auto`` settings and recipe quirks (JSON-serialisable), written to
+    the run dir: ``norms``, every norm built, per site, with every option it was built with (the
+    ``alpha_init`` actually used; ``NormFactory.resolved()``), and family quirks such as LLaMA's
+    ``embed_scale`` or DiT's ``zero_init_adaln``.
+``no_weight_decay() -> set[str]`` (optional)
+    Names of parameters the optimizer must not decay, beyond the 1-D ones (biases, norm weights,
+    alpha) that ``Task.param_groups`` never decays.
+
+Attributes tasks may read (and nothing else of a model's internals):
+
+    ==================  =========================================================  ==================
+    attribute           meaning                                                    families
+    ==================  =========================================================  ==================
+    ``num_classes``     classes of the classifier head or of class conditioning    vit, convnext, dit
+    ``in_channels``     channels of the input image or latent                      vit, convnext, dit
+    ``embed_dim``       width of the token features                                vit
+    ``patch_size``      side of a square patch                                     dit
+    ``grid_size``       patches per side (a sample is ``grid_size * patch_size``)  dit
+    ``learn_sigma``     the output also carries the variance interpolation         dit
+    ``vocab_size``      tokens of the embedding and of the output logits           llama
+    ==================  =========================================================  ==================
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from dyt.nn import build_norm_factory
@@ -22,6 +74,24 @@ FAMILIES = ("vit", "convnext", "dit", "llama")
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _loaded = False
+
+
+@contextlib.contextmanager
+def deferred_init(model: nn.Module) -> Iterator[None]:
+    """Build ``model``'s layers inside this block; they get their values once, from ``reset_parameters()``.
+
+    Layers are created on the meta device (no memory, no random draws) and, on leaving the block,
+    materialised on the device the model is being built on (the default device: ``cpu``, the device
+    of an enclosing ``with torch.device(...)``, or ``meta`` itself) and initialised by
+    ``model.reset_parameters()``. Eager and meta-device construction therefore draw the same random
+    numbers in the same order (see the model protocol above).
+    """
+    device = torch.get_default_device()
+    with torch.device("meta"):
+        yield
+    model.to_empty(device=device)
+    with torch.no_grad():
+        model.reset_parameters()
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -24,7 +24,7 @@ from timm.models.convnext import ConvNeXtBlock, ConvNeXtStage
 from torch import nn
 
 from dyt.nn import NormFactory, build_norm_factory
-from models import register_model
+from models import deferred_init, register_model
 
 LN_EPS = 1e-6  # timm's ConvNeXt LayerNorm eps; a hint, so DyT ignores it
 
@@ -56,37 +56,39 @@ class ConvNeXt(nn.Module):
         if len(depths) != len(dims):
             raise ValueError(f"depths {tuple(depths)} and dims {tuple(dims)} must list the same number of stages")
         norm = build_norm_factory(norm)
-        self.num_classes, self.ls_init_value, self.head_init_scale = num_classes, ls_init_value, head_init_scale
+        self.num_classes, self.in_channels = num_classes, in_chans
+        self.ls_init_value, self.head_init_scale = ls_init_value, head_init_scale
 
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4),
-            norm(dims[0], site="stem", layout="channels_first", eps=LN_EPS),
-        )
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))
-        self.stages = nn.Sequential(
-            *[
-                ConvNeXtStage(
-                    dims[max(i - 1, 0)],
-                    dims[i],
-                    stride=2 if i > 0 else 1,
-                    depth=depths[i],
-                    drop_path_rates=rates[i].tolist(),
-                    ls_init_value=ls_init_value,
-                    norm_layer=partial(norm, site="downsample", layout="channels_first", eps=LN_EPS),
-                    norm_layer_cl=partial(norm, site="block", eps=LN_EPS),
-                )
-                for i in range(len(depths))
-            ]
-        )
-        self.head = NormMlpClassifierHead(
-            dims[-1], num_classes, norm_layer=partial(norm, site="final", layout="channels_first", eps=LN_EPS)
-        )
-        self.init_weights()
+        with deferred_init(self):
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4),
+                norm(dims[0], site="stem", layout="channels_first", eps=LN_EPS),
+            )
+            rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))
+            self.stages = nn.Sequential(
+                *[
+                    ConvNeXtStage(
+                        dims[max(i - 1, 0)],
+                        dims[i],
+                        stride=2 if i > 0 else 1,
+                        depth=depths[i],
+                        drop_path_rates=rates[i].tolist(),
+                        ls_init_value=ls_init_value,
+                        norm_layer=partial(norm, site="downsample", layout="channels_first", eps=LN_EPS),
+                        norm_layer_cl=partial(norm, site="block", eps=LN_EPS),
+                    )
+                    for i in range(len(depths))
+                ]
+            )
+            self.head = NormMlpClassifierHead(
+                dims[-1], num_classes, norm_layer=partial(norm, site="final", layout="channels_first", eps=LN_EPS)
+            )
+        self.norm_options = norm.resolved()
 
-    def init_weights(self) -> None:
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
         """ConvNeXt's init: truncated normal (std 0.02) convs and linears with zero bias, the classifier
-        scaled by ``head_init_scale``, layer scale at ``ls_init_value``; norms reset themselves. Also
-        the way to initialize a model built on the meta device after ``to_empty()``."""
+        scaled by ``head_init_scale``, layer scale at ``ls_init_value``; norms reset themselves."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 trunc_normal_(module.weight, std=0.02)
@@ -96,13 +98,20 @@ class ConvNeXt(nn.Module):
             elif module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
         if isinstance(self.head.fc, nn.Linear):
-            with torch.no_grad():
-                self.head.fc.weight.mul_(self.head_init_scale)
-                self.head.fc.bias.mul_(self.head_init_scale)
+            self.head.fc.weight.mul_(self.head_init_scale)
+            self.head.fc.bias.mul_(self.head_init_scale)
 
-    def fsdp_units(self) -> list[nn.Module]:
+    def wrap_units(self) -> list[nn.Module]:
         """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
         return [block for stage in self.stages for block in stage.blocks]
+
+    def example_inputs(self, batch: int) -> tuple[torch.Tensor]:
+        """A batch of random 32x32 images, the smallest size its four downsamplings (x32) accept."""
+        return (torch.randn(batch, self.in_channels, 32, 32, device=self.stem[0].weight.device),)
+
+    def resolved_options(self) -> dict:
+        """The norms as built, per site (see the model protocol in ``models``)."""
+        return {"norms": self.norm_options}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) -> last-stage feature map (N, dims[-1], H/32, W/32)."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dyt.nn import build_norm_factory
-from models import register_model
+from models import deferred_init, register_model
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -83,8 +83,8 @@ def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:
     coordinate, half the column, each as ``[sin, cos]`` of frequencies ``1 / 10000**(k / (dim/4))``."""
     if dim % 4:
         raise ValueError(f"the 2-D sin-cos position embedding needs hidden_size divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-    coords = torch.arange(grid_size, dtype=torch.float64)
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64, device="cpu") / (dim / 4))
+    coords = torch.arange(grid_size, dtype=torch.float64, device="cpu")
     rows, cols = torch.meshgrid(coords, coords, indexing="ij")
 
     def embed(pos: torch.Tensor) -> torch.Tensor:
@@ -209,25 +209,27 @@ class DiT(nn.Module):
         self.learn_sigma = learn_sigma
         self.grid_size = input_size // patch_size
 
-        self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
-        # Fixed, not learned (DiT); a persistent buffer so DiT checkpoints with `pos_embed` load.
-        self.register_buffer("pos_embed", torch.empty(1, self.grid_size**2, hidden_size))
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, norm) for _ in range(depth))
-        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, norm)
-        self.initialize_weights()
+        with deferred_init(self):
+            self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+            self.t_embedder = TimestepEmbedder(hidden_size)
+            self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+            # Fixed, not learned (DiT); a persistent buffer so DiT checkpoints with `pos_embed` load.
+            self.register_buffer("pos_embed", torch.empty(1, self.grid_size**2, hidden_size))
+            self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, norm) for _ in range(depth))
+            self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, norm)
+        self.norm_options = norm.resolved()
 
-    def initialize_weights(self) -> None:
-        """DiT's initialisation; the adaLN-Zero part only when ``self.zero_init_adaln``."""
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """DiT's initialisation; the adaLN-Zero part only when ``self.zero_init_adaln``. The fixed
+        position grid is recomputed too: it is a buffer, which ``to_empty`` leaves uninitialised."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-            elif hasattr(module, "reset_parameters") and module is not self.x_embedder:
+            elif module is not self and module is not self.x_embedder and hasattr(module, "reset_parameters"):
                 module.reset_parameters()  # norms (DyT's alpha); the embedding table is re-set below
-        with torch.no_grad():
-            self.pos_embed.copy_(sincos_pos_embed_2d(self.pos_embed.shape[-1], self.grid_size)[None])
+        self.pos_embed.copy_(sincos_pos_embed_2d(self.pos_embed.shape[-1], self.grid_size)[None])
         # Patch embedding initialised like a linear layer on the flattened patch.
         weight = self.x_embedder.weight
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
@@ -241,6 +243,21 @@ class DiT(nn.Module):
             for layer in zeroed:
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
+
+    def wrap_units(self) -> list[nn.Module]:
+        """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
+        return list(self.blocks)
+
+    def example_inputs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Noisy inputs, timesteps in [0, 1000) and labels, as in training."""
+        device, size = self.pos_embed.device, self.grid_size * self.patch_size
+        x = torch.randn(batch, self.in_channels, size, size, device=device)
+        t = torch.randint(0, 1000, (batch,), device=device)
+        return x, t, torch.randint(0, self.num_classes, (batch,), device=device)
+
+    def resolved_options(self) -> dict:
+        """The norms as built, per site, and whether adaLN-Zero was applied (``zero_init_adaln="auto"``)."""
+        return {"norms": self.norm_options, "zero_init_adaln": self.zero_init_adaln}
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, p*p*C) tokens -> (N, C, H, W) image."""

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dyt.nn import NormFactory, build_norm_factory
-from models import register_model
+from models import deferred_init, register_model
 
 # Paper Table 11 (alpha_init against width; depth does not matter): width -> (attention, other).
 # 5120 is LLaMA 13B's Table 10 row. A width between rows takes the row of the nearest width below it,
@@ -177,18 +177,20 @@ class Llama(nn.Module):
             for site, alpha in (("attn", attn_alpha), ("ffn", other_alpha), ("final", other_alpha))
         }
 
-        self.tok_embeddings = nn.Embedding(vocab_size, dim)
-        self.embed_scale = nn.Parameter(torch.empty(1)) if embed_scale == "sqrt_d" else None
-        self.layers = nn.ModuleList(
-            TransformerBlock(dim, n_heads, self.n_kv_heads, self.hidden_dim, norm, hints) for _ in range(n_layers)
-        )
-        self.norm = norm(dim, site="final", **hints["final"])
-        self.output = nn.Linear(dim, vocab_size, bias=False)
-        self.reset_parameters()
+        with deferred_init(self):
+            self.tok_embeddings = nn.Embedding(vocab_size, dim)
+            self.embed_scale = nn.Parameter(torch.empty(1)) if embed_scale == "sqrt_d" else None
+            self.layers = nn.ModuleList(
+                TransformerBlock(dim, n_heads, self.n_kv_heads, self.hidden_dim, norm, hints) for _ in range(n_layers)
+            )
+            self.norm = norm(dim, site="final", **hints["final"])
+            self.output = nn.Linear(dim, vocab_size, bias=False)
+        self.norm_options = norm.resolved()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """(Re-)initialise every parameter; call after ``to_empty`` to materialise a meta-device model."""
+        """(Re-)initialise every parameter: truncated normal linears and embedding, norms reset
+        themselves, ``embed_scale`` at sqrt(dim)."""
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.trunc_normal_(module.weight, std=self.init_std, a=-3 * self.init_std, b=3 * self.init_std)
@@ -197,8 +199,8 @@ class Llama(nn.Module):
         if self.embed_scale is not None:
             self.embed_scale.fill_(math.sqrt(self.dim))
 
-    def fsdp_units(self) -> list[nn.Module]:
-        """The modules the trainer shards one by one with FSDP2 (and checkpoints activations of)."""
+    def wrap_units(self) -> list[nn.Module]:
+        """The decoder layers: FSDP2 shards and activation checkpointing wrap each of them."""
         return list(self.layers)
 
     def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor | None]:
@@ -211,6 +213,15 @@ class Llama(nn.Module):
         if self.embed_scale is not None and "embed_scale" not in state:
             state = {**state, "embed_scale": None}
         return state
+
+    def example_inputs(self, batch: int) -> tuple[torch.Tensor]:
+        """A batch of 8 random tokens per sequence."""
+        return (torch.randint(0, self.vocab_size, (batch, 8), device=self.output.weight.device),)
+
+    def resolved_options(self) -> dict:
+        """The norms as built, per site (the width-dependent ``alpha_init`` of paper Table 11 included),
+        and the embedding scale ``embed_scale="auto"`` resolved to."""
+        return {"norms": self.norm_options, "embed_scale": "none" if self.embed_scale is None else "sqrt_d"}
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.tok_embeddings(tokens)

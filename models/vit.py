@@ -21,7 +21,7 @@ from timm.models.vision_transformer import Attention  # also there in timm 1.0.1
 from torch import nn
 
 from dyt.nn import NormFactory, build_norm_factory
-from models import register_model
+from models import deferred_init, register_model
 
 GLOBAL_POOLS = ("avg", "token")
 LN_EPS = 1e-6  # timm's ViT LayerNorm eps; a hint, so DyT ignores it
@@ -91,26 +91,29 @@ class VisionTransformer(nn.Module):
             raise ValueError("global_pool='token' pools the class token; set class_token=True or use 'avg'")
         norm = build_norm_factory(norm)
         self.global_pool, self.num_classes, self.embed_dim = global_pool, num_classes, embed_dim
-        self.num_prefix_tokens = int(class_token)
+        self.in_channels, self.num_prefix_tokens = in_chans, int(class_token)
 
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
-        self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim)) if class_token else None
-        num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
-        self.pos_embed = nn.Parameter(torch.empty(1, num_tokens, embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
-        self.blocks = nn.Sequential(
-            *[Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rate, init_values, norm) for rate in rates]
-        )
-        pool_first = global_pool == "avg"
-        self.norm = nn.Identity() if pool_first else norm(embed_dim, site="final", eps=LN_EPS)
-        self.fc_norm = norm(embed_dim, site="final", eps=LN_EPS) if pool_first else nn.Identity()
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.init_weights()
+        with deferred_init(self):
+            self.patch_embed = PatchEmbed(
+                img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim
+            )
+            self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim)) if class_token else None
+            num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
+            self.pos_embed = nn.Parameter(torch.empty(1, num_tokens, embed_dim))
+            rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
+            self.blocks = nn.Sequential(
+                *[Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rate, init_values, norm) for rate in rates]
+            )
+            pool_first = global_pool == "avg"
+            self.norm = nn.Identity() if pool_first else norm(embed_dim, site="final", eps=LN_EPS)
+            self.fc_norm = norm(embed_dim, site="final", eps=LN_EPS) if pool_first else nn.Identity()
+            self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.norm_options = norm.resolved()
 
-    def init_weights(self) -> None:
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
         """timm's ViT init: truncated normal (std 0.02) linears with zero bias, pos_embed std 0.02,
-        class token std 1e-6; every other layer (patch conv, norms, layer scale) resets itself. Also
-        the way to initialize a model built on the meta device after ``to_empty()``."""
+        class token std 1e-6; every other layer (patch conv, norms, layer scale) resets itself."""
         trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
@@ -126,7 +129,7 @@ class VisionTransformer(nn.Module):
         """Parameters the optimizer should not decay (timm's convention)."""
         return {"pos_embed", "cls_token"}
 
-    def fsdp_units(self) -> list[nn.Module]:
+    def wrap_units(self) -> list[nn.Module]:
         """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
         return list(self.blocks)
 
@@ -140,6 +143,15 @@ class VisionTransformer(nn.Module):
         if any(k.startswith(ours + ".") for k in state):
             return state
         return {(ours + k[len(theirs) :] if k.startswith(theirs + ".") else k): v for k, v in state.items()}
+
+    def example_inputs(self, batch: int) -> tuple[torch.Tensor]:
+        """A batch of random images at the model's input size."""
+        device = self.pos_embed.device
+        return (torch.randn(batch, self.in_channels, *self.patch_embed.img_size, device=device),)
+
+    def resolved_options(self) -> dict:
+        """The norms as built, per site (see the model protocol in ``models``)."""
+        return {"norms": self.norm_options}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) -> tokens (N, prefix + patches, D) after the blocks (and ``norm`` when

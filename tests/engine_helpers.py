@@ -84,7 +84,7 @@ class TinyNet(nn.Module):
         self.blocks = nn.ModuleList(Block(width, dropout) for _ in range(depth))
         self.head = nn.Linear(width, 10)
 
-    def fsdp_units(self) -> list[nn.Module]:
+    def wrap_units(self) -> list[nn.Module]:
         return list(self.blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

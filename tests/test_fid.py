@@ -1,7 +1,9 @@
 """FID: the Frechet distance against a float64 scipy reference, its behaviour on real digits, resumable
 class-balanced sample generation, reference statistics, grids, and SD-VAE latents (tiny random VAE)."""
 
+import ast
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from dyt.metrics.fid import (
     class_balanced_labels,
+    class_grid,
     extract_features,
     feature_statistics,
     frechet_distance,
@@ -47,12 +50,12 @@ def test_frechet_distance_rejects_mismatched_statistics():
 
 @pytest.mark.slow
 def test_digit_fid_is_zero_on_itself_and_grows_with_noise():
+    from dyt.data.images import DigitsDataset
     from dyt.metrics.features import DigitFeatures
-    from dyt.tasks.diffusion import DigitsPixels
 
     net, accuracy = DigitFeatures.fit()
     assert accuracy > 0.9  # a meaningful feature space
-    images = DigitsPixels("train").images
+    images = DigitsDataset("train", normalize="minus_one_one").images
     ref = feature_statistics(extract_features(net, to_uint8(images)))
     g = torch.Generator().manual_seed(0)
     fids = [
@@ -108,6 +111,21 @@ def test_reference_statistics_from_npz_and_folder(tmp_path):
     np.testing.assert_allclose(reference_statistics(tmp_path / "missing", Mean(), "cpu", cache=cache)[0], mu)
     with pytest.raises(FileNotFoundError, match="neither"):
         reference_statistics(tmp_path / "missing", Mean(), "cpu")
+
+
+def test_class_grid_takes_the_first_per_class_of_each_class_in_order():
+    samples = np.arange(30)  # class-balanced over 12 classes: sample i has label i % 12
+    assert class_grid(samples, 12, 2).tolist() == [c + j * 12 for c in range(10) for j in range(2)]
+    assert class_grid(samples, 3, 20).tolist() == [c + 3 * j for c in range(3) for j in range(10)]
+
+
+def test_metrics_import_no_task():
+    """Metrics take functions and arrays; a task imports metrics, never the other way round."""
+    for path in (Path(__file__).resolve().parents[1] / "dyt" / "metrics").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in names if m.startswith("dyt.tasks")], f"{path.name} imports a task"
 
 
 def test_save_grid(tmp_path):

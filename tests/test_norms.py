@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dyt.nn import Derf, DyT, LayerNorm, RMSNorm, build_norm_factory, norm_names
+from dyt.nn import Derf, DyT, LayerNorm, RMSNorm, build_norm_factory, norm_names, norm_tag
 from dyt.nn.pointwise import SQUASH
 
 C = 6
@@ -193,6 +193,27 @@ def test_check_sites_used_catches_a_misspelt_site():
     norm(C, site="attn")
     with pytest.raises(ValueError, match=r"\['atn'\].*its sites are: attn"):
         norm.check_sites_used()
+
+
+def test_resolved_lists_every_built_norm_with_the_options_actually_used():
+    norm = build_norm_factory({"name": "dyt", "sites": {"attn": {"alpha_init": 0.8}}})
+    norm(C, site="attn", alpha_init=0.2)
+    norm(C, site="attn", alpha_init=0.2)
+    norm(C, site="ffn", bias=False)
+    norm(C, site="stem", layout="channels_first")
+    common = {"norm": "dyt", "class": "DyT", "squash": "tanh", "learn_alpha": True, "affine": True, "impl": "auto"}
+    assert norm.resolved() == [
+        {**common, "site": "attn", "layout": "channels_last", "alpha_init": 0.8, "bias": True, "count": 2},
+        {**common, "site": "ffn", "layout": "channels_last", "alpha_init": 0.5, "bias": False, "count": 1},
+        {**common, "site": "stem", "layout": "channels_first", "alpha_init": 0.5, "bias": True, "count": 1},
+    ]
+
+
+def test_norm_tag_is_the_configs_tag_else_its_name():
+    assert norm_tag({"name": "dyt", "tag": "dyt_hardtanh", "squash": "hardtanh"}) == "dyt_hardtanh"
+    assert norm_tag({"name": "rmsnorm"}) == norm_tag("rmsnorm") == "rmsnorm"
+    with pytest.raises(ValueError, match="needs a 'name'"):
+        norm_tag({"alpha_init": 0.5})
 
 
 def test_pointwise_flag():

@@ -24,19 +24,28 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 # ---- digits -----------------------------------------------------------------------------------
 
 
+DIGITS_NORMALIZE = ("standardize", "minus_one_one")
+
+
 class DigitsDataset(Dataset):
-    """scikit-learn's handwritten digits as (1, 8, 8) float tensors, standardized, with a fixed split.
+    """scikit-learn's handwritten digits as (1, 8, 8) float tensors with a fixed split.
 
     The split is stratified and depends only on ``split_seed``, so every run of every norm sees the
-    same train and test images.
+    same train and test images. ``normalize``: ``standardize`` (the train split's mean and std; the
+    classification quickstart) or ``minus_one_one`` (pixels 0..16 mapped linearly onto [-1, 1], the
+    range a pixel-space diffusion model generates in).
     """
 
-    def __init__(self, split: str, test_fraction: float = 0.2, split_seed: int = 0) -> None:
+    def __init__(
+        self, split: str, test_fraction: float = 0.2, split_seed: int = 0, normalize: str = "standardize"
+    ) -> None:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 
         if split not in ("train", "test"):
             raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
+        if normalize not in DIGITS_NORMALIZE:
+            raise ValueError(f"unknown data.normalize {normalize!r}; valid choices are: {', '.join(DIGITS_NORMALIZE)}")
         digits = load_digits()
         images = digits.images.astype(np.float32) / 16.0  # pixel values are 0..16
         train_idx, test_idx = train_test_split(
@@ -44,9 +53,11 @@ class DigitsDataset(Dataset):
         )
         idx = train_idx if split == "train" else test_idx
         x = torch.from_numpy(images[idx]).unsqueeze(1)
-        # Standardize with the train split's statistics (the same numbers for both splits).
-        train = torch.from_numpy(images[train_idx])
-        self.images = (x - train.mean()) / train.std()
+        if normalize == "minus_one_one":
+            self.images = x * 2 - 1
+        else:  # with the train split's statistics (the same numbers for both splits)
+            train = torch.from_numpy(images[train_idx])
+            self.images = (x - train.mean()) / train.std()
         self.labels = torch.from_numpy(digits.target[idx]).long()
 
     def __len__(self) -> int:
@@ -131,7 +142,9 @@ def build_image_dataset(cfg: Any, split: str) -> Dataset:
     """The ``train`` or ``val`` split named by the data config (``data.name``: digits | imagenet)."""
     train = split == "train"
     if cfg.name == "digits":
-        return DigitsDataset("train" if train else "test", cfg.test_fraction, cfg.split_seed)
+        return DigitsDataset(
+            "train" if train else "test", cfg.test_fraction, cfg.split_seed, cfg.get("normalize", "standardize")
+        )
     if cfg.name != "imagenet":
         raise ValueError(f"unknown image data {cfg.name!r}; valid: digits, imagenet")
     transform = imagenet_transform(cfg, train)

@@ -122,14 +122,14 @@ def broadcast_object(obj: Any) -> Any:
 
 
 def block_units(model: nn.Module) -> list[nn.Module]:
-    """The model's repeated blocks (``model.fsdp_units()``), or ``[]`` when it lists none."""
-    units = getattr(model, "fsdp_units", None)
+    """The model's repeated blocks (``model.wrap_units()``), or ``[]`` when it lists none."""
+    units = getattr(model, "wrap_units", None)
     return list(units()) if callable(units) else []
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
     """Recompute activations in backward: through the model's own ``set_grad_checkpointing(True)``
-    (timm convention) when it has one, else around each block of ``model.fsdp_units()``. State-dict
+    (timm convention) when it has one, else around each block of ``model.wrap_units()``. State-dict
     keys do not change."""
     if callable(getattr(model, "set_grad_checkpointing", None)):
         model.set_grad_checkpointing(True)
@@ -138,7 +138,7 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
     if not units:
         raise ValueError(
             f"trainer.activation_checkpointing=true but {type(model).__name__} has neither "
-            "set_grad_checkpointing() nor fsdp_units(); add one of them or turn it off"
+            "set_grad_checkpointing() nor wrap_units(); add one of them or turn it off"
         )
     for unit in units:
         unit.forward = functools.partial(checkpoint, unit.forward, use_reentrant=False)
@@ -156,7 +156,7 @@ def reshard(model: nn.Module) -> None:
 
 
 def wrap_model(model: nn.Module, env: DistEnv, mode: str) -> nn.Module:
-    """DDP (default) or FSDP2: ``fully_shard`` on each ``model.fsdp_units()`` block, then the root
+    """DDP (default) or FSDP2: ``fully_shard`` on each ``model.wrap_units()`` block, then the root
     (in place; the returned module is ``model`` itself for FSDP). Identity for one process."""
     if mode not in DISTRIBUTED_MODES:
         raise ValueError(f"unknown trainer.distributed {mode!r}; valid choices are: {', '.join(DISTRIBUTED_MODES)}")

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dyt.nn.factory import norm_tag
+
 PROGRESS_MODES = ("auto", "bar", "log", "off")
 
 
@@ -72,7 +74,7 @@ class WandbRun:
         import wandb
 
         lg = cfg.logger
-        norm, model = cfg.norm.get("tag") or cfg.norm.get("name", "norm"), cfg.get("model", {}).get("name", "model")
+        norm, model = norm_tag(cfg.norm), cfg.get("model", {}).get("name", "model")
         task = str(cfg.get("task", {}).get("_target_", "task")).rsplit(".", 1)[-1]
         tags = [f"model:{model}", f"norm:{norm}", f"seed:{cfg.seed}", f"task:{task}", *lg.get("tags", [])]
         try:

@@ -101,9 +101,9 @@ class DigitFeatures(nn.Module):
     @classmethod
     def fit(cls, seed: int = 0, steps: int = 500) -> tuple[DigitFeatures, float]:
         """Train on the digits train split; returns the eval-mode network and its test accuracy."""
-        from dyt.tasks.diffusion import DigitsPixels
+        from dyt.data.images import DigitsDataset
 
-        train, test = DigitsPixels("train"), DigitsPixels("test")
+        train, test = (DigitsDataset(split, normalize="minus_one_one") for split in ("train", "test"))
         g = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng():
             torch.manual_seed(seed)

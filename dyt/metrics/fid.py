@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -134,6 +133,14 @@ def save_grid(images: np.ndarray, path: str | Path, nrow: int = 8, scale: int = 
     return path
 
 
+def class_grid(samples: np.ndarray, num_classes: int, per_class: int, max_classes: int = 10) -> np.ndarray:
+    """Of class-balanced samples (sample ``i`` has label ``i % num_classes``), ``per_class`` of each of the
+    first ``max_classes`` classes, class by class: with ``nrow=per_class``, one grid row per class."""
+    k = num_classes
+    shown = [c + j * k for c in range(min(k, max_classes)) for j in range(per_class) if c + j * k < len(samples)]
+    return samples[shown]
+
+
 # ---- sample generation -------------------------------------------------------------------------
 
 
@@ -177,57 +184,3 @@ def generate_samples(
     if dist.is_initialized():
         dist.barrier()
     return np.concatenate([np.load(p) for p in paths])
-
-
-def fid_for_task(task: Any, model: nn.Module, device: torch.device, run_dir: Path) -> dict[str, float]:
-    """Sample from ``model`` with ``task.generate`` and score the samples as ``task.fid`` configures;
-    writes ``<run_dir>/samples/`` and ``<run_dir>/samples_grid.png``. Returns ``{"fid": ...}``."""
-    from dyt.metrics.features import DigitFeatures, InceptionFeatures
-
-    f = task.cfg.task.fid
-    was_training = model.training
-    model.eval()
-    samples = generate_samples(
-        lambda labels, g: task.generate(model, labels, g),
-        f.num_samples,
-        model.num_classes,
-        run_dir / "samples",
-        device,
-        f.batch_size,
-        f.chunk_size,
-        f.seed,
-    )
-    model.train(was_training)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    metrics: dict[str, float] = {}
-    if rank == 0:
-        # One row per class (the first ten classes), grid_per_class samples each; sample i has label i % K.
-        k = model.num_classes
-        shown = [c + j * k for c in range(min(k, 10)) for j in range(f.grid_per_class) if c + j * k < len(samples)]
-        save_grid(samples[shown], run_dir / "samples_grid.png", nrow=f.grid_per_class, scale=f.grid_scale)
-        if f.features == "digits":
-            extractor, _ = DigitFeatures.fit()
-            ref = to_uint8(task.train_data().images)
-            mu_ref, sigma_ref = feature_statistics(extract_features(extractor, ref, device))
-        elif f.features == "inception":
-            if f.reference is None:
-                raise ValueError(
-                    "task.fid.reference is required: an ADM .npz (e.g. VIRTUAL_imagenet256_labeled.npz) "
-                    "or a folder of reference images"
-                )
-            extractor = InceptionFeatures(f.inception_path)
-            mu_ref, sigma_ref = reference_statistics(
-                f.reference,
-                extractor,
-                device,
-                cache=None if str(f.reference).endswith(".npz") else run_dir / "fid_reference_stats.npz",
-            )
-        else:
-            raise ValueError(f"task.fid.features must be 'inception' or 'digits', got {f.features!r}")
-        mu, sigma = feature_statistics(extract_features(extractor, samples, device))
-        metrics = {"fid": frechet_distance(mu, sigma, mu_ref, sigma_ref), "fid_num_samples": float(len(samples))}
-    if dist.is_initialized():
-        box = [metrics]
-        dist.broadcast_object_list(box, src=0)
-        metrics = box[0]
-    return metrics

@@ -1,10 +1,11 @@
 """Norm layers, the registry of their names, and the site-aware factory models are built with."""
 
 from dyt.nn.convert import ConversionReport, convert
-from dyt.nn.factory import NormFactory, build_norm_factory
+from dyt.nn.factory import NormFactory, build_norm_factory, norm_tag
 from dyt.nn.fold import fold
 from dyt.nn.norms import LayerNorm, RMSNorm
-from dyt.nn.pointwise import Derf, DyT
+from dyt.nn.pointwise import Derf, DyT, PointwiseNorm
+from dyt.nn.probes import alpha_stats, pointwise_norms
 from dyt.nn.registry import get_norm_class, norm_names, register_norm
 
 __all__ = [
@@ -13,11 +14,15 @@ __all__ = [
     "Derf",
     "LayerNorm",
     "NormFactory",
+    "PointwiseNorm",
     "RMSNorm",
+    "alpha_stats",
     "build_norm_factory",
     "convert",
     "fold",
     "get_norm_class",
     "norm_names",
+    "norm_tag",
+    "pointwise_norms",
     "register_norm",
 ]

@@ -14,6 +14,7 @@ accepted ones. A ``null`` config option means "not set" (the model's hint or the
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,6 +58,7 @@ class NormFactory:
             site: self._checked(dict(opts or {}), f"norm.sites.{site}") for site, opts in (sites or {}).items()
         }
         self.used_sites: set[str] = set()
+        self._built: dict[str, dict[str, Any]] = {}  # JSON of one build -> its record (see resolved())
 
     def _checked(self, options: dict[str, Any], where: str) -> dict[str, Any]:
         unknown = sorted(set(options) - self._accepted)
@@ -83,7 +85,24 @@ class NormFactory:
         self, dim: int, site: str = "block", layout: str = "channels_last", *, device=None, dtype=None, **hints: Any
     ) -> nn.Module:
         self.used_sites.add(site)
-        return self.cls(dim, layout=check_layout(layout), device=device, dtype=dtype, **self.settings(site, **hints))
+        settings = self.settings(site, **hints)
+        module = self.cls(dim, layout=check_layout(layout), device=device, dtype=dtype, **settings)
+        self._record(site, layout, settings)
+        return module
+
+    def _record(self, site: str, layout: str, settings: dict[str, Any]) -> None:
+        bound = inspect.signature(self.cls.__init__).bind_partial(None, 0, **settings)
+        bound.apply_defaults()
+        options = {k: v for k, v in bound.arguments.items() if k in self._accepted}
+        record = {"site": site, "norm": self.name, "class": self.cls.__name__, "layout": layout, **options}
+        key = json.dumps(record, sort_keys=True, default=str)
+        self._built.setdefault(key, {**record, "count": 0})["count"] += 1
+
+    def resolved(self) -> list[dict[str, Any]]:
+        """Every distinct norm this factory built: its site, class, layout and every option it was built
+        with (class defaults included, e.g. the ``alpha_init`` actually used at each site), and how many
+        layers got it; in build order. What a run resolved from hints and config, for its run dir."""
+        return [dict(record) for record in self._built.values()]
 
     def check_sites_used(self) -> None:
         """Raise if the config set options for a site that no layer of the model asked for (a typo)."""
@@ -114,3 +133,14 @@ def build_norm_factory(cfg: NormFactory | str | Mapping[str, Any] | None = None)
     sites = options.pop("sites", None)
     options.pop("tag", None)  # the label of this norm config in run dirs and tables, not a layer option
     return NormFactory(name, options, sites)
+
+
+def norm_tag(cfg: str | Mapping[str, Any]) -> str:
+    """The label of a norm config in run dirs, W&B and tables: its ``tag`` (ablations of one norm class
+    differ, e.g. ``dyt_hardtanh``), else its ``name``; a plain name is its own tag."""
+    if isinstance(cfg, str):
+        return cfg
+    tag = cfg.get("tag") or cfg.get("name")
+    if not tag:
+        raise ValueError(f"a norm config needs a 'name' (and usually a 'tag'); got keys {sorted(cfg)}")
+    return str(tag)

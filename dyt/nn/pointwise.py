@@ -31,8 +31,9 @@ SQUASH = {
 }
 
 
-class _PointwiseNorm(nn.Module):
-    """Per-channel ``weight``/``bias`` around a scalar-parameterised element-wise function."""
+class PointwiseNorm(nn.Module):
+    """Per-channel ``weight``/``bias`` around a function of ``alpha * x`` with a learnable (or fixed)
+    scalar ``alpha``: the base class of every point-wise norm (``dyt.nn.probes`` finds them by it)."""
 
     pointwise = True  # no statistics: models key recipe quirks (DiT zero-init, LLaMA embed scale) on this
 
@@ -59,7 +60,7 @@ class _PointwiseNorm(nn.Module):
 
 
 @register_norm("dyt")
-class DyT(_PointwiseNorm):
+class DyT(PointwiseNorm):
     """Dynamic Tanh: ``weight * squash(alpha * x) + bias`` (paper Eq. 2 with ``squash=tanh``).
 
     Args:
@@ -127,7 +128,7 @@ class DyT(_PointwiseNorm):
 
 
 @register_norm("derf")
-class Derf(_PointwiseNorm):
+class Derf(PointwiseNorm):
     """Dynamic erf: ``weight * erf(alpha * x + shift) + bias`` with learnable scalars ``alpha``, ``shift``."""
 
     def __init__(

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from dyt.nn.factory import norm_tag
+
 
 @dataclass
 class Run:
@@ -64,7 +66,7 @@ def load_run(path: str | Path) -> Run:
         path=path,
         experiment=cfg.get("experiment_name", path.parent.parent.name),
         model=cfg.get("model", {}).get("name", "?"),
-        norm=norm.get("tag") or norm.get("name", "?"),
+        norm=norm_tag(norm) if norm else "?",
         seed=int(cfg.get("seed", 0)),
         paper_ref=cfg.get("paper_ref"),
         results=results,

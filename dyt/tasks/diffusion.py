@@ -7,8 +7,8 @@ global torch RNG (seeded by the trainer), the epsilon-MSE plus variational-bound
 Spaces (``task.space``):
 - ``latent``: 32x32x4 SD-VAE latents of 256 px images, pre-extracted (``data.format: latents``) or
   encoded from an ImageFolder on the device every step (``data.format: images``), see ``dyt.data.latents``;
-- ``pixel``: the image itself in [-1, 1]: scikit-learn digits (``data=digits``, the CPU demo) or an
-  ImageFolder at ``data.image_size``.
+- ``pixel``: the image itself in [-1, 1]: scikit-learn digits (``data=digits data.normalize=minus_one_one``,
+  the CPU demo) or an ImageFolder (``data.format: images``) at ``data.image_size``.
 
 ``evaluate`` gives a cheap, deterministic metric for every evaluation: the diffusion loss on held-out
 data with timesteps and noise from a fixed seed. ``eval_extra`` (eval.py) samples from the model and
@@ -26,35 +26,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import models
+from dyt.data.images import build_image_dataset
 from dyt.data.latents import LatentDataset, decode, encode, image_folder, load_vae
 from dyt.diffusion import create_diffusion, sample
+from dyt.engine.distributed import broadcast_object
 from dyt.engine.evaluation import rank_and_world, sharded_sums
+from dyt.metrics import fid
 from dyt.tasks.base import StepInfo, Task
-
-
-class DigitsPixels(Dataset):
-    """scikit-learn's 8x8 digits as (1, 8, 8) images in [-1, 1] (pixel values 0..16), with the same
-    stratified split as the classification quickstart (``test_fraction``, ``split_seed``)."""
-
-    def __init__(self, split: str, test_fraction: float = 0.2, split_seed: int = 0) -> None:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-
-        if split not in ("train", "test"):
-            raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
-        digits = load_digits()
-        train_idx, test_idx = train_test_split(
-            np.arange(len(digits.target)), test_size=test_fraction, random_state=split_seed, stratify=digits.target
-        )
-        idx = train_idx if split == "train" else test_idx
-        self.images = torch.from_numpy(digits.images[idx].astype(np.float32) / 8.0 - 1.0).unsqueeze(1)
-        self.labels = torch.from_numpy(digits.target[idx]).long()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.labels[i]
 
 
 class DiffusionTask(Task):
@@ -78,20 +56,29 @@ class DiffusionTask(Task):
         return models.create_model(self.cfg.model, norm=self.cfg.norm)
 
     def _dataset(self, split: str) -> Dataset | None:
+        """The data config says what the data is: pre-extracted latents (``format: latents``), an
+        ImageFolder (``format: images``: encoded by the VAE in latent space), or, in pixel space, an
+        image data set of ``dyt.data.images`` with pixels in [-1, 1] (``normalize: minus_one_one``)."""
         data, train = self.cfg.data, split == "train"
-        if self.space == "pixel" and data.name == "digits":
-            return DigitsPixels("train" if train else "test", data.test_fraction, data.split_seed)
-        if self.space == "latent" and data.format == "latents":
+        fmt = data.get("format")
+        if self.space == "latent" and fmt == "latents":
             root = Path(data.latents_root).expanduser() / split
             if not train and not (root / "meta.json").exists():
                 return None  # no held-out latents extracted: no validation loss
             return LatentDataset(root, flip=train)
-        if self.space == "pixel" or data.format == "images":
+        if fmt == "images":
             root = Path(data.root).expanduser() / split
             if not train and not root.is_dir():
                 return None
             return image_folder(root, data.image_size, flip=train)
-        raise ValueError(f"data.format must be 'latents' or 'images' in latent space, got {data.format!r}")
+        if self.space == "latent":
+            raise ValueError(f"data.format must be 'latents' or 'images' in latent space, got {fmt!r}")
+        if data.get("normalize") != "minus_one_one":
+            raise ValueError(
+                f"pixel-space diffusion generates images in [-1, 1], but data={data.name} is normalized "
+                f"{data.get('normalize')!r}: set data.normalize=minus_one_one, or data.format=images for an ImageFolder"
+            )
+        return build_image_dataset(data, split)
 
     def train_data(self) -> Dataset:
         return self._dataset("train")
@@ -170,7 +157,52 @@ class DiffusionTask(Task):
 
     def eval_extra(self, model: nn.Module, device: torch.device, run_dir: str | Path) -> dict[str, float]:
         """FID of ``task.fid.num_samples`` class-balanced samples (written, resumably, under
-        ``<run_dir>/samples/``) against ``task.fid.reference``, plus a sample grid PNG."""
-        from dyt.metrics.fid import fid_for_task
+        ``<run_dir>/samples/``; every rank generates its share) against ``task.fid.reference``, plus a
+        grid PNG of samples per class (``<run_dir>/samples_grid.png``). Rank 0 scores, every rank returns."""
+        f, run_dir = self.cfg.task.fid, Path(run_dir)
+        was_training = model.training
+        model.eval()
+        samples = fid.generate_samples(
+            lambda labels, g: self.generate(model, labels, g),
+            f.num_samples,
+            model.num_classes,
+            run_dir / "samples",
+            device,
+            f.batch_size,
+            f.chunk_size,
+            f.seed,
+        )
+        model.train(was_training)
+        metrics: dict[str, float] = {}
+        if rank_and_world()[0] == 0:
+            grid = fid.class_grid(samples, model.num_classes, f.grid_per_class)
+            fid.save_grid(grid, run_dir / "samples_grid.png", nrow=f.grid_per_class, scale=f.grid_scale)
+            extractor, (mu_ref, sigma_ref) = self._fid_reference(device, run_dir)
+            mu, sigma = fid.feature_statistics(fid.extract_features(extractor, samples, device))
+            metrics = {
+                "fid": fid.frechet_distance(mu, sigma, mu_ref, sigma_ref),
+                "fid_num_samples": float(len(samples)),
+            }
+        return broadcast_object(metrics)
 
-        return fid_for_task(self, model, device, Path(run_dir))
+    def _fid_reference(self, device: torch.device, run_dir: Path) -> tuple[nn.Module, tuple[np.ndarray, np.ndarray]]:
+        """The feature network ``task.fid.features`` names and the reference statistics in its space:
+        ``inception`` against ``task.fid.reference``; ``digits`` (the CPU demo, NOT an Inception FID)
+        against the real train images."""
+        from dyt.metrics.features import DigitFeatures, InceptionFeatures
+
+        f = self.cfg.task.fid
+        if f.features == "digits":
+            extractor, _ = DigitFeatures.fit()
+            real = fid.to_uint8(self.train_data().images)
+            return extractor, fid.feature_statistics(fid.extract_features(extractor, real, device))
+        if f.features != "inception":
+            raise ValueError(f"task.fid.features must be 'inception' or 'digits', got {f.features!r}")
+        if f.reference is None:
+            raise ValueError(
+                "task.fid.reference is required: an ADM .npz (e.g. VIRTUAL_imagenet256_labeled.npz) "
+                "or a folder of reference images"
+            )
+        extractor = InceptionFeatures(f.inception_path)
+        cache = None if str(f.reference).endswith(".npz") else run_dir / "fid_reference_stats.npz"
+        return extractor, fid.reference_statistics(f.reference, extractor, device, cache=cache)
