@@ -10,9 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 from hydra.utils import get_class
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from dyt.engine.identity import command_line, experiment_name_resolver, is_direct_command, run_dir_resolver
 from dyt.tasks.base import Task
+
+# configs/train.yaml names the run dir with it (the config is composed after this module is imported).
+OmegaConf.register_new_resolver("dyt_run_dir", run_dir_resolver, replace=True)
+OmegaConf.register_new_resolver("dyt_experiment_name", experiment_name_resolver, replace=True)
 
 
 def build_task(cfg: DictConfig) -> Task:
@@ -58,6 +63,14 @@ def _train(cfg: DictConfig) -> float | None:
     from dyt.engine.validate import validate_config
 
     validate_config(cfg)
+    if is_direct_command(command_line()) and os.environ.get("RANK", "0") == "0":
+        t = cfg.trainer
+        print(
+            f"note: without experiment=, {cfg.model.name} on {cfg.data.name} trains with the default experiment's "
+            f"settings ({t.epochs} epochs, global batch {t.global_batch}, lr {cfg.optim.lr}); for a paper recipe "
+            "use experiment=paper/<row> (configs/experiment/paper/)",
+            flush=True,
+        )
     trainer = Trainer(cfg)
     metrics = trainer.fit(build_task(cfg))
     if metrics and trainer.env.is_main:

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterable, Sequence
 
 # Metric names the trainer and tasks log (issue 6); the first three are curves over steps.
-CURVES = ("train/loss", "val/loss", "dyt/alpha_mean")
+CURVES = ("train/loss", "val/loss", "alpha/mean")
 HEADLINES = ("val/top1", "val/top1_ema", "val/loss", "fid", "lm_eval/score")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import dyt.cli  # noqa: F401  (registers the config resolvers that configs/train.yaml uses)
+
 
 @pytest.fixture
 def one_thread():

@@ -55,6 +55,7 @@ COMMON = (
     "trainer.ema_decay=0.9",
     "optim.schedule.name=constant",
     "trainer.keep_checkpoints=4",
+    "trainer.accept_changes=[trainer.max_steps]",  # runs below are extended on purpose
 )
 
 

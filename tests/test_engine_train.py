@@ -44,9 +44,9 @@ def test_metrics_results_and_config_of_a_run(tmp_path):
     evals = [r for r in lines if "val/top1" in r]
     assert [r["step"] for r in train] == [8, 16, 24, 32, 40, 48, 56, 64]  # 1024 // 32 = 32 steps per epoch
     assert [(r["step"], r["epoch"]) for r in evals] == [(32, 1), (64, 2)]
-    for key in ("train/lr", "train/grad_norm", "train/samples_per_s", "train/acc", "dyt/alpha_mean"):
+    for key in ("train/lr", "train/grad_norm", "train/samples_per_s", "train/acc", "alpha/mean"):
         assert all(key in r for r in train), key
-    assert all(r["dyt/alpha_mean"] != 0.5 for r in train)  # alpha (init 0.5) is learnt
+    assert all(r["alpha/mean"] != 0.5 for r in train)  # alpha (init 0.5) is learnt
     assert all("val/top1_ema" in r and "val/loss_ema" in r for r in evals)
     assert train[-1]["train/loss"] < train[0]["train/loss"] and evals[-1]["val/top1"] > 50
     saved = json.loads((run / "results.json").read_text())

@@ -161,16 +161,47 @@ def default_run_dir(
     ``HydraConfig.get().overrides.task``) and the composed config's names.
 
     - ``experiment=X`` chosen, or nothing chosen: ``<root>/<experiment_name>/<norm>/seed<seed>``
-    - a direct ``model=... data=...`` command: ``<root>/<model>_<data>/<norm>/seed<seed>``
+      (``runs/paper/vit_b_in1k/dyt/seed0``);
+    - a direct ``model=... data=...`` command: ``<root>/<model>_<data>/<norm>/seed<seed>``.
 
-    Every other override that changes training is appended to the first level
-    (``vit_b_imagenet+optim.lr=1e-3``), so two commands that train differently never share a run dir
-    and the same command always finds its own again. Overrides of :data:`NON_TRAINING_KEYS` (e.g.
-    ``data.root``, ``trainer.num_workers``) do not change the name.
+    Every other override that changes training is appended to the experiment's last level
+    (``runs/paper/vit_b_in1k+optim.lr=6e-3/dyt/seed0``), so two commands that train differently never
+    share a run dir and the same command always finds its own again. Overrides of
+    :data:`NON_TRAINING_KEYS` (e.g. ``data.root``, ``trainer.num_workers``) do not change the name.
     """
+    overrides = list(overrides)
     parsed = parse_overrides(overrides)
-    direct = "experiment" not in parsed and bool({"model", "data"} & parsed.keys())
-    base = f"{model}_{data}" if direct else experiment_name
+    base = f"{model}_{data}" if is_direct_command(overrides) else str(experiment_name)
     extra = sorted(f"{k}={v}" for k, v in parsed.items() if k not in NAMING_KEYS and not _matches(k, NON_TRAINING_KEYS))
-    name = _slug(base + ("+" + ",".join(extra) if extra else ""))
-    return f"{root}/{name}/{norm}/seed{seed}"
+    parent, _, last = base.rpartition("/")
+    name = _slug(last + ("+" + ",".join(extra) if extra else ""))
+    parts = [root, *[_slug(p) for p in parent.split("/") if p], name, str(norm), f"seed{seed}"]
+    return "/".join(parts)
+
+
+def command_line() -> list[str]:
+    """The overrides of the running Hydra job (none outside one, e.g. under the compose API)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except (ImportError, ValueError):
+        return []
+
+
+def is_direct_command(overrides: Iterable[str]) -> bool:
+    """``model=...`` or ``data=...`` chosen without an ``experiment=``."""
+    parsed = parse_overrides(overrides)
+    return "experiment" not in parsed and bool({"model", "data"} & parsed.keys())
+
+
+def run_dir_resolver(experiment_name: str, model: str, data: str, norm: str, seed: int) -> str:
+    """``${dyt_run_dir:...}`` in ``configs/train.yaml``: :func:`default_run_dir` of the running command."""
+    return default_run_dir(
+        command_line(), experiment_name=experiment_name, model=model, data=data, norm=norm, seed=seed
+    )
+
+
+def experiment_name_resolver(default: str, model: str, data: str) -> str:
+    """``${dyt_experiment_name:...}`` of the default experiment: ``<model>_<data>`` for a direct command."""
+    return f"{model}_{data}" if is_direct_command(command_line()) else default

@@ -164,7 +164,7 @@ class Progress:
             done = step - self.start
             eta = f" ETA {_duration(elapsed / done * (self.total - step))}" if done > 0 else ""
             shown = "  ".join(
-                (f"throughput {v:.4g} {self.unit}" if k == self.key else f"{k.split('/', 1)[-1]} {v:.4g}")
+                (f"throughput {v:.4g} {self.unit}" if k == self.key else f"{k.removeprefix('train/')} {v:.4g}")
                 for k, v in metrics.items()
                 if isinstance(v, (int, float))
             )

@@ -60,7 +60,8 @@ from dyt.engine.schedule import build_hyper_schedules, build_lr_schedule, build_
 from dyt.engine.signals import PreemptionHandler, ignore_preemption_signals
 from dyt.engine.state import TrainState
 from dyt.io import atomic_write_json, atomic_write_text
-from dyt.nn import Derf, DyT
+from dyt.nn import norm_tag
+from dyt.nn.probes import alpha_stats
 from dyt.tasks.base import StepInfo
 from dyt.weights import load_init_weights, parse_init_from, record_init
 
@@ -80,17 +81,6 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
-
-
-def alpha_mean(model: nn.Module) -> float | None:
-    """Mean |alpha| over the model's point-wise norms (DyT, Derf; paper Fig. 8), or None without any.
-    Collective under FSDP2 (call on every rank)."""
-    values = []
-    for m in model.modules():
-        if isinstance(m, (DyT, Derf)):
-            alpha = m.alpha.full_tensor() if hasattr(m.alpha, "full_tensor") else m.alpha
-            values.append(alpha.detach().abs().float().mean())
-    return torch.stack(values).mean().item() if values else None
 
 
 class Trainer:
@@ -157,6 +147,9 @@ class Trainer:
         self.fsdp = tc.distributed == "fsdp" and env.is_distributed
         model = self._new_model(task, env)
         self.model = model  # unwrapped; FSDP2 shards it in place
+        if env.is_main and callable(getattr(model, "resolved_options", None)):
+            # What the recipe resolved to: per-site alpha_init actually used, embed_scale, zero_init_adaln...
+            atomic_write_json(self.run_dir / "resolved.json", model.resolved_options())
         if tc.compile:
             model.compile()  # in place: state_dict keys stay free of "_orig_mod."
 
@@ -377,11 +370,10 @@ class Trainer:
             rate = self.plan.global_batch * self.task.units_per_sample / max(time.time() - t0, 1e-9)
             logs = {f"train/{k}": v for k, v in task_logs.items()}
             row.update({"train/grad_norm": grad_norm, unit: rate, **sched, **logs})
-            alpha = alpha_mean(self.model)
-            if alpha is not None:
-                row["dyt/alpha_mean"] = alpha
+            row.update(alpha_stats(self.model))  # collective under FSDP2: every rank calls it
             self._log(row)
-        self.progress.update(st.step, st.epoch, row)
+        shown = {k: v for k, v in row.items() if not k.startswith("alpha/") or k == "alpha/mean"}  # not per layer
+        self.progress.update(st.step, st.epoch, shown)
         return stop
 
     def _nonfinite(self, loss: float, grad_norm: float) -> str | None:
@@ -444,7 +436,7 @@ class Trainer:
             **st.eval_metrics,
             "experiment": cfg.experiment_name,
             "model": cfg.model.get("name"),
-            "norm": cfg.norm.get("tag") or cfg.norm.get("name"),
+            "norm": norm_tag(cfg.norm),
             "seed": cfg.seed,
             "steps": st.step,
             "epochs": round(st.step / self.steps_per_epoch, 4),
