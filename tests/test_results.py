@@ -16,9 +16,17 @@ PAPER = Path(__file__).resolve().parents[1] / "results" / "paper.yaml"
 
 
 def _fake_run(
-    root: Path, experiment: str, norm: str, seed: int, results: dict | None, paper_ref=None, losses=(2.0, 1.0)
+    root: Path,
+    experiment: str,
+    norm: str,
+    seed: int,
+    results: dict | None,
+    paper_ref=None,
+    losses=(2.0, 1.0),
+    lr: float = 4e-3,
+    dirname: str | None = None,
 ) -> Path:
-    run = root / experiment / norm / f"seed{seed}"
+    run = root / (dirname or experiment) / norm / f"seed{seed}"
     run.mkdir(parents=True)
     cfg = {
         "experiment_name": experiment,
@@ -26,6 +34,8 @@ def _fake_run(
         "model": {"name": "vit_b"},
         "norm": {"name": norm, "tag": norm},
         "paper_ref": paper_ref,
+        "optim": {"lr": lr},
+        "run_dir": str(run),
     }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     lines = [json.dumps({"step": i, "train/loss": v}) for i, v in enumerate(losses)]
@@ -55,10 +65,10 @@ def test_table_puts_ours_beside_the_paper_with_mean_std_and_difference(tmp_path)
     _fake_run(tmp_path, "paper/vit_b_in1k", "layernorm", 1, {"val/top1": 82.2}, ref)
     _fake_run(tmp_path, "paper/vit_b_in1k", "dyt", 0, {"val/top1": 82.6}, ref)
     _fake_run(tmp_path, "paper/vit_b_in1k", "dyt", 1, None, ref)  # unfinished: left out
-    _fake_run(tmp_path, "quickstart", "dyt", 0, {"val/top1": 97.5})
+    _fake_run(tmp_path, "quickstart", "dyt", 0, {"val/top1": 97.5, "headline_metric": "val/top1", "steps": 660})
     runs = find_runs(tmp_path)
     assert len(runs) == 5, "hydra/.hydra/config.yaml copies are not runs"
-    _fake_run(tmp_path, "dit_digits", "dyt", 0, {"fid": 9.4, "val/loss": 0.08})
+    _fake_run(tmp_path, "dit_digits", "dyt", 0, {"fid": 9.4, "val/loss": 0.08, "headline_metric": "fid"})
     tables = build_tables(find_runs(tmp_path), load_paper(PAPER))
     assert set(tables) == {"table1", "experiments_val_top1", "experiments_fid"}, "one metric per table"
     row = next(line for line in tables["table1"].splitlines() if line.startswith("| ViT-B"))
@@ -69,7 +79,7 @@ def test_table_puts_ours_beside_the_paper_with_mean_std_and_difference(tmp_path)
     assert got["layernorm (paper)"] == "82.30"
     assert got["dyt (ours)"] == "82.60" and got["dyt (paper)"] == "82.50"
     assert got["dyt − layernorm (ours / paper)"] == "0.50 / 0.20"
-    assert "| quickstart (vit_b) | 97.50 |" in tables["experiments_val_top1"]
+    assert "| quickstart (vit_b) [660 steps] | 97.50 |" in tables["experiments_val_top1"]
     assert "paper" not in tables["experiments_val_top1"].split("\n")[4], "no paper columns where the paper has no row"
     written = write_tables(tables, tmp_path / "out")
     assert sorted(p.name for p in written) == ["experiments_fid.md", "experiments_val_top1.md", "table1.md"]
@@ -88,3 +98,15 @@ def test_curves_skip_torn_lines_and_plot_one_png_per_experiment(tmp_path):
 def test_mean_std():
     assert mean_std([1.0]) == (1.0, 0.0)
     assert mean_std([1.0, 3.0]) == pytest.approx((2.0, 2**0.5))
+
+
+def test_runs_of_different_recipes_are_never_averaged_as_seeds(tmp_path):
+    """Two seeds of the recipe, and one run with another lr (its own run dir): three rows' worth of
+    evidence, not a mean over three seeds."""
+    res = {"val/top1": 90.0, "headline_metric": "val/top1", "steps": 100}
+    _fake_run(tmp_path, "quickstart", "dyt", 0, res)
+    _fake_run(tmp_path, "quickstart", "dyt", 1, {**res, "val/top1": 92.0})
+    _fake_run(tmp_path, "quickstart", "dyt", 0, {**res, "val/top1": 50.0}, lr=0.1, dirname="quickstart+optim.lr=0.1")
+    table = build_tables(find_runs(tmp_path), load_paper(PAPER))["experiments_val_top1"]
+    assert "| quickstart (vit_b) [100 steps] | 91.00 ± 1.41 (n=2) |" in table
+    assert "| quickstart (vit_b) [100 steps; optim.lr=0.1] | 50.00 |" in table

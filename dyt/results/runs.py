@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,18 @@ class Run:
     seed: int
     paper_ref: dict[str, str] | None
     results: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    #: How this run's recipe differs from the experiment's most common one ("" when it does not): runs
+    #: of different recipes are never averaged as seeds (set by :func:`find_runs`).
+    variant: str = ""
+
+    def recipe(self) -> dict[str, Any]:
+        """The training config, less what may differ between seeds and norms of one table row (seed,
+        norm, names and paths; see ``dyt.engine.identity.NON_TRAINING_KEYS``)."""
+        from dyt.engine.identity import NON_TRAINING_KEYS, flatten
+
+        skip = (*NON_TRAINING_KEYS, "seed", "norm", "norm.*", "trainer.accept_changes")
+        return {k: v for k, v in flatten(self.config).items() if not any(fnmatch(k, p) for p in skip)}
 
     @property
     def finished(self) -> bool:
@@ -70,6 +83,7 @@ def load_run(path: str | Path) -> Run:
         seed=int(cfg.get("seed", 0)),
         paper_ref=cfg.get("paper_ref"),
         results=results,
+        config=cfg,
     )
 
 
@@ -80,7 +94,23 @@ def find_runs(root: str | Path) -> list[Run]:
         return []
     # Hydra keeps its own copy of the config in <run>/hydra/.hydra/config.yaml: not a run dir.
     runs = [load_run(p.parent) for p in root.rglob("config.yaml") if ".hydra" not in p.parts]
-    return sorted(runs, key=lambda r: (r.experiment, r.norm, r.seed))
+    _mark_variants(runs)
+    return sorted(runs, key=lambda r: (r.experiment, r.variant, r.norm, r.seed))
+
+
+def _mark_variants(runs: list[Run]) -> None:
+    """Within each experiment, label the runs whose recipe differs from the most common one with the
+    keys that differ (``optim.lr=0.006``), so that tables give them rows of their own."""
+    by_experiment: dict[str, list[Run]] = {}
+    for run in runs:
+        by_experiment.setdefault(run.experiment, []).append(run)
+    for group in by_experiment.values():
+        recipes = [r.recipe() for r in group]
+        keyed = [json.dumps(rec, sort_keys=True, default=str) for rec in recipes]
+        common = recipes[keyed.index(max(set(keyed), key=keyed.count))]
+        for run, rec in zip(group, recipes):
+            diff = sorted(k for k in rec.keys() | common.keys() if rec.get(k) != common.get(k))
+            run.variant = ",".join(f"{k}={rec.get(k)}" for k in diff)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -16,7 +16,6 @@ import yaml
 from dyt.results.runs import Run, mean_std
 
 BASELINES = ("layernorm", "rmsnorm")  # the column differences are taken against, first present wins
-HEADLINE = ("val/top1", "lm_eval/score", "fid", "val/acc", "val/loss")  # for runs with no paper table
 
 
 def load_paper(path: str | Path = "results/paper.yaml") -> dict[str, Any]:
@@ -24,12 +23,19 @@ def load_paper(path: str | Path = "results/paper.yaml") -> dict[str, Any]:
 
 
 def _metric_of(runs: list[Run], paper_table: dict[str, Any] | None) -> str | None:
+    """The paper table's metric, else the headline metric the runs' task declared (``results.json``)."""
     if paper_table and paper_table.get("metric"):
         return paper_table["metric"]
-    for key in HEADLINE:
-        if any(key in r.results for r in runs):
-            return key
-    return None
+    declared = [r.results["headline_metric"] for r in runs if r.results.get("headline_metric")]
+    return max(set(declared), key=declared.count) if declared else None
+
+
+def _label(label: str, group: list[Run]) -> str:
+    """A row label with the training length and, for a variant recipe, what differs."""
+    steps = sorted({int(r.results["steps"]) for r in group if "steps" in r.results})
+    length = f"{steps[0]:,} steps" if len(steps) == 1 else "steps " + "/".join(f"{s:,}" for s in steps)
+    variant = f"; {group[0].variant}" if group[0].variant else ""
+    return f"{label} [{length}{variant}]" if steps or variant else label
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -99,9 +105,9 @@ def build_tables(runs: list[Run], paper: dict[str, Any]) -> dict[str, str]:
             continue
         ref = run.paper_ref or {}
         if ref.get("table") in paper:
-            by_table[ref["table"]][ref.get("row")].append(run)
+            by_table[ref["table"]][(ref.get("row"), run.variant)].append(run)
         else:
-            others[run.experiment].append(run)
+            others[(run.experiment, run.variant)].append(run)
     for experiment, group in others.items():
         metric = _metric_of(group, None)
         if metric is not None:
@@ -115,14 +121,14 @@ def build_tables(runs: list[Run], paper: dict[str, Any]) -> dict[str, str]:
         if metric is None:
             continue
         rows = []
-        for key, group in sorted(groups.items()):
+        for (key, _variant), group in sorted(groups.items()):
             ours: dict[str, list[float]] = defaultdict(list)
             for r in group:
                 if metric in r.results:
                     ours[r.norm].append(float(r.results[metric]))
             paper_row = spec["rows"].get(key, {}) if spec else {}
             label = paper_row.get("label", key) if spec else f"{key} ({group[0].model})"
-            rows.append((label, dict(ours), paper_row.get("values", {})))
+            rows.append((_label(label, group), dict(ours), paper_row.get("values", {})))
         title = spec["title"] + f" — {spec['source']}" if spec else "Our experiments (no paper counterpart)"
         tables[table] = _table(
             title, metric, rows, spec.get("higher_is_better") if spec else None, with_paper=spec is not None
