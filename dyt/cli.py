@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -41,8 +42,17 @@ def one_line_errors(fn: Callable[[], Any]) -> Any:
     from dyt.engine.runlock import RunLockedError
     from dyt.weights import InitFromError
 
-    known = (CheckpointError, NonFiniteLossError, InitFromError, RunIdentityError, RunLockedError, LoggerError,
-             FileNotFoundError, ValueError, OSError)  # fmt: skip
+    known = (
+        CheckpointError,
+        NonFiniteLossError,
+        InitFromError,
+        RunIdentityError,
+        RunLockedError,
+        LoggerError,
+        FileNotFoundError,
+        ValueError,
+        OSError,
+    )
     try:
         return fn()
     except known as e:
@@ -154,9 +164,28 @@ def evaluate_run(
     run_dir = Path(ckpt["path"]).parent.parent
     if extra:
         # Costly metrics once, on the model papers report: the EMA model where there is one (DiT's FID).
+        config_json = json.dumps(OmegaConf.to_container(run_cfg, resolve=True), sort_keys=True, default=str)
+        source = {
+            "checkpoint": Path(ckpt["path"]).name,
+            "step": ckpt["step"],
+            "weights": "ema" if ema else "raw",
+            "config_sha256": hashlib.sha256(config_json.encode()).hexdigest(),
+        }
         model.eval()
-        with swap() if swap else contextlib.nullcontext():
-            metrics.update(task.eval_extra(model, dev, run_dir))
+        try:
+            with swap() if swap else contextlib.nullcontext():
+                metrics.update(task.eval_extra(model, dev, run_dir, source))
+        except Exception as e:  # the cheap metrics above are kept
+            if os.environ.get(DEBUG_ENV):
+                raise
+            print(
+                f"warning: the costly metrics of {type(task).__name__} failed ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); the other metrics are kept. `extra=false` skips "
+                "them; offline, point them at local files (e.g. task.lm_eval.include_path, "
+                "task.fid.reference)",
+                file=sys.stderr,
+                flush=True,
+            )
     results_file = run_dir / "results.json"
     if (run_dir / "config.yaml").exists():
         results = json.loads(results_file.read_text()) if results_file.exists() else {}

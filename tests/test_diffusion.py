@@ -170,3 +170,18 @@ def test_eval_extra_writes_samples_grid_and_fid(tmp_path):
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [f"chunk_0000{k}.npy" for k in range(3)]
     assert (tmp_path / "samples_grid.png").is_file()
     assert model.training  # restored after sampling in eval mode
+
+
+def test_cached_samples_are_remade_when_the_weights_they_came_from_change(tmp_path, capsys):
+    """eval.py after training resumed from step 40 to 80 must not pair step-80 metrics with step-40 samples."""
+    from dyt.metrics.fid import generate_samples
+
+    def gen(value):
+        return lambda labels, g: torch.full((len(labels), 1, 2, 2), value)
+
+    args = (4, 2, tmp_path, torch.device("cpu"))
+    first = generate_samples(gen(-1.0), *args, batch_size=2, chunk_size=2, provenance={"step": 40})
+    same = generate_samples(gen(1.0), *args, batch_size=2, chunk_size=2, provenance={"step": 40})
+    assert (same == first).all(), "same weights: the cache is reused"
+    later = generate_samples(gen(1.0), *args, batch_size=2, chunk_size=2, provenance={"step": 80})
+    assert (later == 255).all() and "came from step 40, not step 80" in capsys.readouterr().out

@@ -16,14 +16,18 @@ resumes at its first missing chunk. Rank ``r`` generates chunks ``k % world == r
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from dyt.io import atomic_write_json
 
 # ---- the distance ------------------------------------------------------------------------------
 
@@ -149,6 +153,25 @@ def class_balanced_labels(start: int, stop: int, num_classes: int) -> torch.Tens
     return torch.arange(start, stop) % num_classes
 
 
+def _refresh_cache(out_dir: Path, provenance: dict[str, Any]) -> None:
+    """Empty ``out_dir`` of sample chunks unless they were made from ``provenance``; record it."""
+    stamp = out_dir / "provenance.json"
+    wanted = json.loads(json.dumps(provenance, default=str))
+    old = json.loads(stamp.read_text()) if stamp.is_file() else None
+    chunks = sorted(out_dir.glob("chunk_*.npy"))
+    if old != wanted and chunks:
+        what = f"step {old.get('step')}" if isinstance(old, dict) else "unknown weights"
+        print(
+            f"{out_dir}: {len(chunks)} sample chunks came from {what}, not step {wanted.get('step')} "
+            "with these settings: made again",
+            flush=True,
+        )
+        for chunk in chunks:
+            chunk.unlink()
+    if old != wanted:
+        atomic_write_json(stamp, wanted)
+
+
 def generate_samples(
     generate: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     num_samples: int,
@@ -158,15 +181,23 @@ def generate_samples(
     batch_size: int = 125,
     chunk_size: int = 1000,
     seed: int = 0,
+    provenance: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Generate ``num_samples`` class-balanced samples into ``out_dir`` (resumable, see the module
     docstring) and return them all as uint8 (N, H, W, C) on every rank.
 
-    ``generate(labels, generator)`` returns images in [-1, 1] for labels on ``device``.
+    ``generate(labels, generator)`` returns images in [-1, 1] for labels on ``device``. ``provenance``
+    (the checkpoint step, weights and config the samples come from) is kept in ``out_dir/provenance.json``:
+    chunks made from anything else (a run trained further since, other sampling settings) are discarded
+    and made again, never mixed with new ones.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if rank == 0 and provenance is not None:
+        _refresh_cache(out_dir, {**provenance, "num_samples": num_samples, "chunk_size": chunk_size, "seed": seed})
+    if dist.is_initialized():
+        dist.barrier()
     num_chunks = -(-num_samples // chunk_size)
     paths = [out_dir / f"chunk_{k:05d}.npy" for k in range(num_chunks)]
     for k in range(rank, num_chunks, world):

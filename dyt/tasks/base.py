@@ -145,7 +145,10 @@ class Task:
         if state:
             raise ValueError(f"{type(self).__name__} keeps no state, but the checkpoint has task state {sorted(state)}")
 
-    def eval_extra(self, model: nn.Module, device: torch.device, run_dir: Any) -> dict[str, float]:
+    def eval_extra(
+        self, model: nn.Module, device: torch.device, run_dir: Any, source: Mapping[str, Any] | None = None
+    ) -> dict[str, float]:
         """Costly final metrics that only ``eval.py`` computes (FID from samples, lm-eval scores).
-        Default: none."""
+        ``source`` describes the weights (checkpoint, step, raw or EMA, config hash): whatever the task
+        caches under ``run_dir`` must record it and be rebuilt when it changes. Default: none."""
         return {}

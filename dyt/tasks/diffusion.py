@@ -17,6 +17,7 @@ computes FID (``dyt.metrics.fid``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,9 @@ class DiffusionTask(Task):
             return decode(self.vae(labels.device), x, scale=t.latent_scale)
         return x.clamp(-1, 1)
 
-    def eval_extra(self, model: nn.Module, device: torch.device, run_dir: str | Path) -> dict[str, float]:
+    def eval_extra(
+        self, model: nn.Module, device: torch.device, run_dir: str | Path, source: Mapping[str, Any] | None = None
+    ) -> dict[str, float]:
         """FID of ``task.fid.num_samples`` class-balanced samples (written, resumably, under
         ``<run_dir>/samples/``; every rank generates its share) against ``task.fid.reference``, plus a
         grid PNG of samples per class (``<run_dir>/samples_grid.png``). Rank 0 scores, every rank returns."""
@@ -171,6 +174,7 @@ class DiffusionTask(Task):
             f.batch_size,
             f.chunk_size,
             f.seed,
+            provenance=dict(source) if source is not None else None,
         )
         model.train(was_training)
         metrics: dict[str, float] = {}

@@ -9,6 +9,7 @@ per-token loss and its perplexity over the held-out split (``val/loss``, ``val/p
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -63,7 +64,9 @@ class LanguageModelingTask(Task):
             return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
         return super().param_groups(model, weight_decay)
 
-    def eval_extra(self, model: nn.Module, device: torch.device, run_dir: Any) -> dict[str, float]:
+    def eval_extra(
+        self, model: nn.Module, device: torch.device, run_dir: Any, source: Mapping[str, Any] | None = None
+    ) -> dict[str, float]:
         """The zero-shot lm-eval score of Table 4 (``task.lm_eval`` options; eval.py only)."""
         from dyt.metrics.lm_eval import lm_eval_hook
 
