@@ -62,3 +62,18 @@ def test_debug_env_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("DYT_DEBUG", "1")
     with pytest.raises(ValueError, match="optim.lr"):
         train(_compose("train", ["optim.lr=abc", f"run_dir={tmp_path}/run"]))
+
+
+def test_imagefolder_with_other_class_count_than_num_classes(tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / "data" / split / cls / "a.png")
+    cfg = _compose("train", ["data=imagenet", f"data.root={tmp_path}/data", f"run_dir={tmp_path}/run"])
+    with pytest.raises(SystemExit):
+        train(cfg)
+    assert "data.num_classes=1000 but the training set has 2 classes (cat, dog); set data.num_classes=2" in (
+        capsys.readouterr().err
+    )

@@ -48,7 +48,15 @@ class ClassificationTask(Task):
         return models.create_model(self.cfg.model, norm=self.cfg.norm)
 
     def train_data(self) -> Dataset:
-        return build_image_dataset(self.cfg.data, "train")
+        data = build_image_dataset(self.cfg.data, "train")
+        classes = getattr(data, "classes", None)  # ImageFolder's class folders
+        if classes is not None and len(classes) != self.cfg.data.num_classes:
+            raise ValueError(
+                f"data.num_classes={self.cfg.data.num_classes} but the training set has {len(classes)} classes "
+                f"({', '.join(map(str, classes[:5]))}{', ...' if len(classes) > 5 else ''}); "
+                f"set data.num_classes={len(classes)}"
+            )
+        return data
 
     def eval_data(self) -> Dataset:
         return build_image_dataset(self.cfg.data, "val")
