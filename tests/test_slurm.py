@@ -224,19 +224,23 @@ def test_hydra_slurm_sweep_trains_every_norm(tmp_path, job_name):
 
 def test_preempted_hydra_job_requeues_and_matches_uninterrupted_run(tmp_path, job_name):
     # Two identical runs in one sweep; the first is preempted mid-training as a scheduler would
-    # (SIGUSR2 to the job step), the second runs through as the reference.
+    # (SIGUSR2 to every process of the job step, DataLoader workers included, and a second signal while
+    # the checkpoint is being written), the second runs through as the reference.
     runs = tmp_path / "runs"
     # impl=eager: exact torch.tanh, see the note on DyT's fused CPU kernel in the module docstring.
     proc = _hydra_sweep(
         f"run_dir={runs}/preempted,{runs}/reference",
         "norm=dyt",
         "norm.impl=eager",
+        "trainer.num_workers=2",
         *LONG,
         sweep_dir=tmp_path / "sweep",
         job_name=job_name,
     )
     job = _wait_for_training(runs / "preempted", job_name, index=0)
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    time.sleep(0.05)
+    subprocess.run(["scancel", "--signal=USR2", job], check=False, timeout=30)
     rc, out = _finish(proc)
     assert rc == 0, f"the sweep with a preempted job failed:\n{out[-4000:]}"
     log = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").glob(f"{job}/*_0_log.out"))
