@@ -239,8 +239,7 @@ def test_preempted_hydra_job_requeues_and_matches_uninterrupted_run(tmp_path, jo
     )
     job = _wait_for_training(runs / "preempted", job_name, index=0)
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
-    time.sleep(0.05)
-    subprocess.run(["scancel", "--signal=USR2", job], check=False, timeout=30)
+    subprocess.run(["scancel", "--signal=USR2", job], check=False, timeout=30)  # arrives before the step ends
     rc, out = _finish(proc)
     assert rc == 0, f"the sweep with a preempted job failed:\n{out[-4000:]}"
     log = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").glob(f"{job}/*_0_log.out"))
