@@ -50,7 +50,7 @@ def test_train_resume_and_evaluate_a_run(tmp_path):
     assert len(_metrics(run_dir)) == len(rows) or _metrics(run_dir)[: len(rows)] == rows
 
     # Longer training resumes from the checkpoint and continues the step count.
-    _run("train.py", "trainer.epochs=5", f"run_dir={run_dir}")
+    _run("train.py", "trainer.epochs=5", "trainer.accept_changes=[trainer.epochs]", f"run_dir={run_dir}")
     steps = [r["step"] for r in _metrics(run_dir) if "train/loss" in r]
     assert steps == sorted(steps) and len(set(steps)) == len(steps), "no step is logged twice after resume"
 
@@ -76,7 +76,7 @@ def test_norm_sweep_then_table(tmp_path):
     for norm in ("layernorm", "dyt"):
         assert (runs / "quickstart" / norm / "seed0" / "results.json").exists()
     out = _run("eval.py", f"runs_root={runs}", f"out_dir={tmp_path}/results").stdout
-    assert "| quickstart (vit_digits) |" in out and "| layernorm | dyt | dyt − layernorm |" in out
+    assert "| quickstart (vit_digits) [22 steps] |" in out and "| layernorm | dyt | dyt − layernorm |" in out
     assert (tmp_path / "results" / "experiments_val_top1.md").exists()
     assert (tmp_path / "results" / "figures" / "quickstart_train_loss.png").exists()
 
