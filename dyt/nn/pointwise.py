@@ -71,9 +71,10 @@ class DyT(PointwiseNorm):
         layout: ``channels_last`` (..., C) or ``channels_first`` (N, C, ...).
         affine: per-channel ``weight`` (and ``bias``); DiT's norms have none, adaLN supplies them.
         bias: per-channel ``bias``; LLaMA's DyT has none, as its RMSNorm had none.
-        impl: ``auto`` (the fused CPU kernel of ``dyt.nn.kernels`` where one serves the input, else plain
-            PyTorch; CUDA's Triton kernel only with ``fused`` until validated on a GPU), ``fused`` (the
-            kernel or an error), ``eager`` (plain PyTorch, exact ``torch.tanh``).
+        impl: ``auto`` (on CPU the hand-written C++ kernel of ``dyt.nn.kernels`` for fp32/bf16 inputs,
+            else plain PyTorch; CUDA's Triton kernel only with ``fused`` until validated on a GPU; inside
+            ``torch.compile`` the compiler fuses the plain expression with ``fast_tanh``), ``fused`` (the
+            kernel or an error), ``eager`` (plain PyTorch, exact ``torch.tanh``, everywhere).
             Only ``squash="tanh"`` has a kernel.
     """
 
@@ -116,7 +117,9 @@ class DyT(PointwiseNorm):
             if y is not None:
                 return y
             if self.impl != "eager" and torch.compiler.is_compiling():
-                return self._affine(fast_tanh(self.alpha * x))  # Inductor fuses this cheap tanh in place
+                return self._affine(
+                    fast_tanh(self.alpha * x)
+                )  # a tanh the compiler vectorizes (torch.tanh is slow on CPU)
         return self._affine(SQUASH[self.squash](self.alpha * x))
 
     def extra_repr(self) -> str:

@@ -1,69 +1,86 @@
-"""Fused point-wise norms: ``weight * f(alpha * x [+ shift]) + bias`` with ``f`` = tanh (DyT) or erf (Derf).
+"""Fused point-wise norms: ``weight * f(alpha * x + shift) + bias`` with ``f`` = tanh (DyT) or erf (Derf).
 
-One autograd function serves both devices. Its forward is one pass over ``x``; its backward
+One autograd function serves every backend. Its forward is one pass over ``x``; its backward
 recomputes ``f`` from the saved input (only ``x``, ``alpha``, ``shift`` and ``weight`` are saved, never
 ``f(z)`` or another activation-sized intermediate) and yields the gradients of ``x``, ``alpha`` (a
-reduction over every element), ``shift``, ``weight`` and ``bias``. On CUDA the backward is one pass;
-on CPU Inductor splits it into two loops (``grad_x``, then all the reductions together).
+reduction over every element), ``shift``, ``weight`` and ``bias``.
 
-Backends: CPU through TorchInductor (``kernels.cpu``), CUDA through Triton (``kernels.cuda``,
-channels_last only). ``fused_supported`` says whether one serves a given input; ``DyT``/``Derf`` fall
-back to plain PyTorch otherwise. If the CPU backend cannot compile (no working C++ compiler), the
-first call warns once and every later call reports the backend as unavailable.
+Backends, by device:
+
+- CPU: the hand-written C++ kernel (``kernels.cpp``: one-pass forward and backward, fp32 and bf16),
+  compiled on first use. If it cannot be built, one warning, then TorchInductor's generated kernel
+  (``kernels.cpu``, also fp16 and fp64; its backward takes two loops) where a C++ compiler exists,
+  else plain PyTorch.
+- CUDA: Triton (``kernels.cuda``, channels_last only), opt-in until validated on a GPU.
+
+``fused_supported`` says whether one serves a given input; ``DyT``/``Derf`` fall back to plain PyTorch
+otherwise. Inside ``torch.compile`` no kernel runs: the compiler fuses the plain expression (DyT with
+``fast_tanh``), and the first such call says so once in the log.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import math
+import os
+import shutil
 import warnings
 
 import torch
 
-from dyt.nn.kernels import cpu
+from dyt.nn.kernels import cpp, cpu
 from dyt.nn.kernels.cpu import fast_tanh
 
 __all__ = ["FUNCTIONS", "IMPLS", "check_impl", "fast_tanh", "fused_or_none", "fused_pointwise", "fused_supported"]
+
+log = logging.getLogger(__name__)
 
 FUNCTIONS = ("tanh", "erf")
 # "auto": the fused kernel when one serves the input, else plain PyTorch; "fused": the fused kernel or
 # an error; "eager": always plain PyTorch (exact torch.tanh / torch.erf).
 IMPLS = ("auto", "fused", "eager")
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-_broken: dict[str, str] = {}  # device type -> why its backend failed
+_broken: dict[str, str] = {}  # backend name ("cpp", "inductor", "cuda") -> why it failed
 # Devices whose fused kernel "auto" picks. The Triton (CUDA) kernels pass their tests under Triton's
 # CPU interpreter but have not yet been validated on a GPU: until they are, CUDA users opt in with
-# impl="fused" (tests/test_fused.py -m gpu and scripts/bench/norms.py --device cuda check them).
+# impl="fused" (scripts/ci/gpu_check.sh runs their tests and benchmarks in one call).
 AUTO_DEVICES = ("cpu",)
-
-
-def _cuda_backend():
-    from dyt.nn.kernels import cuda
-
-    return cuda if cuda.available() else None
+_INDUCTOR_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _backend(device_type: str):
+    """(name, module) of the device's working backend, or None."""
     if device_type == "cpu":
-        return cpu
-    if device_type == "cuda":
-        return _cuda_backend()
+        for name, module in (("cpp", cpp), ("inductor", cpu)):
+            if name not in _broken:
+                return name, module
+        return None
+    if device_type == "cuda" and "cuda" not in _broken:
+        from dyt.nn.kernels import cuda
+
+        return ("cuda", cuda) if cuda.available() else None
     return None
 
 
-def fused_supported(x: torch.Tensor, layout: str) -> bool:
-    """True when a fused kernel serves ``x`` (device, dtype, layout) and has not failed to build."""
-    device = x.device.type
-    if x.dtype not in _DTYPES or device in _broken or _backend(device) is None:
+def fused_supported(x: torch.Tensor, layout: str, out_dtype: torch.dtype | None = None) -> bool:
+    """True when a fused kernel serves ``x`` (device, dtype, layout; ``out_dtype`` defaults to ``x``'s)
+    and has not failed to build."""
+    backend = _backend(x.device.type)
+    if backend is None:
         return False
-    # The Triton kernels cover channels_last and the dtypes Triton computes in fp32.
-    return device == "cpu" or (layout == "channels_last" and x.dtype != torch.float64)
+    dtypes = {"cpp": cpp.DTYPES, "inductor": _INDUCTOR_DTYPES, "cuda": _TRITON_DTYPES}[backend[0]]
+    # The Triton kernels cover channels_last only.
+    return (
+        x.dtype in dtypes and (out_dtype or x.dtype) in dtypes and (backend[0] != "cuda" or layout == "channels_last")
+    )
 
 
 def _as_kernel_view(x: torch.Tensor, dim: int, layout: str) -> torch.Tensor:
     """(rows, C) for channels_last, (N, C, spatial) for channels_first; contiguous, and detached so
     that compiled kernels see a plain tensor rather than a view of the caller's tensor."""
     x = x.contiguous()
-    return (x.view(-1, dim) if layout == "channels_last" else x.view(x.shape[0], dim, -1)).detach()
+    return (x.view(-1, dim) if layout == "channels_last" else x.view(x.shape[0], dim, math.prod(x.shape[2:]))).detach()
 
 
 class _FusedPointwise(torch.autograd.Function):
@@ -97,14 +114,28 @@ class _FusedPointwise(torch.autograd.Function):
         )
 
 
-def _warn_broken(device: str, error: Exception) -> None:
-    _broken[device] = f"{type(error).__name__}: {error}"
+def _out_dtype(x: torch.Tensor, *params: torch.Tensor | None) -> torch.dtype:
+    """The dtype of the plain expression's result: PyTorch's type promotion over the inputs."""
+    return functools.reduce(torch.promote_types, [t.dtype for t in params if t is not None], x.dtype)
+
+
+def _has_compiler() -> bool:
+    return shutil.which(os.environ.get("CXX", "c++")) is not None or shutil.which("g++") is not None
+
+
+def _give_up(name: str, error: Exception) -> None:
+    """Mark backend ``name`` broken and warn once, naming what runs from now on. Without any C++ compiler
+    the Inductor kernel cannot build either: both are marked, so the user sees one warning."""
+    _broken[name] = f"{type(error).__name__}: {error}"
+    if name == "cpp" and not _has_compiler():
+        _broken["inductor"] = "no C++ compiler"
+    fallback = "TorchInductor's generated kernel" if name == "cpp" and "inductor" not in _broken else "plain PyTorch"
     warnings.warn(
-        f"dyt: the fused {device} kernel could not be built ({_broken[device].splitlines()[0]}); "
-        "using the plain PyTorch path from now on. On CPU the fused path needs a working C++ "
-        "compiler for torch.compile (g++ or clang, or set CXX); impl='eager' silences this.",
+        f"dyt: the {name} kernel for the point-wise norms could not be built ({_broken[name].splitlines()[0]}); "
+        f"using {fallback} from now on. The CPU kernels need a working C++ compiler (g++ or clang, or set CXX) "
+        "and, for the C++ kernel, ninja (pip install ninja); impl='eager' silences this.",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
 
 
@@ -127,23 +158,37 @@ def fused_pointwise(
     """
     if fn not in FUNCTIONS:
         raise ValueError(f"unknown fused function {fn!r}; valid functions are: {', '.join(FUNCTIONS)}")
-    if not fused_supported(x, layout):
+    out_dtype = _out_dtype(x, alpha, weight, bias, shift)
+    if not fused_supported(x, layout, out_dtype):
         raise RuntimeError(
-            f"no fused kernel for a {x.dtype} tensor on {x.device} with layout {layout!r}; "
-            "use impl='auto' or impl='eager'"
+            f"no fused kernel for a {x.dtype} tensor (output {out_dtype}) on {x.device} with layout {layout!r}; "
+            "the CPU kernel takes float32 and bfloat16, the CUDA one also float16 (channels_last only). "
+            "Use impl='auto' (plain PyTorch where no kernel serves) or impl='eager'"
         )
-    present = [t for t in (alpha, weight, bias, shift) if t is not None]
-    out_dtype = functools.reduce(torch.promote_types, [t.dtype for t in present], x.dtype)
     dim = x.shape[-1] if layout == "channels_last" else x.shape[1]
     param = {"device": x.device, "dtype": alpha.dtype}
     weight = torch.ones(dim, **param) if weight is None else weight
     bias = torch.zeros(dim, **param) if bias is None else bias
     shift = torch.zeros(1, **param) if shift is None and fn == "erf" else shift
+    name, backend = _backend(x.device.type)
+    if name == "cpp":
+        try:
+            cpp.ops()  # compiles or loads the library on the first call
+        except Exception as error:  # any failure to build or load it: a fallback below still serves
+            _give_up(name, error)
+            return _fallback(x, alpha, weight, bias, fn=fn, layout=layout, shift=shift, out_dtype=out_dtype)
     try:
-        return _FusedPointwise.apply(x, alpha, shift, weight, bias, fn, layout, out_dtype, _backend(x.device.type))
-    except torch._dynamo.exc.BackendCompilerFailed as error:
-        _warn_broken(x.device.type, error)
+        return _FusedPointwise.apply(x, alpha, shift, weight, bias, fn, layout, out_dtype, backend)
+    except torch._dynamo.exc.BackendCompilerFailed as error:  # Inductor found no working compiler
+        _give_up(name, error)
         return None
+
+
+def _fallback(x, alpha, weight, bias, *, fn, layout, shift, out_dtype) -> torch.Tensor | None:
+    """The next backend's result after one gave up, or None (plain PyTorch) where none serves."""
+    if not fused_supported(x, layout, out_dtype):
+        return None
+    return fused_pointwise(x, alpha, weight, bias, fn=fn, layout=layout, shift=shift)
 
 
 def check_impl(impl: str) -> str:
@@ -166,14 +211,39 @@ def fused_or_none(
 ) -> torch.Tensor | None:
     """The module-level policy of ``DyT``/``Derf``: the fused result, or ``None`` for "run the plain path".
 
-    Plain runs for ``impl="eager"``, empty inputs, a backend that failed to build, and (with
-    ``impl="auto"``) devices outside ``AUTO_DEVICES`` and inputs no kernel serves; ``impl="fused"``
-    raises for those instead. Inside
-    ``torch.compile`` the caller's graph is left to the compiler (DyT then uses ``fast_tanh`` so
-    Inductor fuses a cheap tanh into it).
+    Plain runs for ``impl="eager"``, a device whose backends all failed to build (after
+    one warning), and (with ``impl="auto"``) devices outside ``AUTO_DEVICES`` and inputs no kernel
+    serves; ``impl="fused"`` raises for those instead. Inside ``torch.compile`` the caller's graph is
+    left to the compiler (DyT then uses ``fast_tanh`` so Inductor fuses a cheap tanh into it); the first
+    trace says so in the log.
     """
-    if impl == "eager" or x.numel() == 0 or torch.compiler.is_compiling() or x.device.type in _broken:
-        return None  # a backend that failed to build has already warned
-    if impl == "auto" and (x.device.type not in AUTO_DEVICES or not fused_supported(x, layout)):
+    if impl == "eager":
+        return None
+    if torch.compiler.is_compiling():
+        _announce_compiled()
+        return None
+    if _backend(x.device.type) is None and _gave_up(x.device.type):
+        return None  # it has already warned
+    out_dtype = _out_dtype(x, alpha, weight, bias, shift)
+    if impl == "auto" and (x.device.type not in AUTO_DEVICES or not fused_supported(x, layout, out_dtype)):
         return None
     return fused_pointwise(x, alpha, weight, bias, fn=fn, layout=layout, shift=shift)
+
+
+def _gave_up(device_type: str) -> bool:
+    names = ("cpp", "inductor") if device_type == "cpu" else (device_type,)
+    return all(name in _broken for name in names)
+
+
+_announced: list[bool] = []
+
+
+@torch.compiler.assume_constant_result  # runs while Dynamo traces, leaves nothing in the graph
+def _announce_compiled() -> bool:
+    if not _announced:
+        _announced.append(True)
+        log.info(
+            "dyt: inside torch.compile, DyT/Derf with impl='auto' run as plain expressions that the compiler "
+            "fuses (DyT's tanh as fast_tanh, Derf's erf as torch.erf), not the hand-written kernels"
+        )
+    return True
