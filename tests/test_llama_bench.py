@@ -59,6 +59,37 @@ def test_identity_rows_replace_every_norm():
     assert len(timed) == 2 * 2 + 1 and all(isinstance(m.inner, nn.Identity) for m in timed)
 
 
+OTHER = 1.0  # outside the norms, per pass: dwarfs the sleeps' overshoot on a loaded machine
+
+
+class SlowLayer(nn.Module):
+    """Not a norm: spends OTHER seconds per forward pass around ``inner``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        time.sleep(OTHER)
+        return self.inner(x)
+
+
+def test_measure_separates_norm_time_from_model_time():
+    """A LLaMA whose norms take 2 x PAUSE each per pass and whose other layers take OTHER more: the
+    layer time is the norms' time (not the model's), the model time includes both."""
+    clock = bench.NormClock(torch.device("cpu"))
+    model = bench.build("llama_tiny", "rmsnorm", "eager", torch.float32, torch.device("cpu"), clock)
+    timed = [m for m in model.modules() if isinstance(m, bench.TimedNorm)]
+    for m in timed:
+        m.inner = SlowNorm()
+    model.output = SlowLayer(model.output)
+    tokens = torch.randint(0, model.vocab_size, (1, 9))
+    model_s, layer_s = bench.measure(model, tokens, clock, iters=1, warmup=1, train=True)
+    norms_s = len(timed) * 2 * PAUSE
+    assert norms_s <= layer_s < norms_s + OTHER / 2  # slack for sleeps overshooting on a busy machine
+    assert model_s >= norms_s + OTHER
+
+
 @pytest.mark.parametrize("norm", ["rmsnorm", "dyt"])
 def test_benchmark_reports_model_and_layer_time(norm):
     rows = bench.main(

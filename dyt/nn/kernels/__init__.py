@@ -148,13 +148,15 @@ def fused_pointwise(
     fn: str,
     layout: str,
     shift: torch.Tensor | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor | None:
     """``weight * fn(alpha * x + shift) + bias`` through the fused kernel of ``x``'s device.
 
     ``weight``, ``bias`` and ``shift`` may be ``None`` (absent). The output dtype follows PyTorch's
     type promotion over the inputs, as the plain expression's does. Returns ``None`` when the kernel
     could not be built (after warning once); callers then run the plain path. Check
-    ``fused_supported`` first: an unsupported input raises.
+    ``fused_supported`` first: an unsupported input raises. ``backend="inductor"`` forces the Inductor
+    CPU kernel (for benchmarks against the C++ one).
     """
     if fn not in FUNCTIONS:
         raise ValueError(f"unknown fused function {fn!r}; valid functions are: {', '.join(FUNCTIONS)}")
@@ -170,7 +172,7 @@ def fused_pointwise(
     weight = torch.ones(dim, **param) if weight is None else weight
     bias = torch.zeros(dim, **param) if bias is None else bias
     shift = torch.zeros(1, **param) if shift is None and fn == "erf" else shift
-    name, backend = _backend(x.device.type)
+    name, backend = ("inductor", cpu) if backend == "inductor" else _backend(x.device.type)
     if name == "cpp":
         try:
             cpp.ops()  # compiles or loads the library on the first call
