@@ -2,7 +2,7 @@
 
 Every variant of one (shape, dtype, pass) cell is timed in the same run, interleaved round-robin over
 ``--repeats`` rounds; the median per variant is printed with its ratio to LayerNorm and to a plain
-tensor copy (the memory roofline: read the input once, write the output once). For forward+backward
+tensor copy (the memory roofline: read the input once, write a new output once). For forward+backward
 the copy reference is a ``clone`` with autograd (one copy each way) and every variant's backward
 includes its parameter gradients.
 
@@ -23,6 +23,8 @@ Never asserted in tests: timings on shared machines are noisy.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import statistics
 import sys
 import time
@@ -42,6 +44,17 @@ FULL_SHAPES = [(tokens, width) for tokens in (2048, 8192, 16384) for width in (7
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 TARGET_SHAPE, TARGETS = (8192, 768), {"fwd": 1.2, "fwd+bwd": 1.0}  # DyT kernel / LayerNorm, fp32, CPU
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory instead of unmapping it (as jemalloc or tcmalloc would, which
+    PyTorch's CPU performance guide recommends). Otherwise every large output is fresh memory whose
+    first touch page-faults, which costs about as much as a DyT or LayerNorm pass and varies with the
+    allocator's history. False where the C library is not glibc."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    mallopt = getattr(libc, "mallopt", None)
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc <malloc.h>
+    return bool(mallopt and mallopt(m_mmap_max, 0) and mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def _sync(device: torch.device) -> None:
@@ -77,11 +90,8 @@ def _variants(width: int, device: torch.device, dtype: torch.dtype) -> dict[str,
 
 
 def _step(fn: Callable, x: torch.Tensor, grad: torch.Tensor | None) -> Callable[[], None]:
+    # Every variant allocates its outputs (as in a model), the copy and sigmoid references included.
     if grad is None:
-        if fn is torch.clone or fn is torch.sigmoid:  # ATen's out= variants: no allocation, as a kernel's store
-            out = torch.empty_like(x)
-            op = torch.sigmoid if fn is torch.sigmoid else lambda t, out: out.copy_(t)
-            return lambda: op(x, out=out)
         return lambda: fn(x)
     return lambda: fn(x).backward(grad)
 
@@ -150,6 +160,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "barely disturb (use with --threads 1; GPU work is not counted)",
     )
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument(
+        "--page-faults", action="store_true", help="leave glibc's malloc as is (outputs fault in fresh pages)"
+    )
     parser.add_argument("--variants", nargs="+", help="only these variants (LayerNorm and copy are always run)")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds; the median is reported")
     parser.add_argument("--iters", type=int, default=5, help="calls per timed sample")
@@ -159,9 +172,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     clock = CLOCKS[args.clock]
     device = torch.device(args.device)
     shapes = args.shapes or (FULL_SHAPES if args.full else QUICK_SHAPES)
+    kept = device.type == "cpu" and not args.page_faults and keep_freed_memory()
     print(
         f"# norms benchmark: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"median of {args.repeats} interleaved rounds x {args.iters} calls, {args.clock} clock; ms (x LayerNorm)",
+        f"median of {args.repeats} interleaved rounds x {args.iters} calls, {args.clock} clock, "
+        f"malloc {'keeps freed memory' if kept else 'as is'}; ms (x LayerNorm)",
         flush=True,
     )
     rows, header = [], None

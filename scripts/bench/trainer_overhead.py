@@ -10,7 +10,8 @@ seeding, epoch-end checkpoints). The bare loop (``torch.utils.data.DataLoader`` 
 the same way inside one run. Runs alternate bare / trainer for ``--rounds`` rounds; medians are reported.
 
 Attribution (``--attribute``, the quickstart only): the trainer again with logging on every step, with
-an EMA, with a checkpoint every step, and the cost of one call of the per-step seeding.
+an EMA, with a checkpoint every step; and, timed directly, what it pays every step that a bare loop does
+not: the per-micro-batch and per-item seeding and the gradient-norm pass made even without clipping.
 
     python scripts/bench/trainer_overhead.py                       # quickstart and LLaMA-20M, ~3 min on CPU
     python scripts/bench/trainer_overhead.py --setups quickstart --attribute
@@ -122,14 +123,31 @@ def bare_step_ms(overrides: list[str], batch: int, steps: tuple[int, int]) -> fl
     return (marks[steps[1]] - marks[steps[0]]) / (steps[1] - steps[0]) * 1e3
 
 
-def seeding_us(calls: int = 2000) -> float:
-    """One call of the trainer's per-micro-batch seeding (torch, numpy, random)."""
+def _per_call_us(fn, calls: int) -> float:
+    start = clock()
+    for i in range(calls):
+        fn(i)
+    return (clock() - start) / calls * 1e6
+
+
+def micro_costs(overrides: list[str], batch: int) -> dict[str, float]:
+    """Microseconds of what the trainer adds per step that a bare loop does not do, one call each:
+    the per-micro-batch seeding (torch with CUDA, numpy, random), the per-item seeding of every sample
+    (SeededDataset; times the batch for a step) and the gradient-norm pass run even without clipping."""
     from dyt.engine.sampler import seed_all
 
-    start = clock()
-    for step in range(calls):
-        seed_all(0, step, 0, 0)
-    return (clock() - start) / calls * 1e6
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = make_cfg(overrides, run_dir, 1)
+    task = build_task(cfg)
+    model = task.build_model().train()
+    batch_data = next(iter(torch.utils.data.DataLoader(task.train_data(), batch_size=batch)))
+    task.training_step(model, batch_data)[0].backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    return {
+        "seed_all per micro-batch": _per_call_us(lambda i: seed_all(0, i, 0, 0), 2000),
+        "per-item seeding x batch": _per_call_us(lambda i: seed_all(0, 0, i, cuda=False), 2000) * batch,
+        "grad-norm pass (clip_grad=null)": _per_call_us(lambda i: nn.utils.clip_grad_norm_(params, float("inf")), 200),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -181,9 +199,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             ms = statistics.median(trainer_step_ms([*overrides, *extra], steps) for _ in range(args.rounds))
             results[label] = {"trainer_ms": ms, "extra_ms": ms - base}
             print(f"| {label} | {ms:.1f} | {ms - base:+.1f} |", flush=True)
-        us = seeding_us()
-        results["seeding"] = {"us_per_call": us}
-        print(f"\nper-step seeding (seed_all): {us:.1f} us per call, once per micro-batch")
+        print(f"\n| quickstart, paid every step | ms/step (of {base:.1f}) |")
+        print("|---|---:|")
+        for label, us in micro_costs(overrides, batch).items():
+            results[label] = {"extra_ms": us / 1e3}
+            print(f"| {label} | {us / 1e3:.2f} |", flush=True)
     return results
 
 
