@@ -6,7 +6,8 @@ Per-step time of the trainer is measured from the outside, through its public AP
 ``(T(N2) - T(N1)) / (N2 - N1)`` cancels the fixed costs (building the model and data, the final
 evaluation and checkpoint) and keeps everything paid per step or per epoch (data loading, logging,
 seeding, epoch-end checkpoints). The bare loop (``torch.utils.data.DataLoader`` with shuffling,
-``task.training_step``, ``loss.backward()``, clipping where the recipe clips, ``AdamW.step()``) is timed
+``task.training_step`` and its optimizer-step hooks, ``loss.backward()``, clipping where the recipe
+clips, ``AdamW.step()``) is timed
 the same way inside one run. Runs alternate bare / trainer for ``--rounds`` rounds; medians are reported.
 
 Attribution (``--attribute``, the quickstart only): the trainer again with logging on every step, with
@@ -38,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from dyt.cli import build_task  # noqa: E402
 from dyt.engine import Trainer  # noqa: E402
+from dyt.tasks.base import StepInfo  # noqa: E402
 
 # name -> (overrides, per-step batch, steps N1 and N2)
 SETUPS = {
@@ -65,7 +67,7 @@ ATTRIBUTION = {
 
 def batch_overrides(batch: int) -> list[str]:
     """The config keys that set the per-step batch on one process (the one line to change if they do)."""
-    return [f"trainer.batch_size={batch}", "trainer.grad_accum=1"]
+    return [f"trainer.global_batch={batch}", "trainer.micro_batch=null"]
 
 
 def make_cfg(overrides: list[str], run_dir: str, max_steps: int):
@@ -105,15 +107,20 @@ def bare_step_ms(overrides: list[str], batch: int, steps: tuple[int, int]) -> fl
         task.train_data(), batch_size=batch, shuffle=True, drop_last=True, collate_fn=task.collate_fn()
     )
     clip = cfg.trainer.clip_grad
+    schedules = task.schedules(steps[1], len(loader))
     step, marks = 0, {}
     while step < steps[1]:
         for batch_data in loader:
-            loss, _ = task.training_step(model, batch_data)
+            scalars = {name: fn(step) for name, fn in schedules.items()}
+            info = StepInfo(step, step // len(loader), steps[1], len(loader), scalars=scalars)
+            loss, _ = task.training_step(model, batch_data, info)
             loss.backward()
+            task.before_optimizer_step(model, info)
             if clip:
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            task.after_optimizer_step(model, info)
             loss.item()  # the trainer reads the loss every step (NaN guard); so does any real loop
             step += 1
             if step in steps:
@@ -141,7 +148,7 @@ def micro_costs(overrides: list[str], batch: int) -> dict[str, float]:
     task = build_task(cfg)
     model = task.build_model().train()
     batch_data = next(iter(torch.utils.data.DataLoader(task.train_data(), batch_size=batch)))
-    task.training_step(model, batch_data)[0].backward()
+    task.training_step(model, batch_data, StepInfo(0, 0, 1, 1))[0].backward()
     params = [p for p in model.parameters() if p.grad is not None]
     return {
         "seed_all per micro-batch": _per_call_us(lambda i: seed_all(0, i, 0, 0), 2000),
