@@ -117,9 +117,8 @@ class DyT(PointwiseNorm):
             if y is not None:
                 return y
             if self.impl != "eager" and torch.compiler.is_compiling():
-                return self._affine(
-                    fast_tanh(self.alpha * x)
-                )  # a tanh the compiler vectorizes (torch.tanh is slow on CPU)
+                # a tanh the compiler vectorizes (torch.tanh is slow on CPU)
+                return self._affine(fast_tanh(self.alpha * x))
         return self._affine(SQUASH[self.squash](self.alpha * x))
 
     def extra_repr(self) -> str:
