@@ -91,7 +91,7 @@ def test_measure_separates_norm_time_from_model_time():
 
 
 @pytest.mark.parametrize("norm", ["rmsnorm", "dyt"])
-def test_benchmark_reports_model_and_layer_time(norm):
+def test_benchmark_command_reports_model_and_layer_time(norm):
     rows = bench.main(
         [
             "--model",
@@ -110,5 +110,7 @@ def test_benchmark_reports_model_and_layer_time(norm):
     )
     row = rows[0]
     assert row["norm"] == norm and row["device"] == "cpu"
+    # The command line end to end; what "layer" and "model" mean is pinned by the test above (timings of
+    # two separate runs are not compared here: on a loaded machine either can be the slower).
     for kind in ("inference", "training"):
-        assert 0 < row[f"{kind}_layer_s"] < row[f"{kind}_model_s"] * 2  # a separate, instrumented run
+        assert row[f"{kind}_layer_s"] > 0 and row[f"{kind}_model_s"] > 0
