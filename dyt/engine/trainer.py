@@ -303,7 +303,7 @@ class Trainer:
         task_logs: dict[str, float] = {}
         for micro in range(self.accum):
             batch = to_device(next(batches), env.device)
-            seed_all(self.cfg.seed, st.step, micro, env.rank)
+            seed_all(self.cfg.seed, st.step, micro, env.rank, cuda=env.device.type == "cuda")
             with self._grad_sync(micro == self.accum - 1):
                 with autocast(self.precision, env.device):
                     loss, logs = self.task.training_step(self.wrapped, batch, self._info(micro, scalars))
