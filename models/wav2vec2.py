@@ -1,0 +1,643 @@
+"""wav2vec 2.0 (Baevski et al. 2020) for self-supervised pretraining, with every norm built by the factory.
+
+Raw 16 kHz audio goes through a 7-layer convolutional feature encoder (one frame per 20 ms), a norm and a
+projection; spans of frames are masked and a Transformer with a convolutional relative position embedding
+contextualises them. The targets are the unmasked features quantized by a Gumbel product quantizer; the
+loss contrasts each masked frame's output with its target and sampled distractors (``pretraining_loss``
+in ``dyt.tasks.wav2vec2`` adds fairseq's diversity loss and feature penalty).
+
+Norm sites (paper Table 5 runs: the authors' fairseq patch swaps the Transformer's norms and the norm after
+the feature encoder, and keeps the conv encoder's norms, paper App. A "first GroupNorm kept"):
+
+    conv          conv feature encoder: GroupNorm of the first layer (Base, ``extractor_mode="default"``)
+                  or a channel LayerNorm in every layer (Large, ``"layer_norm"``)
+    post_extract  after the feature encoder, before the projection (fairseq ``layer_norm``)
+    attn          after (Base, post-norm) or before (Large, ``layer_norm_first``) self-attention
+    ffn           after or before the FFN
+    embed / final the encoder's own norm: after the position embedding (post-norm) or after the last
+                  block (pre-norm)
+
+``keep_norms`` lists the sites built with the original wav2vec 2.0 norm whatever ``norm`` is. It defaults
+to ``("conv",)`` as in the DyT patch; Derf (Chen et al. 2025) also keeps ``post_extract``; an empty tuple
+swaps the conv norms too.
+
+Parameter names follow fairseq's ``wav2vec2.py`` where it is clear (``post_extract_proj``, ``mask_emb``,
+``self_attn_layer_norm``, ``fc1``, ``final_proj``); ``to_hf_state_dict`` / ``from_hf_state_dict`` rename to
+and from Hugging Face ``Wav2Vec2ForPreTraining``, whose outputs ours equal with ``norm=layernorm``
+(tests/test_wav2vec2_parity.py).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dyt.nn import NormFactory, build_norm_factory
+from models import register_model
+
+# fairseq's default conv_feature_layers: (channels, kernel, stride); 320x downsampling, receptive field 400.
+CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
+EXTRACTOR_MODES = ("default", "layer_norm")
+KEEPABLE_SITES = ("conv", "post_extract")
+LN_EPS = 1e-5  # torch.nn.LayerNorm's default, used by fairseq and Hugging Face; a hint, so DyT ignores it
+
+
+def receptive_field(conv_layers=CONV_LAYERS) -> int:
+    """Samples one output frame sees: the shortest input that yields one frame (400 for the default)."""
+    field = 1
+    for _, kernel, stride in reversed(conv_layers):
+        field = (field - 1) * stride + kernel
+    return field
+
+
+def num_frames(num_samples: int, conv_layers=CONV_LAYERS) -> int:
+    """Frames the feature encoder makes from ``num_samples`` samples (0 below the receptive field)."""
+    for _, kernel, stride in conv_layers:
+        num_samples = max((num_samples - kernel) // stride + 1, 0)
+    return num_samples
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward whose backward multiplies the gradient by ``scale`` (fairseq ``GradMultiply``;
+    Base trains its feature encoder with ``feature_grad_mult=0.1``)."""
+    return x if scale == 1.0 else x * scale + x.detach() * (1.0 - scale)
+
+
+# --------------------------------------------------------------------------------------------------
+# Masking and negatives (drawn from the torch RNG, so the trainer's per-step seeding makes them exact)
+# --------------------------------------------------------------------------------------------------
+def sample_mask(
+    batch: int, frames: int, mask_prob: float, mask_length: int, min_masks: int = 2, device=None
+) -> torch.Tensor:
+    """Span mask (batch, frames) as fairseq's ``compute_mask_indices`` draws it for pretraining (static
+    span length, overlaps allowed, ``min_masks=2``): each row starts ``int(mask_prob * frames /
+    mask_length + U(0,1))`` spans of ``mask_length`` frames at distinct random positions, then every row
+    is cut down at random to the smallest masked count of the batch, so all rows mask the same number."""
+    if frames <= mask_length:
+        raise ValueError(
+            f"cannot mask spans of {mask_length} frames in {frames} frames; use longer crops "
+            f"(data.min_sample_size) or a shorter model.mask_length"
+        )
+    rows = []
+    for _ in range(batch):
+        num_spans = max(min_masks, int(mask_prob * frames / mask_length + torch.rand(()).item()))
+        num_spans = min(num_spans, frames - mask_length)
+        starts = torch.randperm(frames - mask_length)[:num_spans]
+        rows.append(torch.unique(starts[:, None] + torch.arange(mask_length)).clamp(max=frames - 1))
+    shortest = min(len(r) for r in rows)
+    mask = torch.zeros(batch, frames, dtype=torch.bool)
+    for i, idx in enumerate(rows):
+        mask[i, idx[torch.randperm(len(idx))[:shortest]]] = True
+    return mask.to(device)
+
+
+def sample_negatives(mask: torch.Tensor, num_negatives: int) -> torch.Tensor:
+    """(M, num_negatives) distractor indices into the flattened (batch * frames) targets, one row per
+    masked frame in (batch, frame) order: uniform over the other masked frames of the same utterance
+    (fairseq ``sample_negatives`` with ``cross_sample_negatives=0``; never the positive itself)."""
+    batch, frames = mask.shape
+    out = []
+    for i in range(batch):
+        positions = mask[i].nonzero().squeeze(1)
+        n = len(positions)
+        if n < 2:
+            raise ValueError(f"utterance {i} has {n} masked frame(s); negatives need at least 2")
+        drawn = torch.randint(0, n - 1, (n, num_negatives))
+        drawn = drawn + (drawn >= torch.arange(n)[:, None]).long()  # skip the positive, keep it uniform
+        out.append(positions.cpu()[drawn] + i * frames)
+    return torch.cat(out).to(mask.device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Feature encoder
+# --------------------------------------------------------------------------------------------------
+class ConvLayer(nn.Module):
+    """Conv1d -> optional norm over channels -> GELU."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, bias: bool, norm: nn.Module | None):
+        super().__init__()
+        self.conv = nn.Conv1d(in_ch, out_ch, kernel, stride=stride, bias=bias)
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return F.gelu(x)
+
+
+class FeatureEncoder(nn.Module):
+    """Waveform (B, samples) -> features (B, channels, frames)."""
+
+    def __init__(self, mode: str, channels: int, conv_bias: bool, norm: NormFactory, keep: bool) -> None:
+        super().__init__()
+        layers, in_ch = [], 1
+        for i, (_, kernel, stride) in enumerate(CONV_LAYERS):
+            ch = channels
+            if mode == "layer_norm" or i == 0:
+                layer_norm = mode == "layer_norm"
+                layer_norm_factory = build_norm_factory("layernorm") if keep else norm
+                if keep and not layer_norm:
+                    # GroupNorm with one group per channel normalises each channel over time; it is not a
+                    # norm DyT replaces (paper App. A keeps it), so it stays torch's layer.
+                    conv_norm = nn.GroupNorm(ch, ch, eps=LN_EPS)
+                else:
+                    conv_norm = layer_norm_factory(ch, site="conv", layout="channels_first", eps=LN_EPS)
+            else:
+                conv_norm = None
+            layers.append(ConvLayer(in_ch, ch, kernel, stride, conv_bias, conv_norm))
+            in_ch = ch
+        self.conv_layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, None]
+        for layer in self.conv_layers:
+            x = layer(x)
+        return x
+
+
+# --------------------------------------------------------------------------------------------------
+# Transformer encoder
+# --------------------------------------------------------------------------------------------------
+class PositionalConv(nn.Module):
+    """Convolutional relative position embedding: grouped Conv1d over time with weight norm over the
+    kernel axis, the last output frame dropped for an even kernel (fairseq ``SamePad``), then GELU."""
+
+    def __init__(self, dim: int, kernel: int, groups: int) -> None:
+        super().__init__()
+        conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=groups)
+        self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
+        self.trim = 1 - kernel % 2
+
+    def reset_parameters(self, dropout: float) -> None:
+        """fairseq's init: weight ~ N(0, 4 (1 - dropout) / (kernel * dim)), zero bias; the weight-norm
+        magnitude starts at the norm of that weight, so the effective weight is the drawn one."""
+        conv = self.conv
+        kernel, dim = conv.kernel_size[0], conv.in_channels
+        weight = conv.parametrizations.weight
+        with torch.no_grad():
+            v = weight.original1
+            nn.init.normal_(v, std=math.sqrt(4 * (1.0 - dropout) / (kernel * dim)))
+            weight.original0.copy_(torch.linalg.vector_norm(v, dim=(0, 1), keepdim=True))
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x.transpose(1, 2))
+        if self.trim:
+            x = x[:, :, :-1]
+        return F.gelu(x).transpose(1, 2)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with biased q/k/v/out projections (fairseq ``MultiheadAttention``)."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.dropout = num_heads, dropout
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (p(x).view(B, T, self.num_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(x.transpose(1, 2).reshape(B, T, C))
+
+
+class EncoderLayer(nn.Module):
+    """Transformer block, post-norm (Base) or pre-norm (``layer_norm_first``, Large)."""
+
+    def __init__(
+        self,
+        dim: int,
+        ffn_dim: int,
+        num_heads: int,
+        dropout: float,
+        attention_dropout: float,
+        activation_dropout: float,
+        layer_norm_first: bool,
+        norm: NormFactory,
+    ) -> None:
+        super().__init__()
+        self.layer_norm_first = layer_norm_first
+        self.self_attn = SelfAttention(dim, num_heads, attention_dropout)
+        self.self_attn_layer_norm = norm(dim, site="attn", eps=LN_EPS)
+        self.fc1 = nn.Linear(dim, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, dim)
+        self.final_layer_norm = norm(dim, site="ffn", eps=LN_EPS)
+        self.dropout, self.activation_dropout = nn.Dropout(dropout), nn.Dropout(activation_dropout)
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.activation_dropout(F.gelu(self.fc1(x)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer_norm_first:
+            x = x + self.dropout(self.self_attn(self.self_attn_layer_norm(x)))
+            return x + self.ffn(self.final_layer_norm(x))
+        x = self.self_attn_layer_norm(x + self.dropout(self.self_attn(x)))
+        return self.final_layer_norm(x + self.ffn(x))
+
+
+class TransformerEncoder(nn.Module):
+    """Position embedding, the blocks with layer drop, and the encoder norm (before the blocks in
+    post-norm, after them in pre-norm)."""
+
+    def __init__(self, dim, depth, layer_kwargs, pos_kernel, pos_groups, layerdrop, norm: NormFactory) -> None:
+        super().__init__()
+        self.layer_norm_first, self.layerdrop = layer_kwargs["layer_norm_first"], layerdrop
+        self.pos_conv = PositionalConv(dim, pos_kernel, pos_groups)
+        self.layers = nn.ModuleList([EncoderLayer(dim, norm=norm, **layer_kwargs) for _ in range(depth)])
+        self.norm = norm(dim, site="final" if self.layer_norm_first else "embed", eps=LN_EPS)
+        self.dropout = nn.Dropout(layer_kwargs["dropout"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pos_conv(x)
+        if not self.layer_norm_first:
+            x = self.norm(x)
+        x = self.dropout(x)
+        for layer in self.layers:
+            if self.training and self.layerdrop > 0 and torch.rand(()).item() < self.layerdrop:
+                # A dropped layer (LayerDrop, Fan et al. 2020) still joins the graph with zero gradients,
+                # so DDP without find_unused_parameters sees every parameter used (fairseq's legacy DDP
+                # likewise reduces zeros for them).
+                x = x + sum(p.sum() for p in layer.parameters()) * 0.0
+            else:
+                x = layer(x)
+        return self.norm(x) if self.layer_norm_first else x
+
+
+# --------------------------------------------------------------------------------------------------
+# Quantizer
+# --------------------------------------------------------------------------------------------------
+class GumbelQuantizer(nn.Module):
+    """Product quantizer: ``groups`` codebooks of ``num_vars`` entries of width ``dim / groups``. Training
+    picks one entry per group with a straight-through hard Gumbel softmax at ``temperature``; evaluation
+    takes the argmax. ``prob_perplexity`` (the diversity loss's input) is the perplexity of the soft
+    code distribution averaged over the masked frames, summed over groups, in training and evaluation
+    alike (fairseq ``GumbelVectorQuantizer``; it adds 1e-7 inside the log, which moves the perplexity
+    by less than 1e-5 relative, we take the exact entropy as Hugging Face does)."""
+
+    def __init__(self, in_dim: int, dim: int, groups: int, num_vars: int) -> None:
+        super().__init__()
+        if dim % groups:
+            raise ValueError(f"codevector dim {dim} is not divisible by {groups} groups")
+        self.groups, self.num_vars = groups, num_vars
+        self.codevectors = nn.Parameter(torch.empty(1, groups * num_vars, dim // groups))
+        self.weight_proj = nn.Linear(in_dim, groups * num_vars)
+
+    def reset_parameters(self) -> None:
+        """fairseq: codebook U(0, 1), projection N(0, 1) with zero bias."""
+        nn.init.uniform_(self.codevectors)
+        nn.init.normal_(self.weight_proj.weight, std=1.0)
+        nn.init.zeros_(self.weight_proj.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, temperature: float) -> tuple[torch.Tensor, dict]:
+        B, T, _ = x.shape
+        logits = self.weight_proj(x).view(B * T * self.groups, self.num_vars).float()
+        hard = F.one_hot(logits.argmax(-1), self.num_vars).to(logits.dtype)
+        probs = torch.softmax(logits.view(B * T, self.groups, self.num_vars), dim=-1)[mask.flatten()].mean(0)
+        hard_probs = hard.view(B * T, self.groups, self.num_vars)[mask.flatten()].mean(0)
+        stats = {
+            "prob_perplexity": _perplexity(probs),
+            "code_perplexity": _perplexity(hard_probs).detach(),
+        }
+        onehot = F.gumbel_softmax(logits, tau=temperature, hard=True) if self.training else hard
+        onehot = onehot.type_as(x).view(B * T, self.groups * self.num_vars, 1)
+        q = (onehot * self.codevectors).view(B * T, self.groups, self.num_vars, -1).sum(2)
+        return q.view(B, T, -1), stats
+
+
+def _perplexity(probs: torch.Tensor) -> torch.Tensor:
+    """Sum over groups of exp(entropy) of (groups, num_vars) distributions."""
+    return torch.exp(-torch.special.xlogy(probs, probs).sum(-1)).sum()
+
+
+# --------------------------------------------------------------------------------------------------
+# wav2vec 2.0
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Wav2Vec2Output:
+    """What one pretraining forward returns.
+
+    logits: (M, 1 + num_negatives) fp32, cosine similarities / logit_temp of each masked frame's output with
+        its target (column 0) and its distractors; -inf where a distractor equals the target.
+    contrastive_loss: summed cross-entropy of ``logits`` against column 0 (fairseq and HF sum it).
+    prob_perplexity, code_perplexity: quantizer perplexities (soft and hard), summed over groups.
+    diversity: (groups * num_vars - prob_perplexity) / (groups * num_vars), per frame.
+    features_pen: mean squared feature-encoder output (fairseq's feature penalty), per frame.
+    projected_states, projected_quantized_states: (B, T, final_dim) ``final_proj`` of the encoder output
+        and ``project_q`` of the quantized targets, for every frame.
+    mask: (B, T) the masked frames; num_masked = M.
+    """
+
+    logits: torch.Tensor
+    contrastive_loss: torch.Tensor
+    prob_perplexity: torch.Tensor
+    code_perplexity: torch.Tensor
+    diversity: torch.Tensor
+    features_pen: torch.Tensor
+    projected_states: torch.Tensor
+    projected_quantized_states: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def num_masked(self) -> int:
+        return self.logits.shape[0]
+
+
+class Wav2Vec2(nn.Module):
+    """wav2vec 2.0 for pretraining.
+
+    Args:
+        norm: the norm factory (or a norm name / ``configs/norm`` mapping).
+        conv_channels: width of every conv layer of the feature encoder (512 in both papers' models).
+        extractor_mode: ``default`` (GroupNorm in the first conv layer; Base) or ``layer_norm`` (a channel
+            LayerNorm in every conv layer; Large).
+        layer_norm_first: pre-norm blocks with the encoder norm at the end (Large) instead of post-norm.
+        keep_norms: sites built with the original norm whatever ``norm`` is (see the module docstring).
+        final_dim: width of the contrastive space (and of the codevectors).
+        feature_grad_mult: gradient scale into the feature encoder (fairseq; Base 0.1).
+        mask_prob, mask_length, num_negatives, logit_temp: span masking and the contrastive loss (paper
+            Sec. 3.2/4.2 of wav2vec 2.0: 0.65, 10, 100, 0.1).
+    """
+
+    def __init__(
+        self,
+        norm: NormFactory | str | None = None,
+        extractor_mode: str = "default",
+        conv_channels: int = 512,
+        conv_bias: bool = False,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        ffn_dim: int = 3072,
+        layer_norm_first: bool = False,
+        keep_norms: tuple[str, ...] | list[str] = ("conv",),
+        final_dim: int = 256,
+        latent_groups: int = 2,
+        latent_vars: int = 320,
+        pos_conv_kernel: int = 128,
+        pos_conv_groups: int = 16,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        activation_dropout: float = 0.0,
+        dropout_input: float = 0.1,
+        dropout_features: float = 0.1,
+        layerdrop: float = 0.05,
+        feature_grad_mult: float = 0.1,
+        mask_prob: float = 0.65,
+        mask_length: int = 10,
+        num_negatives: int = 100,
+        logit_temp: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if extractor_mode not in EXTRACTOR_MODES:
+            valid = ", ".join(EXTRACTOR_MODES)
+            raise ValueError(f"unknown extractor_mode {extractor_mode!r}; valid modes are: {valid}")
+        keep_norms = tuple(keep_norms)
+        if set(keep_norms) - set(KEEPABLE_SITES):
+            raise ValueError(f"keep_norms {list(keep_norms)}: only {', '.join(KEEPABLE_SITES)} can keep their norm")
+        norm = build_norm_factory(norm)
+        conv_dim = conv_channels
+        self.dropout_rate, self.feature_grad_mult = dropout, feature_grad_mult
+        self.mask_prob, self.mask_length, self.num_negatives, self.logit_temp = (
+            mask_prob,
+            mask_length,
+            num_negatives,
+            logit_temp,
+        )
+
+        keep_conv = "conv" in keep_norms
+        self.feature_extractor = FeatureEncoder(extractor_mode, conv_channels, conv_bias, norm, keep=keep_conv)
+        post_norm = build_norm_factory("layernorm") if "post_extract" in keep_norms else norm
+        self.post_extract_norm = post_norm(conv_dim, site="post_extract", eps=LN_EPS)
+        self.post_extract_proj = nn.Linear(conv_dim, embed_dim)
+        self.dropout_input, self.dropout_features = nn.Dropout(dropout_input), nn.Dropout(dropout_features)
+        self.mask_emb = nn.Parameter(torch.empty(embed_dim))
+        layer_kwargs = {
+            "ffn_dim": ffn_dim,
+            "num_heads": num_heads,
+            "dropout": dropout,
+            "attention_dropout": attention_dropout,
+            "activation_dropout": activation_dropout,
+            "layer_norm_first": layer_norm_first,
+        }
+        self.encoder = TransformerEncoder(
+            embed_dim, depth, layer_kwargs, pos_conv_kernel, pos_conv_groups, layerdrop, norm
+        )
+        self.quantizer = GumbelQuantizer(conv_dim, final_dim, latent_groups, latent_vars)
+        self.project_q = nn.Linear(final_dim, final_dim)
+        self.final_proj = nn.Linear(embed_dim, final_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """fairseq's init: BERT init (N(0, 0.02), zero bias) for the Transformer blocks' linears, Kaiming
+        normal for the feature encoder's convs, PyTorch's default for the other linears, U(0, 1) mask
+        embedding; the position conv and the quantizer have their own (see them). Also the way to
+        initialise a model built on the meta device after ``to_empty()``."""
+        nn.init.uniform_(self.mask_emb)
+        self.encoder.pos_conv.reset_parameters(self.dropout_rate)
+        self.quantizer.reset_parameters()
+        blocks = {id(m) for layer in self.encoder.layers for m in layer.modules()}
+        for module in self.modules():
+            if module is self or module in (self.encoder.pos_conv, self.quantizer, self.quantizer.weight_proj):
+                continue
+            if isinstance(module, nn.Linear) and id(module) in blocks:
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Conv1d) and module is not self.encoder.pos_conv.conv:
+                nn.init.kaiming_normal_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.Linear, nn.GroupNorm)) or (
+                hasattr(module, "reset_parameters") and not list(module.children())
+            ):
+                module.reset_parameters()
+
+    def wrap_units(self) -> list[nn.Module]:
+        """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
+        return list(self.encoder.layers)
+
+    def no_weight_decay(self) -> set[str]:
+        """fairseq decays every parameter (Adam weight_decay 0.01 over all); the mask embedding and the
+        codebook are data-like, and the base rule exempts 1-D parameters already."""
+        return {"quantizer.codevectors"}
+
+    def forward(
+        self,
+        source: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+        temperature: float = 2.0,
+    ) -> Wav2Vec2Output:
+        """Waveforms (B, samples) -> ``Wav2Vec2Output``. ``mask`` (B, frames) and ``negatives`` (see
+        ``sample_negatives``) are drawn here from the torch RNG unless given; ``temperature`` is the
+        Gumbel temperature of this update (the task anneals it)."""
+        features = scale_grad(self.feature_extractor(source), self.feature_grad_mult).transpose(1, 2)
+        features_pen = features.float().pow(2).mean()
+        features = self.post_extract_norm(features)
+        targets_in = self.dropout_features(features)
+        x = self.dropout_input(self.post_extract_proj(features))
+        B, T, _ = x.shape
+        if mask is None:
+            mask = sample_mask(B, T, self.mask_prob, self.mask_length, device=x.device)
+        if negatives is None:
+            negatives = sample_negatives(mask, self.num_negatives)
+        x = torch.where(mask[..., None], self.mask_emb.to(x.dtype), x)
+        projected = self.final_proj(self.encoder(x))
+
+        quantized, stats = self.quantizer(targets_in, mask, temperature)
+        targets = self.project_q(quantized)
+        flat = targets.reshape(B * T, -1)
+        positives = flat[mask.flatten()]
+        candidates = torch.cat([positives[:, None], flat[negatives]], dim=1)  # (M, 1 + N, D)
+        predicted = projected[mask]
+        logits = torch.cosine_similarity(predicted.float()[:, None], candidates.float(), dim=-1) / self.logit_temp
+        # A distractor equal to the target (a collapsed codebook) would count as a wrong answer that is right.
+        same = (candidates[:, 1:] == positives[:, None]).all(-1)
+        logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same, float("-inf"))], dim=1)
+        contrastive = F.cross_entropy(logits, logits.new_zeros(len(logits), dtype=torch.long), reduction="sum")
+        num_codes = self.quantizer.groups * self.quantizer.num_vars
+        return Wav2Vec2Output(
+            logits=logits,
+            contrastive_loss=contrastive,
+            prob_perplexity=stats["prob_perplexity"],
+            code_perplexity=stats["code_perplexity"],
+            diversity=(num_codes - stats["prob_perplexity"]) / num_codes,
+            features_pen=features_pen,
+            projected_states=projected,
+            projected_quantized_states=targets,
+            mask=mask,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Hugging Face names (Wav2Vec2ForPreTraining)
+# --------------------------------------------------------------------------------------------------
+# (ours, Hugging Face) name prefixes; {} is a layer index.
+_HF_PREFIXES = [
+    ("feature_extractor.conv_layers.{}.conv.", "wav2vec2.feature_extractor.conv_layers.{}.conv."),
+    ("feature_extractor.conv_layers.{}.norm.", "wav2vec2.feature_extractor.conv_layers.{}.layer_norm."),
+    ("post_extract_norm.", "wav2vec2.feature_projection.layer_norm."),
+    ("post_extract_proj.", "wav2vec2.feature_projection.projection."),
+    ("mask_emb", "wav2vec2.masked_spec_embed"),
+    ("encoder.pos_conv.conv.", "wav2vec2.encoder.pos_conv_embed.conv."),
+    ("encoder.norm.", "wav2vec2.encoder.layer_norm."),
+    ("encoder.layers.{}.self_attn.", "wav2vec2.encoder.layers.{}.attention."),
+    ("encoder.layers.{}.self_attn_layer_norm.", "wav2vec2.encoder.layers.{}.layer_norm."),
+    ("encoder.layers.{}.fc1.", "wav2vec2.encoder.layers.{}.feed_forward.intermediate_dense."),
+    ("encoder.layers.{}.fc2.", "wav2vec2.encoder.layers.{}.feed_forward.output_dense."),
+    ("encoder.layers.{}.final_layer_norm.", "wav2vec2.encoder.layers.{}.final_layer_norm."),
+    ("quantizer.", "quantizer."),
+    ("project_q.", "project_q."),
+    ("final_proj.", "project_hid."),
+]
+
+
+def _rename_prefixes(state_dict: dict[str, torch.Tensor], pairs, what: str) -> dict[str, torch.Tensor]:
+    patterns = [(re.compile("^" + re.escape(src).replace(r"\{\}", r"(\d+)")), dst) for src, dst in pairs]
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, dst in patterns:
+            match = pattern.match(key)
+            if match:
+                out[dst.format(*match.groups()) + key[match.end() :]] = value
+                break
+        else:
+            raise KeyError(
+                f"{what}: no equivalent for parameter {key!r}; only a norm=layernorm model converts "
+                f"(Hugging Face wav2vec 2.0 has no DyT alpha)"
+            )
+    return out
+
+
+def to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict -> Hugging Face ``Wav2Vec2ForPreTraining`` names (LayerNorm models only)."""
+    return _rename_prefixes(state_dict, _HF_PREFIXES, "to_hf_state_dict")
+
+
+def from_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face ``Wav2Vec2ForPreTraining`` state dict -> our names (load into a ``norm=layernorm`` model)."""
+    return _rename_prefixes(state_dict, [(hf, ours) for ours, hf in _HF_PREFIXES], "from_hf_state_dict")
+
+
+def hf_config(model: Wav2Vec2, **overrides):
+    """The ``transformers.Wav2Vec2Config`` with ``model``'s shapes (dropouts and masking from ``overrides``)."""
+    from transformers import Wav2Vec2Config
+
+    layer = model.encoder.layers[0]
+    conv = model.encoder.pos_conv.conv
+    return Wav2Vec2Config(
+        hidden_size=model.final_proj.in_features,
+        num_hidden_layers=len(model.encoder.layers),
+        num_attention_heads=layer.self_attn.num_heads,
+        intermediate_size=layer.fc1.out_features,
+        feat_extract_norm="layer" if model.feature_extractor.conv_layers[1].norm is not None else "group",
+        do_stable_layer_norm=layer.layer_norm_first,
+        conv_dim=(model.post_extract_proj.in_features,) * len(CONV_LAYERS),
+        conv_bias=model.feature_extractor.conv_layers[0].conv.bias is not None,
+        num_conv_pos_embeddings=conv.kernel_size[0],
+        num_conv_pos_embedding_groups=conv.groups,
+        num_codevector_groups=model.quantizer.groups,
+        num_codevectors_per_group=model.quantizer.num_vars,
+        codevector_dim=model.project_q.in_features,
+        proj_codevector_dim=model.project_q.out_features,
+        contrastive_logits_temperature=model.logit_temp,
+        num_negatives=model.num_negatives,
+        **overrides,
+    )
+
+
+# ---- size presets (wav2vec 2.0 paper Sec. 4.2; fairseq wav2vec2_base_librispeech.yaml, ----------
+# ---- wav2vec2_large_librivox.yaml; Large's dropouts and layer drop from DyT paper App. A) ---------
+
+
+@register_model
+def wav2vec2_base(norm=None, **kwargs) -> Wav2Vec2:
+    return Wav2Vec2(norm, **kwargs)
+
+
+@register_model
+def wav2vec2_large(norm=None, **kwargs) -> Wav2Vec2:
+    return Wav2Vec2(
+        norm,
+        **{
+            "extractor_mode": "layer_norm",
+            "conv_bias": True,
+            "layer_norm_first": True,
+            "embed_dim": 1024,
+            "depth": 24,
+            "num_heads": 16,
+            "ffn_dim": 4096,
+            "final_dim": 768,
+            "layerdrop": 0.2,
+            "feature_grad_mult": 1.0,
+            **kwargs,
+        },
+    )
+
+
+# CPU demo and tests: Base's layout at 1/8 the width, two blocks.
+@register_model
+def wav2vec2_tiny(norm=None, **kwargs) -> Wav2Vec2:
+    return Wav2Vec2(
+        norm,
+        **{
+            "conv_channels": 64,
+            "embed_dim": 96,
+            "depth": 2,
+            "num_heads": 4,
+            "ffn_dim": 384,
+            "final_dim": 64,
+            "latent_vars": 64,
+            "pos_conv_kernel": 32,
+            "num_negatives": 20,
+            **kwargs,
+        },
+    )
