@@ -7,7 +7,8 @@ Sources (``data.train`` / ``data.val``, each a list; entries relative to ``data.
 - a fairseq manifest ``*.tsv`` (``wav2vec_manifest.py``): the first line is the audio root, every other
   line ``<relative path>\\t<number of samples>``.
 ``data.val: null`` holds out ``valid_percent`` of the training files by a stable hash of their path, as
-fairseq's ``wav2vec_manifest.py --valid-percent`` does (its README suggests 0.01).
+fairseq's ``wav2vec_manifest.py --valid-percent`` does (its README suggests 0.01); the hash is of the
+file name, so the split does not depend on where the corpus is mounted.
 
 What is refused or skipped, never silently mixed in:
 - a missing root, directory or manifest, or a source with no audio: an error naming it;
@@ -116,7 +117,8 @@ def list_audio(sources: Sequence[str], root: str | None, sample_rate: int) -> li
 
 
 def _held_out(path: Path, valid_percent: float) -> bool:
-    return zlib.crc32(path.as_posix().encode()) % 10_000 < valid_percent * 10_000
+    """Hash of the file name (unique in LibriSpeech), so the split does not depend on where the corpus lives."""
+    return zlib.crc32(path.name.encode()) % 10_000 < valid_percent * 10_000
 
 
 class AudioDataset(Dataset):
@@ -226,3 +228,22 @@ class AudioBatchSampler:
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.start_batch
+
+
+def build_audio_dataset(cfg, split: str) -> AudioDataset:
+    """The ``train`` or ``val`` split of ``configs/data`` audio settings (see the module docstring)."""
+    if split not in ("train", "val"):
+        raise ValueError(f"unknown split {split!r}; valid splits are: train, val")
+    if cfg.get("root") is None and any(not Path(str(e)).is_absolute() for e in cfg.train):
+        raise ValueError(
+            "data.root is not set; point it at the corpus directory, e.g. data.root=/data/LibriSpeech "
+            "(or build the offline demo corpus: python scripts/data/make_speech_corpus.py --out DIR)"
+        )
+    sources = cfg.get(split)
+    if split == "val" and sources is None:
+        files = [f for f in list_audio(cfg.train, cfg.root, cfg.sample_rate) if _held_out(f[0], cfg.valid_percent)]
+    else:
+        files = list_audio(sources, cfg.root, cfg.sample_rate)
+        if split == "train" and cfg.get("val") is None:
+            files = [f for f in files if not _held_out(f[0], cfg.valid_percent)]
+    return AudioDataset(files, cfg.sample_rate, cfg.min_sample_size, cfg.max_sample_size, cfg.normalize)
