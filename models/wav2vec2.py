@@ -464,11 +464,6 @@ class Wav2Vec2(nn.Module):
         """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
         return list(self.encoder.layers)
 
-    def no_weight_decay(self) -> set[str]:
-        """fairseq decays every parameter (Adam weight_decay 0.01 over all); the mask embedding and the
-        codebook are data-like, and the base rule exempts 1-D parameters already."""
-        return {"quantizer.codevectors"}
-
     def forward(
         self,
         source: torch.Tensor,
