@@ -4,15 +4,24 @@ val/loss is reported as fairseq does (summed over batches, divided by the masked
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 import models
-from dyt.tasks.wav2vec2 import correct_count, pretraining_loss, quantizer_temperature
+from dyt.cli import build_task
+from dyt.tasks.wav2vec2 import correct_count, pretraining_loss
 from models.wav2vec2 import num_frames, sample_mask, sample_negatives
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = {"conv_channels": 16, "embed_dim": 32, "num_heads": 2, "ffn_dim": 64, "final_dim": 16, "latent_vars": 8}
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        return compose("train", overrides=list(overrides))
 
 
 def _hand_loss(model, audio, mask, negatives, div_w, pen_w):
@@ -34,6 +43,8 @@ def _hand_loss(model, audio, mask, negatives, div_w, pen_w):
     cand = torch.cat([pos[:, None], targets[negatives]], dim=1)
     sims = torch.stack([torch.nn.functional.cosine_similarity(c, cand[:, k], dim=-1) for k in range(cand.shape[1])], 1)
     sims = sims / model.logit_temp
+    # fairseq: a distractor with the target's own code is no distractor (its logit becomes -inf)
+    sims[:, 1:][(cand[:, 1:] == pos[:, None]).all(-1)] = float("-inf")
     ce = -(sims[:, 0] - torch.logsumexp(sims, dim=1)).sum()
     probs = torch.softmax(logits_q[mask.flatten()], -1).mean(0)  # (groups, vars)
     perplexity = sum(math.exp(-(p * p.log()).sum().item()) for p in probs)
@@ -57,12 +68,12 @@ def test_loss_is_fairseqs_criterion_by_hand():
 
 
 def test_quantizer_temperature_is_fairseqs_exponential_decay_with_a_floor():
-    base = quantizer_temperature(2.0, 0.5, 0.999995)
+    """fairseq: max(start * decay ** update, end); Base (2, 0.5, 0.999995), Large (2, 0.1, 0.999995)."""
+    task = build_task(_compose("experiment=paper/wav2vec2_base"))
+    base = task.schedules(total_steps=400_000, steps_per_epoch=1000)["quantizer_temp"]
     assert base(0) == 2.0
     assert base(100_000) == pytest.approx(2.0 * 0.999995**100_000)  # 1.213
     assert base(400_000) == 0.5  # Base reaches its floor at ~277k updates
-    large = quantizer_temperature(2.0, 0.1, 0.999995)
-    assert large(250_000) == pytest.approx(2.0 * 0.999995**250_000)  # 0.573: Large never reaches 0.1
 
 
 def test_accuracy_counts_argmax_on_target_but_not_ties():

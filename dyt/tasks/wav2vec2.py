@@ -14,8 +14,8 @@ set; the extra terms are computed in evaluation too, with the quantizer's argmax
 and ranks, where fairseq divides the summed gradient by the summed ``M``: the same objective, with batches
 weighted equally rather than by their masked-frame count.
 
-The Gumbel temperature is a per-update schedule of the task, fairseq's
-``max(start * decay ** update, end)`` (``task.latent_temp: [start, end, decay]``), so resume is exact.
+The Gumbel temperature is a per-update schedule of the task, fairseq's ``max(start * decay ** update, end)``
+(``task.quantizer_temp``, an ``exponential`` schedule of ``dyt.engine.schedule``), so resume is exact.
 Batches are built by total audio samples (``dyt.data.audio.AudioBatchSampler``, fairseq ``max_tokens``):
 ``trainer.global_batch`` and ``micro_batch`` count samples for this task.
 """
@@ -35,6 +35,7 @@ import models
 from dyt.data.audio import AudioBatchSampler, build_audio_dataset, collate
 from dyt.engine.evaluation import sharded_sums
 from dyt.engine.sampler import derive_seed
+from dyt.engine.schedule import build_scalar_schedule
 from dyt.tasks.base import StepInfo, Task
 from models.wav2vec2 import Wav2Vec2Output
 
@@ -50,11 +51,6 @@ def pretraining_loss(
     return out.contrastive_loss + sample_size * extra, sample_size
 
 
-def quantizer_temperature(start: float, end: float, decay: float) -> Callable[[int], float]:
-    """fairseq ``GumbelVectorQuantizer.set_num_updates``: ``max(start * decay ** update, end)``."""
-    return lambda step: max(start * decay**step, end)
-
-
 def correct_count(logits: torch.Tensor) -> int:
     """fairseq's accuracy numerator: the target (column 0) is the argmax and not also the argmin (a row of
     equal logits counts as wrong)."""
@@ -67,18 +63,13 @@ class Wav2Vec2PretrainingTask(Task):
 
     headline_metric = "val/loss"
     headline_mode = "min"
-
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
-        self._train: Dataset | None = None
+    throughput_unit = "audio_samples"  # trainer.global_batch counts samples (an upper bound: fairseq max_tokens)
 
     def build_model(self) -> nn.Module:
         return models.create_model(self.cfg.model, norm=self.cfg.norm)
 
     def train_data(self) -> Dataset:
-        if self._train is None:
-            self._train = build_audio_dataset(self.cfg.data, "train")
-        return self._train
+        return build_audio_dataset(self.cfg.data, "train")
 
     def eval_data(self) -> Dataset:
         return build_audio_dataset(self.cfg.data, "val")
@@ -88,11 +79,11 @@ class Wav2Vec2PretrainingTask(Task):
 
     def batch_sampler(self, dataset, batch_size: int, rank: int, world_size: int, seed: int) -> AudioBatchSampler:
         """Batches of at most ``batch_size`` audio samples per device (fairseq ``max_tokens``)."""
-        return AudioBatchSampler(self.train_data().sizes, batch_size, rank=rank, world_size=world_size, seed=seed)
+        return AudioBatchSampler(dataset.sizes, batch_size, rank=rank, world_size=world_size, seed=seed)
 
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, Callable[[int], float]]:
-        start, end, decay = (float(v) for v in self.cfg.task.latent_temp)
-        return {"quantizer_temp": quantizer_temperature(start, end, decay)}
+        spec = self.cfg.task.quantizer_temp
+        return {"quantizer_temp": build_scalar_schedule(spec, total_steps, steps_per_epoch)}
 
     def _loss(self, out: Wav2Vec2Output) -> tuple[torch.Tensor, int]:
         return pretraining_loss(out, self.cfg.task.diversity_weight, self.cfg.task.feature_penalty_weight)
@@ -115,15 +106,12 @@ class Wav2Vec2PretrainingTask(Task):
             return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
         return super().param_groups(model, weight_decay)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """``val/loss`` as fairseq reports it (bits per masked frame, see the module docstring), plus the
         contrastive part alone and the accuracy. Each validation batch draws its mask and negatives from
         an RNG seeded by the run seed and the batch's first utterance, so the number is reproducible and
         the same on any number of ranks."""
         data = self.eval_data()
-        was_training = model.training
-        model.eval()
 
         def batch_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
             waves, first = batch
@@ -141,7 +129,6 @@ class Wav2Vec2PretrainingTask(Task):
             device=device,
             collate_fn=partial(_eval_collate, max_sample_size=int(self.cfg.data.max_sample_size)),
         )
-        model.train(was_training)
         loss, contrastive, sample_size, correct = totals.tolist()
         return {
             "val/loss": loss / sample_size / LOG2,

@@ -1,0 +1,225 @@
+"""wav2vec 2.0 through the trainer: the recipes hold the paper's values and build on meta, a tiny run logs
+val/loss and it falls, kill -9 + the same command ends bit-identical, and the demo corpus script works or
+names the install command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from hydra import compose, initialize_config_dir
+
+from dyt.cli import build_task
+from dyt.engine import Trainer, load_checkpoint
+from dyt.engine.checkpoint import latest_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return compose("train", overrides=list(overrides))
+
+
+# ---- recipes ----------------------------------------------------------------------------------------
+
+
+def test_base_recipe_is_the_papers():
+    """paper App. A and fairseq wav2vec2_base_librispeech.yaml."""
+    cfg = _compose("experiment=paper/wav2vec2_base", "norm=dyt")
+    assert cfg.model.name == "wav2vec2_base" and list(cfg.model.keep_norms) == ["conv"]
+    assert (cfg.optim.name, cfg.optim.lr, tuple(cfg.optim.betas), cfg.optim.eps) == ("adam", 5e-4, (0.9, 0.98), 1e-6)
+    assert (cfg.optim.weight_decay, cfg.task.decay_all_params, cfg.optim.lr_batch_size) == (0.01, True, None)
+    assert (cfg.optim.schedule.name, cfg.optim.schedule.power, cfg.optim.schedule.min_lr) == ("polynomial", 1.0, 0.0)
+    assert (cfg.optim.schedule.warmup_steps, cfg.trainer.max_steps) == (32_000, 400_000)
+    assert (cfg.trainer.global_batch, cfg.trainer.micro_batch) == (1_400_000 * 64, 1_400_000)
+    assert (cfg.model.layerdrop, cfg.model.dropout_input, cfg.model.dropout_features) == (0.05, 0.1, 0.1)
+    assert (cfg.model.feature_grad_mult, cfg.model.final_dim) == (0.1, 256)
+    assert (cfg.task.diversity_weight, cfg.task.feature_penalty_weight) == (0.1, 10.0)
+    assert dict(cfg.task.quantizer_temp) == {"shape": "exponential", "start": 2.0, "end": 0.5, "decay": 0.999995}
+    assert (cfg.data.max_sample_size, cfg.data.min_sample_size, cfg.data.normalize) == (250_000, 32_000, False)
+    assert (cfg.trainer.precision, cfg.trainer.clip_grad) == ("fp16", None)
+    assert (cfg.paper_ref.table, cfg.paper_ref.row) == ("table5", "w2v2_base")
+    assert build_task(cfg).headline_metric == "val/loss" and build_task(cfg).headline_mode == "min"
+
+
+def test_large_recipe_is_the_papers():
+    """paper App. A and fairseq wav2vec2_large_librivox.yaml."""
+    cfg = _compose("experiment=paper/wav2vec2_large", "norm=layernorm")
+    assert cfg.model.name == "wav2vec2_large"
+    assert (cfg.optim.lr, cfg.optim.schedule.warmup_steps, cfg.trainer.max_steps) == (3e-4, 20_000, 250_000)
+    assert (cfg.trainer.global_batch, cfg.trainer.micro_batch) == (1_200_000 * 128, 1_200_000)
+    assert (cfg.model.layerdrop, cfg.model.dropout, cfg.model.feature_grad_mult) == (0.2, 0.1, 1.0)
+    assert (cfg.model.final_dim, cfg.model.conv_bias) == (768, True)
+    assert (cfg.task.diversity_weight, cfg.task.feature_penalty_weight) == (0.1, 0.0)
+    assert dict(cfg.task.quantizer_temp) == {"shape": "exponential", "start": 2.0, "end": 0.1, "decay": 0.999995}
+    assert (cfg.data.max_sample_size, cfg.data.normalize) == (320_000, True)
+    assert (cfg.paper_ref.table, cfg.paper_ref.row) == ("table5", "w2v2_large")
+
+
+@pytest.mark.parametrize("experiment, params", [("wav2vec2_base", 95_044_608), ("wav2vec2_large", 317_390_592)])
+def test_recipes_build_on_meta_with_the_papers_norm_sites(experiment, params):
+    cfg = _compose(f"experiment=paper/{experiment}", "norm=dyt")
+    with torch.device("meta"):
+        model = build_task(cfg).build_model()
+    depth = len(model.encoder.layers)
+    assert sum(p.numel() for p in model.parameters()) == params + 2 * depth + 2  # one DyT alpha per replaced norm
+    assert type(model.post_extract_norm).__name__ == "DyT"
+    assert type(model.feature_extractor.conv_layers[0].norm).__name__ in ("GroupNorm", "LayerNorm")
+
+
+# ---- a tiny run ---------------------------------------------------------------------------------------
+
+
+def _clip(path: Path, seconds: float, seed: int) -> None:
+    """Speech-like test audio: a few harmonic tones switching every 50 ms, plus noise."""
+    rng = np.random.default_rng(seed)
+    n, t = int(seconds * 16000), np.arange(int(seconds * 16000)) / 16000
+    f0 = np.repeat(rng.uniform(100, 300, size=n // 800 + 1), 800)[:n]
+    wave = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in (1, 2, 3)) + 0.05 * rng.standard_normal(n)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, (0.2 * wave).astype(np.float32), 16000)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("speech")
+    for i in range(10):
+        _clip(root / "train" / "1" / "2" / f"1-2-{i:04d}.flac", 0.5 + 0.03 * i, seed=i)
+    for i in range(3):
+        _clip(root / "dev" / "3" / "4" / f"3-4-{i:04d}.flac", 0.6, seed=100 + i)
+    return root
+
+
+def _overrides(corpus: Path, run: Path) -> list[str]:
+    return [
+        "experiment=wav2vec2_speech_demo",
+        "norm=dyt",
+        "norm.impl=eager",  # the fused CPU kernel would compile for seconds
+        f"data.root={corpus}",
+        "data.min_sample_size=4000",
+        "data.max_sample_size=6000",
+        "+model.conv_channels=16",
+        "+model.embed_dim=32",
+        "+model.ffn_dim=64",
+        "+model.final_dim=16",
+        "+model.latent_vars=8",
+        "+model.num_negatives=5",
+        "+model.pos_conv_kernel=8",
+        "+model.mask_length=3",
+        "trainer.global_batch=12000",  # two 6000-sample crops
+        "trainer.max_steps=8",
+        "trainer.log_every_steps=1",
+        "trainer.eval_every_steps=4",
+        "trainer.ckpt_every_steps=3",
+        "trainer.progress=off",
+        "optim.schedule.warmup_steps=2",
+        f"run_dir={run}",
+    ]
+
+
+def _fit(corpus: Path, run: Path) -> dict:
+    cfg = _compose(*_overrides(corpus, run))
+    return Trainer(cfg).fit(build_task(cfg))
+
+
+def _rows(run: Path) -> list[dict]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.endswith("_per_s")} for r in lines]
+
+
+# Runs the same composition in a fresh process and SIGKILLs it right after optimizer step argv[2].
+_KILLED = """
+import os, signal, sys
+sys.path.insert(0, os.getcwd())
+from tests.test_wav2vec2_train import _compose, _overrides
+from dyt.cli import build_task
+from dyt.engine import Trainer
+from dyt.tasks.wav2vec2 import Wav2Vec2PretrainingTask
+from pathlib import Path
+
+def die(self, model, info):
+    if info.step + 1 == int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Wav2Vec2PretrainingTask.after_optimizer_step = die
+cfg = _compose(*_overrides(Path(sys.argv[1]), Path(sys.argv[2])))
+Trainer(cfg).fit(build_task(cfg))
+"""
+
+
+def test_tiny_run_logs_fairseqs_val_loss_and_survives_kill_9_bit_identically(corpus, tmp_path):
+    reference = tmp_path / "reference"
+    results = _fit(corpus, reference)
+    rows = _rows(reference)
+    evals = [r for r in rows if "val/loss" in r]
+    assert [r["step"] for r in evals] == [4, 8]
+    assert evals[-1]["val/loss"] < evals[0]["val/loss"]  # bits per masked frame fall
+    assert results["val/loss"] == evals[-1]["val/loss"] and np.isfinite(results["val/loss"])
+    temps = [r["sched/quantizer_temp"] for r in rows if "sched/quantizer_temp" in r]
+    assert temps[0] == 2.0 and temps[1] == pytest.approx(2.0 * 0.995) and temps == sorted(temps, reverse=True)
+
+    run = tmp_path / "run"
+    died = subprocess.run(
+        [sys.executable, "-c", _KILLED, str(corpus), str(run), "5"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    assert latest_checkpoint(run / "checkpoints").name == "step_00000003.pt"
+    _fit(corpus, run)  # the same command again
+    ours, ref = load_checkpoint(run), load_checkpoint(reference)
+    assert ours["step"] == ref["step"] == 8
+    for k, v in ref["model"].items():
+        assert torch.equal(ours["model"][k], v), f"model.{k} differs from the uninterrupted run"
+    assert _rows(run) == rows
+
+
+# ---- demo corpus script ---------------------------------------------------------------------------
+
+
+def test_corpus_script_names_the_install_command_without_espeak(tmp_path):
+    env = {**ENV, "PATH": str(tmp_path)}  # no espeak-ng on this PATH
+    done = subprocess.run(
+        [sys.executable, "scripts/data/make_speech_corpus.py", "--out", str(tmp_path / "c")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0 and "apt-get install -y espeak-ng" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install -y espeak-ng)")
+def test_corpus_script_writes_librispeech_layout_at_16k(tmp_path):
+    out = tmp_path / "corpus"
+    subprocess.run(
+        [sys.executable, "scripts/data/make_speech_corpus.py", "--out", str(out), "--train", "3", "--dev", "1"],
+        cwd=ROOT,
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
+    flacs = sorted(out.rglob("*.flac"))
+    assert len(flacs) == 4 and {p.relative_to(out).parts[0] for p in flacs} == {"train", "dev"}
+    for p in flacs:
+        speaker, chapter = p.parent.parent.name, p.parent.name
+        assert p.name.startswith(f"{speaker}-{chapter}-")
+        assert (p.parent / f"{speaker}-{chapter}.trans.txt").exists()
+        info = soundfile.info(str(p))
+        assert info.samplerate == 16000 and info.frames > 16000 * 0.5
