@@ -460,6 +460,11 @@ class Wav2Vec2(nn.Module):
             ):
                 module.reset_parameters()
 
+    def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+        """``init_from`` key mapping: a Hugging Face ``Wav2Vec2ForPreTraining`` checkpoint (a local HF dir)
+        is renamed to our names; our own checkpoints load as they are."""
+        return from_hf_state_dict(state) if source == "huggingface" else state
+
     def wrap_units(self) -> list[nn.Module]:
         """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
         return list(self.encoder.layers)
@@ -558,8 +563,15 @@ def to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def from_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face ``Wav2Vec2ForPreTraining`` state dict -> our names (load into a ``norm=layernorm`` model)."""
-    return _rename_prefixes(state_dict, [(hf, ours) for ours, hf in _HF_PREFIXES], "from_hf_state_dict")
+    """Hugging Face ``Wav2Vec2ForPreTraining`` state dict -> our names (load into a ``norm=layernorm`` model).
+    Hub checkpoints saved with the old ``weight_norm`` name its magnitude and direction ``weight_g`` /
+    ``weight_v``; they become the parametrization's ``original0`` / ``original1``."""
+    legacy = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
+    renamed = {}
+    for key, value in state_dict.items():
+        suffix = key[-9:]
+        renamed[key[:-9] + legacy[suffix] if suffix in legacy else key] = value
+    return _rename_prefixes(renamed, [(hf, ours) for ours, hf in _HF_PREFIXES], "from_hf_state_dict")
 
 
 def hf_config(model: Wav2Vec2, **overrides):

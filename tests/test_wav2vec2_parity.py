@@ -92,6 +92,23 @@ def test_matches_hugging_face(mode, fixed_gumbel):
     torch.testing.assert_close(out.projected_quantized_states, ref.projected_quantized_states, atol=1e-5, rtol=1e-5)
 
 
+def test_hugging_face_checkpoint_with_legacy_weight_norm_names_loads():
+    """Hub checkpoints store the position conv's weight norm as weight_g / weight_v."""
+    torch.manual_seed(0)
+    ours = Wav2Vec2("layernorm", **SMALL, **MODES["base"])
+    hf_state = Wav2Vec2ForPreTraining(hf_config(ours, **HF_NO_DROPOUT)).state_dict()
+    legacy = {
+        k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): v
+        for k, v in hf_state.items()
+    }
+    assert "wav2vec2.encoder.pos_conv_embed.conv.weight_g" in legacy
+    ours.load_state_dict(ours.init_from_state_dict(legacy, "huggingface"))
+    assert torch.equal(ours.encoder.pos_conv.conv.parametrizations.weight.original1,
+                       hf_state["wav2vec2.encoder.pos_conv_embed.conv.parametrizations.weight.original1"])  # fmt: skip
+
+
 def ref_logits_rows(hf, audio, mask, negatives) -> torch.Tensor:
     """HF's contrastive logits of the masked frames in (utterance, frame) order, rebuilt from its outputs
     exactly as its forward does (it returns only the summed loss)."""
