@@ -126,6 +126,7 @@ def _overrides(corpus: Path, run: Path) -> list[str]:
         "trainer.ckpt_every_steps=3",
         "trainer.progress=off",
         "optim.schedule.warmup_steps=2",
+        "task.quantizer_temp.decay=0.995",
         f"run_dir={run}",
     ]
 
