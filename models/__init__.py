@@ -70,7 +70,7 @@ from torch import nn
 from dyt.nn import build_norm_factory
 
 # Family modules whose presets register on import.
-FAMILIES = ("vit", "convnext", "dit", "llama", "wav2vec2")
+FAMILIES = ("vit", "convnext", "dit", "llama", "wav2vec2", "hyena", "caduceus")
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _loaded = False
