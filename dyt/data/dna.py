@@ -107,7 +107,7 @@ def read_fasta(path: str | os.PathLike) -> list[tuple[str, np.ndarray]]:
         raise FileNotFoundError(f"FASTA file {path} does not exist; set data.fasta to a reference genome (.fa/.fa.gz)")
     opener = gzip.open if path.suffix == ".gz" else open
     records: list[tuple[str, np.ndarray]] = []
-    name, parts, names = None, [], set()
+    name, parts, names, lineno = None, [], set(), 0
 
     def finish(lineno: int) -> None:
         if name is not None:
@@ -144,7 +144,7 @@ def read_fasta(path: str | os.PathLike) -> list[tuple[str, np.ndarray]]:
                         f"hold A, C, G, T, N (any case) or IUPAC ambiguity codes {IUPAC_AMBIGUOUS}"
                     )
                 parts.append(ids)
-        finish(lineno + 1 if records or name else 1)
+        finish(lineno + 1)
     if not records:
         raise ValueError(f"{path} holds no FASTA record; expected '>name' lines followed by bases")
     return records
