@@ -32,7 +32,7 @@ from torch import nn
 from dyt.data.dna import VOCAB_SIZE, complement_ids
 from dyt.nn import NormFactory, build_norm_factory
 from models import register_model
-from models.hyena import masked_mean
+from models.hyena import backbone_state, masked_mean
 
 try:  # optional CUDA kernel
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -260,6 +260,8 @@ class Caduceus(nn.Module):
         super().__init__()
         norm = build_norm_factory(norm)
         self.d_model, self.n_layer, self.rcps = d_model, n_layer, rcps
+        # Output t depends on later tokens through the reversed scan or the reverse-complement strand.
+        self.causal = not (bidirectional or rcps)
         self.vocab_size, self.num_classes, self.init_std = vocab_size, num_classes, init_std
         mamba_kwargs = dict(
             d_state=d_state,
@@ -302,9 +304,9 @@ class Caduceus(nn.Module):
         """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
         return list(self.layers)
 
-    def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-        """Keys of a pretrained Caduceus ``state`` this model loads: everything but a classifier head."""
-        return {k: v for k, v in state.items() if not k.startswith("head.")}
+    def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor | None]:
+        """A pretrained Caduceus's weights for this model: all but a classifier head (``backbone_state``)."""
+        return backbone_state(self, state)
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) -> (B, L, d_model), or with ``rcps`` (B, L, 2 d_model): the embedding of the sequence

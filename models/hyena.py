@@ -50,6 +50,14 @@ def fft_causal_conv(u: torch.Tensor, k: torch.Tensor, skip: torch.Tensor) -> tor
     return (y + u.float() * skip.float()[:, None]).to(u.dtype)
 
 
+def backbone_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    """``init_from`` key filter of the DNA models: every key of a pretrained ``state`` but a classifier
+    head; the model's own head keys map to None ("keep this model's init": a fine-tune's new head)."""
+    kept: dict[str, torch.Tensor | None] = {k: v for k, v in state.items() if not k.startswith("head.")}
+    kept.update({k: None for k in model.state_dict() if k.startswith("head.")})
+    return kept
+
+
 def masked_mean(x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Mean of (B, L, C) features over the positions whose token is not padding -> (B, C)."""
     keep = (tokens != PAD).unsqueeze(-1).to(x.dtype)
@@ -190,6 +198,8 @@ class Block(nn.Module):
 class HyenaDNA(nn.Module):
     """HyenaDNA: next-nucleotide logits (B, L, vocab_size), or class logits (B, num_classes).
 
+    ``causal`` is True: output t depends on tokens <= t only (tests/test_hyena.py).
+
     Args:
         d_model, n_layer: width and depth.
         d_inner: MLP width (upstream: 4 * d_model).
@@ -203,6 +213,8 @@ class HyenaDNA(nn.Module):
             features over the non-padding positions (GenomicBenchmarks fine-tuning).
         norm: the norm factory, a norm name or a ``configs/norm`` mapping.
     """
+
+    causal = True
 
     def __init__(
         self,
@@ -276,10 +288,10 @@ class HyenaDNA(nn.Module):
         """The implicit filters (upstream layer config ``wd: 0.0``); 1-D parameters skip decay anyway."""
         return {name for name, _ in self.named_parameters() if ".filter." in name}
 
-    def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-        """Keys of a pretrained HyenaDNA ``state`` this model loads: everything but a classifier head
-        (a fine-tune starts its own head; the LM head is the embedding, so it is kept)."""
-        return {k: v for k, v in state.items() if not k.startswith("head.")}
+    def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor | None]:
+        """A pretrained HyenaDNA's weights for this model: all but a classifier head (``backbone_state``;
+        the LM head is the embedding matrix, so a fine-tune keeps it)."""
+        return backbone_state(self, state)
 
     def forward_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (B, L) -> final normalized features (B, L, d_model)."""
@@ -309,8 +321,15 @@ def _hyena(norm, kwargs, **shape) -> HyenaDNA:
 
 
 @register_model
-def hyenadna_tiny_1k(norm=None, **kwargs) -> HyenaDNA:  # the paper's (seq 1024; hg38_hyena.yaml 2 x 128)
+def hyenadna_tiny_1k(norm=None, **kwargs) -> HyenaDNA:  # hyena-dna genomic_benchmark.yaml's backbone (2 x 128)
     return _hyena(norm, kwargs, d_model=128, n_layer=2, l_max=1026)
+
+
+# The paper's HyenaDNA (Derf Table 20: seq 1024, lr 6e-4, batch 1024, 10k steps, RC aug) is the recipe of
+# caduceus slurm_scripts/run_pretrain_hyena.sh: d_model 256, n_layer 4 (small-32k's shape) at 1k context.
+@register_model
+def hyenadna_small_1k(norm=None, **kwargs) -> HyenaDNA:
+    return _hyena(norm, kwargs, d_model=256, n_layer=4, l_max=1026)
 
 
 @register_model

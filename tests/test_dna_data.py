@@ -207,7 +207,9 @@ def test_missing_janggu_gives_the_install_command(monkeypatch):
 
 @needs_janggu
 def test_janggu_demo_sets_hold_out_the_same_regions():
-    cfg = OmegaConf.create({"source": "janggu_shuffled", "val_fraction": 0.1, "max_length": 200})
+    cfg = OmegaConf.create(
+        {"source": "janggu_shuffled", "val_fraction": 0.1, "max_length": 200, "shuffle": "dinucleotide"}
+    )
     test = dna.build_classification_dataset(cfg, "val")
     assert test.labels.float().mean() == 0.5 and test.tokens.shape[1] == 200
     held = {name for p in dna.janggu_fasta() for name, _ in dna.read_fasta(p) if dna.held_out(name, 0.1)}

@@ -86,7 +86,9 @@ def test_classifier_pools_only_real_tokens_and_loads_the_pretrained_backbone():
     torch.manual_seed(0)
     lm = models.create_model("hyenadna_cpu", norm="layernorm")
     clf = models.create_model("hyenadna_cpu", norm="layernorm", num_classes=3)
-    missing, unexpected = clf.load_state_dict(clf.init_from_state_dict(lm.state_dict(), "test"), strict=False)
+    state = clf.init_from_state_dict(lm.state_dict(), "dyt")
+    assert state["head.weight"] is None and state["head.bias"] is None  # None: the new head keeps its init
+    missing, unexpected = clf.load_state_dict({k: v for k, v in state.items() if v is not None}, strict=False)
     assert missing == ["head.weight", "head.bias"] and unexpected == []
     clf.eval()
     tokens = _tokens(1, 20)

@@ -17,7 +17,7 @@ The parsed genome is cached as a memory-mapped array (``$DYT_DATA_DIR`` or ``~/.
 **Classification** (``SequenceClassification``): ``genomic_benchmarks``, read from a local directory in
 the benchmark's own layout ``<root>/<dataset>/{train,test}/<class>/*.txt`` (one sequence per file; the
 ``genomic-benchmarks`` package's ``download_dataset(name, dest_path=root)`` writes it), or
-``janggu_shuffled``, an offline demo task: real human regions against dinucleotide-shuffled copies.
+``janggu_shuffled``, an offline demo task: real human regions against shuffled copies of themselves.
 
 **Offline real DNA**: the ``janggu`` wheel ships 7,797 real 200-bp hg19 regions (``resources/sample.fa``,
 ``sample2.fa``). It is GPL-licensed, so it is an optional dependency read in place
@@ -413,16 +413,24 @@ def _genomic_benchmark(root: Path, name: str, split: str) -> tuple[list[np.ndarr
     return seqs, labels, classes
 
 
+SHUFFLES = ("mononucleotide", "dinucleotide")
+
+
 def _janggu_shuffled(cfg: Any, split: str, seed: int) -> tuple[list[np.ndarray], list[int], list[str]]:
-    """Real regions (label 1) and one dinucleotide-shuffled copy of each (label 0); the split holds out
-    records by name exactly as pretraining does, so test regions were never pretrained on."""
+    """Real regions (label 1) and one shuffled copy of each (label 0): ``data.shuffle`` keeps the base
+    counts (``mononucleotide``) or also the dinucleotide counts (``dinucleotide``, the harder control).
+    The split holds out records by name exactly as pretraining does, so test regions were never
+    pretrained on."""
+    if cfg.shuffle not in SHUFFLES:
+        raise ValueError(f"unknown data.shuffle {cfg.shuffle!r}; valid values are: {', '.join(SHUFFLES)}")
     seqs, labels = [], []
     for path in janggu_fasta():
         for name, ids in read_fasta(path):
             if held_out(name, float(cfg.val_fraction)) != (split == "val") or (ids == N_ID).any():
                 continue
             rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-            seqs += [ids, dinucleotide_shuffle(ids, rng)]
+            shuffled = dinucleotide_shuffle(ids, rng) if cfg.shuffle == "dinucleotide" else rng.permutation(ids)
+            seqs += [ids, shuffled]
             labels += [1, 0]
     return seqs, labels, ["shuffled", "real"]
 
@@ -455,15 +463,40 @@ class SequenceClassification(Dataset):
 
 
 CLASSIFICATION_SOURCES = ("genomic_benchmarks", "janggu_shuffled")
+# The 8 GenomicBenchmarks datasets HyenaDNA and Caduceus report (hyena-dna / caduceus
+# configs/experiment/hg38/genomic_benchmark.yaml), with their number of classes.
+GENOMIC_BENCHMARKS = {
+    "dummy_mouse_enhancers_ensembl": 2,
+    "demo_coding_vs_intergenomic_seqs": 2,
+    "demo_human_or_worm": 2,
+    "human_enhancers_cohn": 2,
+    "human_enhancers_ensembl": 2,
+    "human_ensembl_regulatory": 3,
+    "human_nontata_promoters": 2,
+    "human_ocr_ensembl": 2,
+}
 
 
-def build_classification_dataset(cfg: Any, split: str, seed: int = 0) -> SequenceClassification:
-    """``split`` (``train`` or ``val`` = the benchmark's test set) of the configured classification data."""
+def num_classes(cfg: Any) -> int:
+    """``data.num_classes``, or for a GenomicBenchmarks dataset its known number of classes."""
+    if cfg.get("num_classes"):
+        return int(cfg.num_classes)
+    if cfg.source == "genomic_benchmarks" and cfg.dataset in GENOMIC_BENCHMARKS:
+        return GENOMIC_BENCHMARKS[cfg.dataset]
+    raise ValueError(
+        f"set data.num_classes for data.dataset={cfg.get('dataset')!r} (known GenomicBenchmarks datasets: "
+        f"{', '.join(GENOMIC_BENCHMARKS)})"
+    )
+
+
+def build_classification_dataset(cfg: Any, split: str) -> SequenceClassification:
+    """``split`` (``train`` or ``val`` = the benchmark's test set) of the configured classification data.
+    The demo's shuffled copies depend on ``data.shuffle_seed`` only, so every run sees the same sets."""
     if cfg.source == "genomic_benchmarks":
         seqs, labels, classes = _genomic_benchmark(Path(cfg.root), cfg.dataset, split)
         where = f"GenomicBenchmarks {cfg.dataset}/{split}"
     elif cfg.source == "janggu_shuffled":
-        seqs, labels, classes = _janggu_shuffled(cfg, split, seed)
+        seqs, labels, classes = _janggu_shuffled(cfg, split, int(cfg.get("shuffle_seed", 0)))
         where = f"janggu real-vs-shuffled/{split}"
     else:
         raise ValueError(f"unknown data.source {cfg.source!r}; valid sources are: {', '.join(CLASSIFICATION_SOURCES)}")
