@@ -32,7 +32,7 @@ from torch import nn
 from dyt.data.dna import VOCAB_SIZE, complement_ids
 from dyt.nn import NormFactory, build_norm_factory
 from models import register_model
-from models.hyena import backbone_state, masked_mean
+from models.hyena import backbone_state, masked_mean, random_bases
 
 try:  # optional CUDA kernel
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -303,6 +303,10 @@ class Caduceus(nn.Module):
     def wrap_units(self) -> list[nn.Module]:
         """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
         return list(self.layers)
+
+    def example_inputs(self, batch: int) -> tuple[torch.Tensor]:
+        """Random bases (batch, 16) on the model's device."""
+        return (random_bases(batch, 16, self.embed.weight.device),)
 
     def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor | None]:
         """A pretrained Caduceus's weights for this model: all but a classifier head (``backbone_state``)."""

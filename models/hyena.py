@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dyt.data.dna import PAD, VOCAB_SIZE
+from dyt.data.dna import BASE_IDS, PAD, VOCAB_SIZE
 from dyt.nn import NormFactory, build_norm_factory
 from models import register_model
 
@@ -48,6 +48,11 @@ def fft_causal_conv(u: torch.Tensor, k: torch.Tensor, skip: torch.Tensor) -> tor
     n = 2 * L
     y = torch.fft.irfft(torch.fft.rfft(u.float(), n=n) * torch.fft.rfft(k.float(), n=n), n=n)[..., :L]
     return (y + u.float() * skip.float()[:, None]).to(u.dtype)
+
+
+def random_bases(batch: int, length: int, device: torch.device) -> torch.Tensor:
+    """(batch, length) token ids of random A, C, G, T (from the torch RNG)."""
+    return torch.randint(BASE_IDS["A"], BASE_IDS["T"] + 1, (batch, length), device=device)
 
 
 def backbone_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
@@ -287,6 +292,10 @@ class HyenaDNA(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """The implicit filters (upstream layer config ``wd: 0.0``); 1-D parameters skip decay anyway."""
         return {name for name, _ in self.named_parameters() if ".filter." in name}
+
+    def example_inputs(self, batch: int) -> tuple[torch.Tensor]:
+        """Random bases (batch, 16) on the model's device."""
+        return (random_bases(batch, min(16, self.l_max), self.embed.weight.device),)
 
     def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor | None]:
         """A pretrained HyenaDNA's weights for this model: all but a classifier head (``backbone_state``;
