@@ -211,6 +211,6 @@ def test_janggu_demo_sets_hold_out_the_same_regions():
         {"source": "janggu_shuffled", "val_fraction": 0.1, "max_length": 200, "shuffle": "dinucleotide"}
     )
     test = dna.build_classification_dataset(cfg, "val")
-    assert test.labels.float().mean() == 0.5 and test.tokens.shape[1] == 200
+    assert test.labels.float().mean() == 0.5 and test[0][0].shape == (200,) and test[0][0].dtype == torch.long
     held = {name for p in dna.janggu_fasta() for name, _ in dna.read_fasta(p) if dna.held_out(name, 0.1)}
     assert 0.05 < len(held) / 7797 < 0.15 and len(test) == 2 * len(held)
