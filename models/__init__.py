@@ -47,13 +47,17 @@ Attributes tasks may read (and nothing else of a model's internals):
     ==================  =========================================================  ==================
     attribute           meaning                                                    families
     ==================  =========================================================  ==================
-    ``num_classes``     classes of the classifier head or of class conditioning    vit, convnext, dit
+    ``num_classes``     classes of the classifier head or of class conditioning    vit, convnext, dit,
+                                                                                   hyena, caduceus
     ``in_channels``     channels of the input image or latent                      vit, convnext, dit
     ``embed_dim``       width of the token features                                vit
     ``patch_size``      side of a square patch                                     dit
     ``grid_size``       patches per side (a sample is ``grid_size * patch_size``)  dit
     ``learn_sigma``     the output also carries the variance interpolation         dit
-    ``vocab_size``      tokens of the embedding and of the output logits           llama
+    ``vocab_size``      tokens of the embedding and of the output logits           llama, hyena,
+                                                                                   caduceus
+    ``l_max``           the longest input in tokens                                hyena
+    ``causal``          output t depends on tokens <= t only                       hyena, caduceus
     ==================  =========================================================  ==================
 """
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from dyt.data.dna import VOCAB_SIZE, complement_ids
 from dyt.nn import NormFactory, build_norm_factory
-from models import register_model
+from models import deferred_init, register_model
 from models.hyena import backbone_state, masked_mean, random_bases
 
 try:  # optional CUDA kernel
@@ -272,12 +272,13 @@ class Caduceus(nn.Module):
             chunk_size=chunk_size,
             use_fast_path=use_fast_path,
         )
-        self.embed = nn.Embedding(vocab_size, d_model)
-        self.register_buffer("complement", torch.empty(vocab_size, dtype=torch.long), persistent=False)
-        self.layers = nn.ModuleList(Block(d_model, mamba_kwargs, rcps, norm) for _ in range(n_layer))
-        self.norm_f = norm(d_model, site="final", eps=NORM_EPS)
-        self.head = nn.Linear(d_model, num_classes) if num_classes > 0 else None
-        self.reset_parameters()
+        with deferred_init(self):
+            self.embed = nn.Embedding(vocab_size, d_model)
+            self.register_buffer("complement", torch.empty(vocab_size, dtype=torch.long), persistent=False)
+            self.layers = nn.ModuleList(Block(d_model, mamba_kwargs, rcps, norm) for _ in range(n_layer))
+            self.norm_f = norm(d_model, site="final", eps=NORM_EPS)
+            self.head = nn.Linear(d_model, num_classes) if num_classes > 0 else None
+        self.norm_options = norm.resolved()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -307,6 +308,10 @@ class Caduceus(nn.Module):
     def example_inputs(self, batch: int) -> tuple[torch.Tensor]:
         """Random bases (batch, 16) on the model's device."""
         return (random_bases(batch, 16, self.embed.weight.device),)
+
+    def resolved_options(self) -> dict:
+        """The norms as built, per site, and the Caduceus variant (see the model protocol in ``models``)."""
+        return {"norms": self.norm_options, "rcps": self.rcps, "causal": self.causal}
 
     def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor | None]:
         """A pretrained Caduceus's weights for this model: all but a classifier head (``backbone_state``)."""

@@ -32,7 +32,7 @@ from torch import nn
 
 from dyt.data.dna import BASE_IDS, PAD, VOCAB_SIZE
 from dyt.nn import NormFactory, build_norm_factory
-from models import register_model
+from models import deferred_init, register_model
 
 LN_EPS = 1e-5  # upstream layer_norm_epsilon; a hint, so DyT ignores it
 
@@ -248,21 +248,22 @@ class HyenaDNA(nn.Module):
         self.vocab_size, self.num_classes, self.init_std = vocab_size, num_classes, init_std
         d_inner = d_inner or 4 * d_model
 
-        self.embed = nn.Embedding(vocab_size, d_model)
-        self.embed_dropout = nn.Dropout(embed_dropout)
-        self.layers = nn.ModuleList(
-            Block(
-                d_model,
-                d_inner,
-                HyenaOperator(d_model, l_max, order, filter_order, emb_dim, short_filter_order, w),
-                resid_dropout,
-                norm,
+        with deferred_init(self):
+            self.embed = nn.Embedding(vocab_size, d_model)
+            self.embed_dropout = nn.Dropout(embed_dropout)
+            self.layers = nn.ModuleList(
+                Block(
+                    d_model,
+                    d_inner,
+                    HyenaOperator(d_model, l_max, order, filter_order, emb_dim, short_filter_order, w),
+                    resid_dropout,
+                    norm,
+                )
+                for _ in range(n_layer)
             )
-            for _ in range(n_layer)
-        )
-        self.norm_f = norm(d_model, site="final", eps=LN_EPS)
-        self.head = nn.Linear(d_model, num_classes) if num_classes > 0 else None
-        self.reset_parameters()
+            self.norm_f = norm(d_model, site="final", eps=LN_EPS)
+            self.head = nn.Linear(d_model, num_classes) if num_classes > 0 else None
+        self.norm_options = norm.resolved()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -296,6 +297,10 @@ class HyenaDNA(nn.Module):
     def example_inputs(self, batch: int) -> tuple[torch.Tensor]:
         """Random bases (batch, 16) on the model's device."""
         return (random_bases(batch, min(16, self.l_max), self.embed.weight.device),)
+
+    def resolved_options(self) -> dict:
+        """The norms as built, per site (see the model protocol in ``models``)."""
+        return {"norms": self.norm_options}
 
     def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor | None]:
         """A pretrained HyenaDNA's weights for this model: all but a classifier head (``backbone_state``;
