@@ -36,7 +36,7 @@ def pretrain_cfg(tmp_path: Path, *overrides: str):
         return compose(
             "train",
             overrides=[
-                "experiment=dna_demo_pretrain",
+                "experiment=dna_demo_hyena_pretrain",
                 "norm=layernorm",
                 f"data.fasta={_genome(tmp_path)}",
                 f"data.cache_dir={tmp_path / 'cache'}",
