@@ -110,3 +110,13 @@ def test_runs_of_different_recipes_are_never_averaged_as_seeds(tmp_path):
     table = build_tables(find_runs(tmp_path), load_paper(PAPER))["experiments_val_top1"]
     assert "| quickstart (vit_b) [100 steps] | 91.00 ± 1.41 (n=2) |" in table
     assert "| quickstart (vit_b) [100 steps; optim.lr=0.1] | 50.00 |" in table
+
+
+def test_fine_tunes_from_each_norms_own_pretraining_share_a_row(tmp_path):
+    res = {"val/acc": 80.0, "headline_metric": "val/acc", "steps": 10}
+    for norm in ("layernorm", "dyt"):
+        run = _fake_run(tmp_path, "gb", norm, 0, res)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["init_from"] = {"source": f"runs/pretrain/{norm}/seed0", "made_by": f"python train.py norm={norm}"}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert {r.variant for r in find_runs(tmp_path)} == {""}

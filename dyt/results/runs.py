@@ -40,8 +40,14 @@ class Run:
         norm, names and paths; see ``dyt.engine.identity.NON_TRAINING_KEYS``)."""
         from dyt.engine.identity import NON_TRAINING_KEYS, flatten
 
-        skip = (*NON_TRAINING_KEYS, "seed", "norm", "norm.*", "trainer.accept_changes")
-        return {k: v for k, v in flatten(self.config).items() if not any(fnmatch(k, p) for p in skip)}
+        skip = (*NON_TRAINING_KEYS, "seed", "norm", "norm.*", "trainer.accept_changes", "init_from.made_by")
+        recipe = {k: v for k, v in flatten(self.config).items() if not any(fnmatch(k, p) for p in skip)}
+        # A fine-tune starts from its own norm's and seed's pre-training run: compare the pattern, not the path.
+        seed = f"seed{self.seed}"
+        return {
+            k: v.replace(f"/{self.norm}/", "/<norm>/").replace(seed, "seed<k>") if isinstance(v, str) else v
+            for k, v in recipe.items()
+        }
 
     @property
     def finished(self) -> bool:
