@@ -25,6 +25,7 @@ def _fake_run(
     losses=(2.0, 1.0),
     lr: float = 4e-3,
     dirname: str | None = None,
+    extra_lines: tuple[dict, ...] = (),
 ) -> Path:
     run = root / (dirname or experiment) / norm / f"seed{seed}"
     run.mkdir(parents=True)
@@ -39,6 +40,7 @@ def _fake_run(
     }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     lines = [json.dumps({"step": i, "train/loss": v}) for i, v in enumerate(losses)]
+    lines += [json.dumps(line) for line in extra_lines]
     (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 9, "train/lo')  # torn last line
     if results is not None:
         (run / "results.json").write_text(json.dumps(results))
@@ -78,7 +80,7 @@ def test_table_puts_ours_beside_the_paper_with_mean_std_and_difference(tmp_path)
     assert got["layernorm (ours)"] == "82.10 ± 0.14 (n=2)"
     assert got["layernorm (paper)"] == "82.30"
     assert got["dyt (ours)"] == "82.60" and got["dyt (paper)"] == "82.50"
-    assert got["dyt − layernorm (ours / paper)"] == "0.50 / 0.20"
+    assert got["dyt − layernorm (ours / paper)"] == "+0.50 / +0.20"
     assert "| quickstart (vit_b) [660 steps] | 97.50 |" in tables["experiments_val_top1"]
     assert "paper" not in tables["experiments_val_top1"].split("\n")[4], "no paper columns where the paper has no row"
     written = write_tables(tables, tmp_path / "out")
@@ -92,7 +94,7 @@ def test_curves_skip_torn_lines_and_plot_one_png_per_experiment(tmp_path):
     runs = find_runs(tmp_path)
     assert runs[0].curve("train/loss") == ([0, 1, 2], [2.0, 1.5, 1.0])
     paths = plot_curves(runs, tmp_path / "figures")
-    assert [p.name for p in paths] == ["quickstart_train_loss.png"] and paths[0].stat().st_size > 1000
+    assert [p.name for p in paths] == ["quickstart_curves.png"] and paths[0].stat().st_size > 1000
 
 
 def test_mean_std():
@@ -120,3 +122,100 @@ def test_fine_tunes_from_each_norms_own_pretraining_share_a_row(tmp_path):
         cfg["init_from"] = {"source": f"runs/pretrain/{norm}/seed0", "made_by": f"python train.py norm={norm}"}
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert {r.variant for r in find_runs(tmp_path)} == {""}
+
+
+def _cells(table: str, row_start: str) -> dict[str, str]:
+    lines = table.splitlines()
+    header = next(line for line in lines if line.startswith("| model"))
+    row = next(line for line in lines if line.startswith(row_start))
+    return dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]))
+
+
+def test_diverged_runs_show_best_accuracy_before_failing_as_the_paper_does(tmp_path):
+    ref = {"table": "table7", "row": "vit_s"}
+    evals = ({"step": 10, "val/top1": 40.0}, {"step": 20, "val/top1": 58.0}, {"step": 30, "val/top1": 55.0})
+    _fake_run(tmp_path, "paper/table7_vit_s", "dyt_identity", 0, {"val/top1": 55.0, "diverged_at_step": 31}, ref,
+              extra_lines=evals)  # fmt: skip
+    _fake_run(
+        tmp_path, "paper/table7_vit_s", "dyt", 0, {"val/top1": 80.0, "val/top1_ema": 80.4}, ref, extra_lines=evals
+    )
+    table = build_tables(find_runs(tmp_path), load_paper(PAPER))["table7"]
+    got = _cells(table, "| ViT-S")
+    assert got["dyt_identity (ours)"] == "58.00 → failed (step 31)"
+    assert got["dyt_identity (paper)"] == "58.50 → failed"
+    assert got["dyt (ours)"] == "80.00 (EMA 80.40)", "EMA shown where it differs; best (58) is below final"
+    assert "raw model at the final evaluation" in table
+
+
+def test_best_epoch_is_shown_where_it_differs_from_the_final_one(tmp_path):
+    evals = ({"step": 10, "val/top1": 91.5}, {"step": 20, "val/top1": 90.0})
+    _fake_run(tmp_path, "quickstart", "dyt", 0, {"val/top1": 90.0, "headline_metric": "val/top1"}, extra_lines=evals)
+    table = build_tables(find_runs(tmp_path), load_paper(PAPER))["experiments_val_top1"]
+    assert "| 90.00 (best 91.50) |" in table
+
+
+def test_table4_shows_score_with_three_decimals_and_final_training_loss(tmp_path):
+    ref = {"table": "table4", "row": "llama2_7b"}
+    _fake_run(tmp_path, "paper/llama2_7b", "rmsnorm", 0, {"lm_eval/score": 0.5131}, ref, losses=(3.0, 1.62))
+    _fake_run(tmp_path, "paper/llama2_7b", "dyt", 0, {"lm_eval/score": 0.5292}, ref, losses=(3.0, 1.64))
+    table = build_tables(find_runs(tmp_path), load_paper(PAPER))["table4"]
+    score, loss = table.split("\n### ")
+    got = _cells(score, "| LLaMA 7B")
+    assert (got["rmsnorm (ours)"], got["rmsnorm (paper)"], got["dyt (ours)"]) == ("0.513", "0.513", "0.529")
+    assert got["dyt − rmsnorm (ours / paper)"] == "+0.016 / –", "the paper writes an unchanged score as –"
+    got = _cells(loss, "| LLaMA 7B")
+    assert (got["rmsnorm (ours)"], got["rmsnorm (paper)"], got["dyt (ours)"]) == ("1.62", "1.59", "1.64")
+    assert got["dyt − rmsnorm (ours / paper)"] == "+0.02 / +0.01" and "train/loss" in loss
+
+
+def test_table6_caduceus_differences_are_against_rmsnorm_as_in_the_paper(tmp_path):
+    for row in ("hyenadna", "caduceus"):
+        _fake_run(tmp_path, f"paper/{row}", "dyt", 0, {"val/acc": 86.0}, {"table": "table6", "row": row})
+    table = build_tables(find_runs(tmp_path), load_paper(PAPER))["table6"]
+    assert _cells(table, "| Caduceus")["dyt − baseline (ours / paper)"] == "n/a / –"
+    assert _cells(table, "| HyenaDNA (vs layernorm)")["dyt − baseline (ours / paper)"] == "n/a / –"
+
+
+def test_table8_is_filled_by_norm_tags_and_reuses_table7_vit_b_runs(tmp_path):
+    for norm, acc in (("dyt_fixed_alpha", 81.0), ("dyt_hardtanh_fixed_alpha", 80.0)):
+        _fake_run(tmp_path, "paper/table8_vit_b_fixed_alpha", norm, 0, {"val/top1": acc},
+                  {"table": "table8", "row": "without_alpha"})  # fmt: skip
+    _fake_run(tmp_path, "paper/table7_vit_b", "dyt", 0, {"val/top1": 82.0}, {"table": "table7", "row": "vit_b"})
+    tables = build_tables(find_runs(tmp_path), load_paper(PAPER))
+    without, with_alpha = _cells(tables["table8"], "| without alpha"), _cells(tables["table8"], "| with alpha")
+    assert (without["tanh (ours)"], without["tanh (paper)"], without["hardtanh (ours)"]) == ("81.00", "81.10", "80.00")
+    assert (without["sigmoid (ours)"], without["sigmoid (paper)"]) == ("–", "80.70")
+    assert (with_alpha["tanh (ours)"], with_alpha["tanh (paper)"], with_alpha["sigmoid (paper)"]) == (
+        "82.00",
+        "82.50",
+        "81.60",
+    )
+    assert "82.00" in _cells(tables["table7"], "| ViT-B")["dyt (ours)"]
+
+
+def test_paper_tables_7_to_9_rows_are_reachable_from_recipes():
+    """Every recipe's paper_ref names a row of paper.yaml, and Tables 7 and 8 have recipes."""
+    recipes = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "paper"
+    paper, refs = load_paper(PAPER), set()
+    for path in recipes.glob("*.yaml"):
+        ref = yaml.safe_load(path.read_text()).get("paper_ref")
+        if ref:
+            assert ref["row"] in paper[ref["table"]]["rows"], f"{path.name}: {ref}"
+            refs.add((ref["table"], ref["row"]))
+    assert {("table7", "vit_s"), ("table7", "vit_b"), ("table8", "without_alpha")} <= refs
+
+
+def test_standard_figures_show_validation_and_alpha_and_replot_recorded_analyses(tmp_path):
+    rows = ({"step": 1, "val/top1": 50.0}, {"step": 1, "alpha/mean": 0.5, "alpha/blocks.0.norm1": 0.5})
+    run = _fake_run(
+        tmp_path, "quickstart", "dyt", 0, {"val/top1": 50.0, "headline_metric": "val/top1"}, extra_lines=rows
+    )
+    (run / "analysis").mkdir()
+    lines = [
+        {"step": s, "alpha/a": 0.5 + s, "input_std/a": 1.0 + s, "alpha/b": 1.0, "input_std/b": 2.0} for s in (0, 1)
+    ]
+    (run / "analysis" / "alpha_std.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    runs = find_runs(tmp_path)
+    assert runs[0].best("val/top1") == (50.0, 1)
+    paths = plot_curves(runs, tmp_path / "figures")
+    assert [p.name for p in paths] == ["quickstart_curves.png", "quickstart_dyt_seed0_alpha_std.png"]

@@ -55,20 +55,40 @@ class Run:
 
     def metrics(self) -> list[dict[str, Any]]:
         """Every line of ``metrics.jsonl`` (a torn last line, from a kill mid-write, is skipped)."""
-        lines = []
-        path = self.path / "metrics.jsonl"
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    lines.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        return lines
+        return read_jsonl(self.path / "metrics.jsonl")
+
+    def analysis_rows(self) -> list[dict[str, Any]]:
+        """What the trainer logged and what ``scripts/analysis/`` measured afterwards
+        (``analysis/*.jsonl``), in one list of ``{step, ...}`` rows."""
+        rows = self.metrics()
+        for path in sorted((self.path / "analysis").glob("*.jsonl")):
+            rows += read_jsonl(path)
+        return rows
+
+    def best(self, key: str, higher_is_better: bool = True) -> tuple[float, int] | None:
+        """(best value of ``key`` over every evaluation in ``metrics.jsonl``, its step); None if never logged."""
+        steps, values = self.curve(key)
+        finite = [(v, s) for s, v in zip(steps, values, strict=True) if math.isfinite(v)]
+        if not finite:
+            return None
+        return max(finite) if higher_is_better else min(finite, key=lambda p: (p[0], -p[1]))
 
     def curve(self, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of ``key`` over training."""
         points = [(m["step"], m[key]) for m in self.metrics() if key in m and "step" in m]
         return [s for s, _ in points], [v for _, v in points]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file, one per line; a torn line (a kill mid-write) is skipped."""
+    lines = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return lines
 
 
 def load_run(path: str | Path) -> Run:

@@ -1,0 +1,61 @@
+"""Models and batches to analyse: a run dir or checkpoint of this codebase, or a timm model (optionally
+converted with ``dyt.convert``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import default_collate
+
+
+def run_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Every checkpoint a run dir keeps, oldest first (``trainer.keep_checkpoints`` sets how many)."""
+    from dyt.engine.checkpoint import _checkpoints
+
+    return _checkpoints(Path(run_dir) / "checkpoints")
+
+
+def load_run_model(path: str | Path, ema: bool = False) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """(model, task, checkpoint) of a run dir (its newest checkpoint) or a checkpoint, rebuilt with the
+    config it was trained with, as ``eval.py run=...`` does; ``ema`` loads the EMA weights."""
+    from dyt.cli import build_task
+    from dyt.engine.checkpoint import load_checkpoint, load_model_state
+
+    ckpt = load_checkpoint(path)
+    task = build_task(OmegaConf.create(ckpt["config"]))
+    model = task.build_model()
+    if ema and not ckpt.get("ema"):
+        raise ValueError(f"{ckpt['path']} has no EMA weights (the run had trainer.ema_decay=null); drop ema")
+    load_model_state(model, ckpt["ema"] if ema else ckpt["model"], source=str(ckpt["path"]))
+    return model.eval(), task, ckpt
+
+
+def task_batch(task: Any, n: int = 64) -> Any:
+    """The first ``n`` items of the task's validation set (else its training set), collated: one fixed
+    mini-batch, the same for every checkpoint of a run."""
+    data = task.eval_data() or task.train_data()
+    items = [data[i] for i in range(min(n, len(data)))]
+    return (task.collate_fn() or default_collate)(items)
+
+
+def classifier_inputs(batch: Any) -> torch.Tensor:
+    """The images of an ``(images, labels)`` batch (the classification task's), else the batch itself."""
+    return batch[0] if isinstance(batch, list | tuple) else batch
+
+
+def timm_model(name: str, to: str | None = None, seed: int = 0, **kwargs: Any) -> nn.Module:
+    """timm model ``name`` with random weights (seeded; no download), converted to norm ``to`` with
+    ``dyt.convert`` when given."""
+    import timm
+
+    from dyt.nn.convert import convert
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    if to:
+        convert(model, to=to)
+    return model.eval()
