@@ -78,7 +78,7 @@ def test_norm_sweep_then_table(tmp_path):
     out = _run("eval.py", f"runs_root={runs}", f"out_dir={tmp_path}/results").stdout
     assert "| quickstart (vit_digits) [22 steps] |" in out and "| layernorm | dyt | dyt − layernorm |" in out
     assert (tmp_path / "results" / "experiments_val_top1.md").exists()
-    assert (tmp_path / "results" / "figures" / "quickstart_train_loss.png").exists()
+    assert (tmp_path / "results" / "figures" / "quickstart_curves.png").exists()
 
 
 @pytest.mark.slow
