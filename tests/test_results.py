@@ -149,9 +149,14 @@ def test_diverged_runs_show_best_accuracy_before_failing_as_the_paper_does(tmp_p
 
 def test_best_epoch_is_shown_where_it_differs_from_the_final_one(tmp_path):
     evals = ({"step": 10, "val/top1": 91.5}, {"step": 20, "val/top1": 90.0})
-    _fake_run(tmp_path, "quickstart", "dyt", 0, {"val/top1": 90.0, "headline_metric": "val/top1"}, extra_lines=evals)
-    table = build_tables(find_runs(tmp_path), load_paper(PAPER))["experiments_val_top1"]
-    assert "| 90.00 (best 91.50) |" in table
+    res = {"val/top1": 90.0, "headline_metric": "val/top1", "headline_mode": "max"}
+    _fake_run(tmp_path, "quickstart", "dyt", 0, res, extra_lines=evals)
+    evals = ({"step": 10, "fid": 9.0}, {"step": 20, "fid": 12.0})
+    _fake_run(tmp_path, "dit_digits", "dyt", 0, {"fid": 10.0, "headline_metric": "fid", "headline_mode": "min"},
+              extra_lines=evals)  # fmt: skip
+    tables = build_tables(find_runs(tmp_path), load_paper(PAPER))
+    assert "| 90.00 (best 91.50) |" in tables["experiments_val_top1"]
+    assert "| 10.00 (best 9.00) |" in tables["experiments_fid"], "best of a lower-is-better metric is its minimum"
 
 
 def test_table4_shows_score_with_three_decimals_and_final_training_loss(tmp_path):

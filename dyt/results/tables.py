@@ -72,7 +72,11 @@ class _Ours:
     """Our runs of one (row, norm) cell and what the table says about them."""
 
     def __init__(self, runs: list[Run], metric: str, higher: bool | None, digits: int) -> None:
-        self.runs, self.metric, self.higher, self.digits = runs, metric, higher is not False, digits
+        self.runs, self.metric, self.digits = runs, metric, digits
+        if higher is None:  # no paper table: the direction the task declared for its headline metric
+            modes = {r.results.get("headline_mode") for r in runs if r.results.get("headline_metric") == metric}
+            higher = {"max": True, "min": False}.get(modes.pop()) if len(modes) == 1 else None
+        self.higher = higher  # None: direction unknown, so no "best" is shown
         self.diverged = [r for r in runs if r.results.get("diverged_at_step") is not None]
         self.final = [self._final(r) for r in runs if r not in self.diverged]
         self.final = [v for v in self.final if v is not None]
@@ -86,6 +90,8 @@ class _Ours:
 
     def _best(self, run: Run) -> float | None:
         """The best value over the logged evaluations and the final one."""
+        if self.higher is None:
+            return None
         best = run.best(self.metric, self.higher)
         final = None if run in self.diverged else self._final(run)
         values = [v for v in (best[0] if best else None, final) if v is not None]
