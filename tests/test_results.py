@@ -224,3 +224,11 @@ def test_standard_figures_show_validation_and_alpha_and_replot_recorded_analyses
     assert runs[0].best("val/top1") == (50.0, 1)
     paths = plot_curves(runs, tmp_path / "figures")
     assert [p.name for p in paths] == ["quickstart_curves.png", "quickstart_dyt_seed0_alpha_std.png"]
+
+
+def test_every_non_baseline_norm_gets_a_difference_column(tmp_path):
+    for norm, acc in (("layernorm", 80.0), ("rmsnorm", 81.0), ("dyt", 79.0)):
+        _fake_run(tmp_path, "demo", norm, 0, {"val/acc": acc, "headline_metric": "val/acc"})
+    table = build_tables(find_runs(tmp_path), load_paper(PAPER))["experiments_val_acc"]
+    assert "| model | layernorm | rmsnorm | dyt | rmsnorm − layernorm | dyt − layernorm |" in table
+    assert "| +1.00 | -1.00 |" in table

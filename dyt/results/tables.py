@@ -150,11 +150,11 @@ def _table(
     named = {t for tags in columns.values() for t in tags}
     columns.update({n: [n] for n in norms if n not in named})  # a norm of ours the paper's columns lack
     bases = {paper.get("baseline") or next((n for n in BASELINES if n in norms), None) for _, _, paper in rows}
-    base_name = bases.pop() if len(bases) == 1 else "baseline"
+    base_name = next(iter(bases)) if len(bases) == 1 else "baseline"
     header = ["model"]
     for name in columns:
         header += [f"{name} (ours)", f"{name} (paper)"] if with_paper else [name]
-    others = [n for n in columns if n not in BASELINES] if base_name else []
+    others = [n for n in columns if n not in bases] if base_name else []  # a column per non-baseline norm
     header += [f"{n} − {base_name} (ours / paper)" if with_paper else f"{n} − {base_name}" for n in others]
     direction = "" if higher is None else (" (higher is better)" if higher else " (lower is better)")
     lines = [
