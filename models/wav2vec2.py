@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dyt.nn import NormFactory, build_norm_factory
-from models import register_model
+from models import deferred_init, register_model
 
 # fairseq's default conv_feature_layers: (channels, kernel, stride); 320x downsampling, receptive field 400.
 CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
@@ -134,15 +134,16 @@ class ConvLayer(nn.Module):
 class FeatureEncoder(nn.Module):
     """Waveform (B, samples) -> features (B, channels, frames)."""
 
-    def __init__(self, mode: str, channels: int, conv_bias: bool, norm: NormFactory, keep: bool) -> None:
+    def __init__(self, mode: str, channels: int, conv_bias: bool, norm: NormFactory, kept: NormFactory | None) -> None:
+        """``kept``: the LayerNorm factory of kept conv norms (``keep_norms`` has ``conv``), else None."""
         super().__init__()
         layers, in_ch = [], 1
         for i, (_, kernel, stride) in enumerate(CONV_LAYERS):
             ch = channels
             if mode == "layer_norm" or i == 0:
                 layer_norm = mode == "layer_norm"
-                layer_norm_factory = build_norm_factory("layernorm") if keep else norm
-                if keep and not layer_norm:
+                layer_norm_factory = kept or norm
+                if kept is not None and not layer_norm:
                     # GroupNorm with one group per channel normalises each channel over time; it is not a
                     # norm DyT replaces (paper App. A keeps it), so it stays torch's layer.
                     conv_norm = nn.GroupNorm(ch, ch, eps=LN_EPS)
@@ -413,28 +414,45 @@ class Wav2Vec2(nn.Module):
             logit_temp,
         )
 
-        keep_conv = "conv" in keep_norms
-        self.feature_extractor = FeatureEncoder(extractor_mode, conv_channels, conv_bias, norm, keep=keep_conv)
-        post_norm = build_norm_factory("layernorm") if "post_extract" in keep_norms else norm
-        self.post_extract_norm = post_norm(conv_dim, site="post_extract", eps=LN_EPS)
-        self.post_extract_proj = nn.Linear(conv_dim, embed_dim)
-        self.dropout_input, self.dropout_features = nn.Dropout(dropout_input), nn.Dropout(dropout_features)
-        self.mask_emb = nn.Parameter(torch.empty(embed_dim))
-        layer_kwargs = {
-            "ffn_dim": ffn_dim,
-            "num_heads": num_heads,
-            "dropout": dropout,
-            "attention_dropout": attention_dropout,
-            "activation_dropout": activation_dropout,
-            "layer_norm_first": layer_norm_first,
+        # The sites in keep_norms keep fairseq's own norms whatever the config's norm (paper App. A).
+        with deferred_init(self):  # built once, by reset_parameters() (the model protocol)
+            kept = build_norm_factory("layernorm")
+            self.feature_extractor = FeatureEncoder(
+                extractor_mode, conv_channels, conv_bias, norm, kept if "conv" in keep_norms else None
+            )
+            post_norm = kept if "post_extract" in keep_norms else norm
+            self.post_extract_norm = post_norm(conv_dim, site="post_extract", eps=LN_EPS)
+            self.post_extract_proj = nn.Linear(conv_dim, embed_dim)
+            self.dropout_input, self.dropout_features = nn.Dropout(dropout_input), nn.Dropout(dropout_features)
+            self.mask_emb = nn.Parameter(torch.empty(embed_dim))
+            layer_kwargs = {
+                "ffn_dim": ffn_dim,
+                "num_heads": num_heads,
+                "dropout": dropout,
+                "attention_dropout": attention_dropout,
+                "activation_dropout": activation_dropout,
+                "layer_norm_first": layer_norm_first,
+            }
+            self.encoder = TransformerEncoder(
+                embed_dim, depth, layer_kwargs, pos_conv_kernel, pos_conv_groups, layerdrop, norm
+            )
+            self.quantizer = GumbelQuantizer(conv_dim, final_dim, latent_groups, latent_vars)
+            self.project_q = nn.Linear(final_dim, final_dim)
+            self.final_proj = nn.Linear(embed_dim, final_dim)
+        group_norms = sum(isinstance(m, nn.GroupNorm) for m in self.feature_extractor.modules())
+        self.norm_options = {
+            "norms": norm.resolved(),
+            "kept_norms": kept.resolved()
+            + ([{"site": "conv", "norm": "groupnorm", "count": group_norms}] if group_norms else []),
         }
-        self.encoder = TransformerEncoder(
-            embed_dim, depth, layer_kwargs, pos_conv_kernel, pos_conv_groups, layerdrop, norm
-        )
-        self.quantizer = GumbelQuantizer(conv_dim, final_dim, latent_groups, latent_vars)
-        self.project_q = nn.Linear(final_dim, final_dim)
-        self.final_proj = nn.Linear(embed_dim, final_dim)
-        self.reset_parameters()
+
+    def resolved_options(self) -> dict:
+        """The norms as built, per site; ``kept_norms`` are the ones ``keep_norms`` kept from fairseq."""
+        return self.norm_options
+
+    def example_inputs(self, batch: int) -> tuple[torch.Tensor]:
+        """Half a second of random 16 kHz audio per example (24 frames: room for masks and negatives)."""
+        return (torch.randn(batch, 8000, device=self.mask_emb.device),)
 
     def reset_parameters(self) -> None:
         """fairseq's init: BERT init (N(0, 0.02), zero bias) for the Transformer blocks' linears, Kaiming
