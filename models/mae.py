@@ -134,9 +134,6 @@ class MaskedAutoencoder(nn.Module):
         """The repeated blocks of encoder and decoder (FSDP2 units, activation checkpointing)."""
         return [*self.blocks, *self.decoder_blocks]
 
-    def no_weight_decay(self) -> set[str]:
-        return {"cls_token", "mask_token"}
-
     # ---- patches and masking ----------------------------------------------------------------------
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, patches, p*p*C), pixels ordered (row, column, channel) as MAE."""

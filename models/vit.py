@@ -140,6 +140,15 @@ class VisionTransformer(nn.Module):
         """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
         return list(self.blocks)
 
+    def layer_id(self, name: str) -> int:
+        """Depth of parameter ``name`` for layer-wise lr decay (MAE util/lr_decay.py): 0 for the
+        embeddings, ``i + 1`` for block ``i``, ``depth + 1`` for the final norm and the head."""
+        if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return len(self.blocks) + 1
+
     def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
         """Weights of another ViT -> ours, for ``init_from`` (dyt/weights.py). timm's names are ours; only
         the final norm (one site, ``final``) is ``norm`` under class-token pooling and ``fc_norm`` under

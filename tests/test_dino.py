@@ -1,0 +1,177 @@
+"""DINO (models/dino.py, dyt/tasks/dino.py): backbone parity with Hugging Face, the head, the teacher,
+and the published formulas.
+
+Specification:
+- with ``norm=layernorm`` the backbone's weights load strictly into Hugging Face ``ViTModel`` and the
+  class-token features agree within 1e-5 (fp32); weights convert both ways;
+- the backbone of dino_vit_b16 has timm's ViT-B/16 size; the head is DINO's (3 linears with GELU to a
+  256-d bottleneck, L2 normalisation, a weight-normalised 65536-way last layer with its norm fixed);
+- the teacher starts equal to the student, never requires gradients, sees only the global crops;
+- every norm builds and trains the digits preset;
+- loss, centring, teacher EMA and the k-NN vote equal a float64 transcription of the published formulas
+  (DINO paper Algorithm 1 and Sec. 3.1; DINO eval_knn.py);
+- per-parameter clipping and the last-layer freeze act as DINO's ``clip_gradients`` and
+  ``cancel_gradients_last_layer``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+import torch
+from transformers import ViTConfig, ViTModel
+
+import models
+from dyt.nn import norm_names
+from dyt.tasks.dino import clip_per_parameter, dino_loss, ema_update, knn_predict, updated_center
+from models.dino import DINO, backbone_from_hf, backbone_to_hf
+from tests.test_vision_models import plain
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, out_dim=64, hidden_dim=48, bottleneck_dim=16)
+
+
+def tiny(norm="layernorm", **kwargs) -> DINO:
+    return DINO(norm, **{**TINY, **kwargs})
+
+
+# ---- model ---------------------------------------------------------------------------------------------
+
+
+def test_backbone_equals_hugging_face_vitmodel():
+    torch.manual_seed(0)
+    backbone = tiny().teacher.backbone.eval()
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        layer_norm_eps=1e-6,  # timm's (DINO's) eps; Hugging Face's default is 1e-12
+    )
+    hf = ViTModel(config, add_pooling_layer=False).eval()
+    hf.load_state_dict(backbone_to_hf(backbone.state_dict()), strict=True)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(backbone(x), hf(pixel_values=x).last_hidden_state[:, 0], atol=1e-5, rtol=0)
+    back = backbone_from_hf(hf.state_dict())
+    assert back.keys() == backbone.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in backbone.state_dict().items())
+
+
+def test_b16_backbone_is_vit_b_and_head_is_dinos():
+    with torch.device("meta"):
+        dino = models.create_model("dino_vit_b16", norm="layernorm")
+        reference = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(dino.student.backbone) == n(reference) == n(dino.teacher.backbone)
+    linears = [m for m in dino.student.head.mlp if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(768, 2048), (2048, 2048), (2048, 256)]
+    assert sum(isinstance(m, torch.nn.GELU) for m in dino.student.head.mlp) == 2
+    last = dino.student.head.last_layer
+    assert last.weight_v.shape == (65536, 256) and not last.weight_g.requires_grad
+    b8 = models.create_model("dino_vit_b8", norm="layernorm", img_size=32)
+    assert b8.student.backbone.patch_embed.patch_size == (8, 8)
+
+
+def test_head_output_is_a_normalised_projection():
+    head = tiny().student.head
+    z = torch.randn(5, 32)
+    bottleneck = torch.nn.functional.normalize(head.mlp(z), dim=-1)
+    weight = head.last_layer.weight_v / head.last_layer.weight_v.norm(dim=1, keepdim=True)
+    assert torch.allclose(head(z), bottleneck @ weight.T, atol=1e-6)
+    assert torch.equal(head.last_layer.weight_g, torch.ones(64, 1))
+    assert tiny(norm_last_layer=False).student.head.last_layer.weight_g.requires_grad
+
+
+def test_teacher_starts_as_the_student_and_sees_only_global_crops():
+    dino = tiny(drop_path_rate=0.1)
+    assert all(torch.equal(t, s) for t, s in zip(dino.teacher.parameters(), dino.student.parameters(), strict=True))
+    assert not any(p.requires_grad for p in dino.teacher.parameters())
+    assert all(isinstance(b.drop_path1, torch.nn.Identity) for b in dino.teacher.backbone.blocks)
+    crops = [torch.randn(4, 3, 32, 32) for _ in range(2)] + [torch.randn(4, 3, 16, 16) for _ in range(3)]
+    student, teacher = dino(crops)
+    assert student.shape == (20, 64) and teacher.shape == (8, 64)
+    student.sum().backward()
+    assert all(p.grad is None for p in dino.teacher.parameters())
+    assert dino.student.backbone.pos_embed.grad is not None
+
+
+@pytest.mark.parametrize("norm", norm_names())
+def test_every_norm_builds_and_trains(norm):
+    dino = models.create_model("dino_vit_digits", norm=plain(norm))
+    student, teacher = dino([torch.randn(2, 1, 8, 8)] * 2 + [torch.randn(2, 1, 4, 4)] * 2)
+    loss = dino_loss(student, teacher, torch.zeros(1, 1024), 0.1, 0.04, num_crops=4)
+    loss.backward()
+    assert torch.isfinite(loss) and dino.student.backbone.blocks[0].norm1.weight.grad is not None
+
+
+def test_builds_on_meta_and_resets_to_a_teacher_equal_to_the_student():
+    with torch.device("meta"):
+        dino = models.create_model("dino_vit_digits", norm="dyt")
+    dino.to_empty(device="cpu")
+    torch.manual_seed(0)
+    dino.reset_parameters()
+    assert all(torch.equal(t, s) for t, s in zip(dino.teacher.parameters(), dino.student.parameters(), strict=True))
+    assert all(torch.isfinite(p).all() for p in dino.parameters())
+
+
+# ---- the published formulas, transcribed in float64 ------------------------------------------------
+
+
+def reference_loss(student, teacher, center, tps, tpt, num_crops, num_global=2):
+    """DINO Algorithm 1's H(t, s) = -sum t log s over every (teacher view, other student view) pair."""
+    s_views, t_views = student.chunk(num_crops), teacher.chunk(num_global)
+    terms = []
+    for i, t in enumerate(t_views):
+        p_t = torch.exp((t - center) / tpt) / torch.exp((t - center) / tpt).sum(dim=1, keepdim=True)
+        for j, s in enumerate(s_views):
+            if i != j:
+                p_s = torch.exp(s / tps) / torch.exp(s / tps).sum(dim=1, keepdim=True)
+                terms.append(-(p_t * torch.log(p_s)).sum(dim=1).mean())
+    return sum(terms) / len(terms)
+
+
+def test_loss_centering_and_teacher_update_match_the_formulas():
+    torch.manual_seed(0)
+    n, dim, crops = 6, 40, 5
+    student = torch.randn(crops * n, dim, dtype=torch.float64)
+    teacher = torch.randn(2 * n, dim, dtype=torch.float64)
+    center = torch.randn(1, dim, dtype=torch.float64) * 0.1
+    expected = reference_loss(student, teacher, center, 0.1, 0.04, crops)
+    assert torch.allclose(dino_loss(student, teacher, center, 0.1, 0.04, crops), expected, atol=1e-12, rtol=0)
+    ours32 = dino_loss(student.float(), teacher.float(), center.float(), 0.1, 0.04, crops)
+    assert abs(ours32.item() - expected.item()) < 1e-4
+    # C <- m C + (1 - m) mean(teacher outputs of the batch)
+    new_center = updated_center(center, teacher.sum(0, keepdim=True), len(teacher), 0.9)
+    assert torch.allclose(new_center, 0.9 * center + 0.1 * teacher.mean(0, keepdim=True), atol=1e-15, rtol=0)
+    # teacher <- l teacher + (1 - l) student
+    t_net, s_net = torch.nn.Linear(3, 2).double(), torch.nn.Linear(3, 2).double()
+    before = [p.clone() for p in t_net.parameters()]
+    ema_update(t_net, s_net, 0.996)
+    for b, t, s in zip(before, t_net.parameters(), s_net.parameters(), strict=True):
+        assert torch.allclose(t, 0.996 * b + 0.004 * s, atol=1e-15, rtol=0)
+
+
+def test_knn_vote_matches_a_direct_transcription():
+    torch.manual_seed(0)
+    bank = torch.nn.functional.normalize(torch.randn(50, 8, dtype=torch.float64), dim=1)
+    labels = torch.randint(0, 4, (50,))
+    queries = torch.nn.functional.normalize(torch.randn(7, 8, dtype=torch.float64), dim=1)
+    pred = knn_predict(queries, bank, labels, k=5, temperature=0.07, num_classes=4)
+    for q, p in zip(queries, pred, strict=True):
+        sims = [(float(q @ b), int(y)) for b, y in zip(bank, labels, strict=True)]
+        votes = [0.0] * 4
+        for sim, y in sorted(sims, reverse=True)[:5]:
+            votes[y] += math.exp(sim / 0.07)
+        assert int(p) == max(range(4), key=votes.__getitem__)
+
+
+def test_per_parameter_clipping_is_dinos():
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    a.grad, b.grad = torch.tensor([3.0, 4.0, 0.0]), torch.tensor([0.1, 0.0])
+    clip_per_parameter([a, b], 1.0)
+    assert torch.allclose(a.grad, torch.tensor([0.6, 0.8, 0.0]), atol=1e-6)  # norm 5 -> 1
+    assert torch.equal(b.grad, torch.tensor([0.1, 0.0]))  # norm 0.1 < 1: unchanged
