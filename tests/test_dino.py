@@ -24,9 +24,12 @@ import torch
 from transformers import ViTConfig, ViTModel
 
 import models
+from dyt.data.ssl import MultiCrop
+from dyt.engine.sampler import seed_all
 from dyt.nn import norm_names
 from dyt.tasks.dino import clip_per_parameter, dino_loss, ema_update, knn_predict, updated_center
 from models.dino import DINO, backbone_from_hf, backbone_to_hf
+from tests.test_mae import FINETUNE, check_recipe
 from tests.test_vision_models import plain
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, out_dim=64, hidden_dim=48, bottleneck_dim=16)
@@ -175,3 +178,113 @@ def test_per_parameter_clipping_is_dinos():
     clip_per_parameter([a, b], 1.0)
     assert torch.allclose(a.grad, torch.tensor([0.6, 0.8, 0.0]), atol=1e-6)  # norm 5 -> 1
     assert torch.equal(b.grad, torch.tensor([0.1, 0.0]))  # norm 0.1 < 1: unchanged
+
+
+# ---- multi-crop views ------------------------------------------------------------------------------
+
+
+def test_multicrop_gives_dinos_views_reproducibly():
+    from PIL import Image
+
+    image = Image.fromarray((torch.rand(60, 50, 3) * 255).to(torch.uint8).numpy())
+    views = MultiCrop(32, 16, (0.25, 1.0), (0.05, 0.25), local_crops=3)
+    seed_all(0, 1, 2, cuda=False)
+    a = views(image)
+    seed_all(0, 1, 2, cuda=False)
+    b = views(image)
+    assert [v.shape for v in a] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    digits = MultiCrop(8, 4, (0.5, 1.0), (0.15, 0.5), local_crops=2, photometric=False)(torch.randn(1, 8, 8))
+    assert [v.shape for v in digits] == [(1, 8, 8)] * 2 + [(1, 4, 4)] * 2
+
+
+# ---- fine-tuning from a pretraining run ------------------------------------------------------------
+
+
+def test_finetune_takes_the_teacher_backbone_of_a_dino_run():
+    dino = models.create_model("dino_vit_digits", norm="dyt")
+    with torch.no_grad():
+        dino.teacher.backbone.pos_embed.add_(1.0)  # teacher and student differ after training
+    vit = models.create_model("vit_digits", norm="dyt", num_classes=10, global_pool="avg")
+    missing, unexpected = vit.load_state_dict(vit.init_from_state_dict(dino.state_dict(), "run"), strict=False)
+    assert unexpected == [] and {k.split(".")[0] for k in missing} == {"fc_norm", "head"}
+    assert torch.equal(vit.pos_embed, dino.teacher.backbone.pos_embed)
+    # token pooling keeps the pretrained final norm
+    token = models.create_model("vit_digits", norm="dyt", num_classes=10, global_pool="token")
+    missing, _ = token.load_state_dict(token.init_from_state_dict(dino.state_dict(), "run"), strict=False)
+    assert {k.split(".")[0] for k in missing} == {"head"}
+
+
+# ---- recipes ---------------------------------------------------------------------------------------
+
+DINO_PRETRAIN = {  # DINO README's ViT-B arguments (main_dino.py)
+    "task._target_": "dyt.tasks.dino.DINOTask",
+    "model.out_dim": 65536,
+    "model.norm_last_layer": True,
+    "model.drop_path_rate": 0.1,
+    "optim.lr_batch_size": 256,
+    "optim.betas": [0.9, 0.999],
+    "optim.weight_decay": 0.04,
+    "optim.schedules.weight_decay": {"shape": "cosine", "start": 0.04, "end": 0.4},
+    "optim.schedule.name": "cosine",
+    "optim.schedule.warmup_epochs": 10,
+    "optim.schedule.min_lr": 2e-6,
+    "task.student_temp": 0.1,
+    "task.teacher_momentum": {"shape": "cosine", "start": 0.996, "end": 1.0},
+    "task.center_momentum": 0.9,
+    "task.freeze_last_layer_epochs": 3,
+    "task.multicrop": {
+        "global_size": 224,
+        "local_size": 96,
+        "global_scale": [0.25, 1.0],
+        "local_scale": [0.05, 0.25],
+        "local_crops": 10,
+    },
+    "task.knn.k": 20,
+    "task.knn.temperature": 0.07,
+    "data.name": "imagenet",
+    "trainer.clip_grad": None,
+    "trainer.precision": "fp32",
+}
+DINO_FINETUNE = {  # MAE FINETUNE.md's ViT-B values (assumed: the paper states none for DINO)
+    **FINETUNE,
+    "optim.lr": 5e-4,
+    "task.layer_decay": 0.65,
+    "model.drop_path_rate": 0.1,
+    "trainer.epochs": 100,
+}
+DINO_RECIPES = {
+    "paper/dino_vit_b16_pretrain": {
+        **DINO_PRETRAIN,
+        "model.name": "dino_vit_b16",
+        "optim.lr": 7.5e-4,
+        "task.teacher_temp": {"shape": "linear", "start": 0.04, "end": 0.07, "epochs": 50},
+        "task.clip_grad": 0.3,
+        "trainer.epochs": 400,
+        "trainer.global_batch": 1024,
+    },
+    "paper/dino_vit_b8_pretrain": {
+        **DINO_PRETRAIN,
+        "model.name": "dino_vit_b8",
+        "optim.lr": 5e-4,
+        "task.teacher_temp": {"shape": "linear", "start": 0.03, "end": 0.07, "epochs": 50},
+        "task.clip_grad": 3.0,
+        "trainer.epochs": 300,
+        "trainer.global_batch": 1056,
+    },
+    "paper/dino_vit_b16_finetune": {
+        **DINO_FINETUNE,
+        "model.name": "vit_b",
+        "paper_ref": {"table": "table2", "row": "dino_vit_b16"},
+    },
+    "paper/dino_vit_b8_finetune": {
+        **DINO_FINETUNE,
+        "model.name": "vit_b8",
+        "paper_ref": {"table": "table2", "row": "dino_vit_b8"},
+    },
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(DINO_RECIPES))
+def test_recipe_values(experiment):
+    check_recipe(experiment, DINO_RECIPES[experiment])

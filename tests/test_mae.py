@@ -12,16 +12,23 @@ Specification:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from hydra import compose as compose_config
+from hydra import initialize_config_dir
+from omegaconf import OmegaConf
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
 import models
+from dyt.cli import build_task
 from dyt.nn import DyT, norm_names
 from models.mae import MaskedAutoencoder, mae_from_hf, mae_to_hf, sincos_pos_embed
 from tests.test_vision_models import plain
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = dict(
     img_size=32,
     patch_size=8,
@@ -151,3 +158,131 @@ def test_builds_on_meta_and_resets_deterministically():
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y) and torch.isfinite(x).all(), name
     assert torch.equal(a.pos_embed, sincos_pos_embed(64, 4))
+
+
+# ---- fine-tuning from a pretraining run ------------------------------------------------------------
+
+
+def test_finetune_takes_the_encoder_of_a_mae_run():
+    """Every encoder key loads into the classifier; only the fresh fc_norm and head are missing."""
+    mae = models.create_model("mae_vit_digits", norm="dyt")
+    vit = models.create_model("vit_digits", norm="dyt", num_classes=10, global_pool="avg")
+    state = vit.init_from_state_dict(mae.state_dict(), "runs/mae_digits/dyt/seed0")
+    missing, unexpected = vit.load_state_dict(state, strict=False)
+    assert unexpected == [] and sorted(missing) == [
+        "fc_norm.alpha",
+        "fc_norm.bias",
+        "fc_norm.weight",
+        "head.bias",
+        "head.weight",
+    ]
+    assert torch.equal(vit.pos_embed, mae.pos_embed) and torch.equal(
+        vit.blocks[3].norm2.alpha, mae.blocks[3].norm2.alpha
+    )
+
+
+def test_layer_decay_scales_the_lr_by_depth():
+    cfg = compose("experiment=mae_digits_finetune", "norm=layernorm")
+    task = build_task(cfg)
+    model = task.build_model()
+    groups = task.param_groups(model, 0.05)
+    scale = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(scale) == len(named)  # every parameter once
+    d, top = cfg.task.layer_decay, len(model.blocks) + 1
+    assert scale[id(named["head.weight"])] == (1.0, 0.05)
+    assert scale[id(named["fc_norm.weight"])] == (1.0, 0.0)
+    assert scale[id(named["blocks.3.attn.qkv.weight"])] == (d ** (top - 4), 0.05)
+    assert scale[id(named["blocks.0.mlp.fc1.bias"])] == (d ** (top - 1), 0.0)
+    assert scale[id(named["patch_embed.proj.weight"])] == (d**top, 0.05)
+    assert scale[id(named["pos_embed"])] == (d**top, 0.0)  # no_weight_decay()
+
+
+# ---- recipes ---------------------------------------------------------------------------------------
+
+MAE_PRETRAIN = {
+    "task._target_": "dyt.tasks.mae.MAETask",
+    "model.mask_ratio": 0.75,  # MAE PRETRAIN.md
+    "model.norm_pix_loss": True,
+    "optim.lr": 1.5e-4,  # --blr
+    "optim.lr_batch_size": 256,
+    "optim.betas": [0.9, 0.95],
+    "optim.weight_decay": 0.05,
+    "optim.schedule.name": "cosine",
+    "optim.schedule.warmup_epochs": 40,
+    "optim.schedule.min_lr": 0.0,
+    "task.crop_scale": [0.2, 1.0],
+    "data.name": "imagenet",
+    "data.img_size": 224,
+    "trainer.epochs": 800,
+    "trainer.global_batch": 4096,
+    "trainer.clip_grad": None,
+    "trainer.precision": "fp16",
+}
+FINETUNE = {
+    "task._target_": "dyt.tasks.classification.ClassificationTask",
+    "optim.lr_batch_size": 256,  # MAE FINETUNE.md / main_finetune.py
+    "optim.betas": [0.9, 0.999],
+    "optim.weight_decay": 0.05,
+    "optim.schedule.warmup_epochs": 5,
+    "optim.schedule.min_lr": 1e-6,
+    "task.mixup": 0.8,
+    "task.cutmix": 1.0,
+    "task.label_smoothing": 0.1,
+    "data.auto_augment": "rand-m9-mstd0.5-inc1",
+    "data.color_jitter": None,
+    "data.reprob": 0.25,
+    "data.crop_pct": 0.875,
+    "model.global_pool": "avg",
+    "trainer.global_batch": 1024,
+    "trainer.clip_grad": None,
+    "trainer.ema_decay": None,
+}
+RECIPES = {
+    "paper/mae_vit_b_pretrain": {**MAE_PRETRAIN, "model.name": "mae_vit_b"},
+    "paper/mae_vit_l_pretrain": {**MAE_PRETRAIN, "model.name": "mae_vit_l"},
+    "paper/mae_vit_b_finetune": {
+        **FINETUNE,
+        "model.name": "vit_b",
+        "optim.lr": 5e-4,
+        "task.layer_decay": 0.65,
+        "model.drop_path_rate": 0.1,
+        "trainer.epochs": 100,
+        "paper_ref": {"table": "table2", "row": "mae_vit_b"},
+    },
+    "paper/mae_vit_l_finetune": {
+        **FINETUNE,
+        "model.name": "vit_l",
+        "optim.lr": 1e-3,
+        "task.layer_decay": 0.75,
+        "model.drop_path_rate": 0.2,
+        "trainer.epochs": 50,
+        "paper_ref": {"table": "table2", "row": "mae_vit_l"},
+    },
+}
+
+
+def compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose_config("train", overrides=list(overrides))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def check_recipe(experiment: str, expected: dict) -> None:
+    """Every listed value, the run dir of the pretraining stage by norm and seed, and a meta build."""
+    cfg = compose(f"experiment={experiment}", "norm=dyt", "seed=3")
+    for key, value in expected.items():
+        got = OmegaConf.select(cfg, key)
+        got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+        assert got == value, f"{experiment}: {key} is {got!r}, the recipe says {value!r}"
+    if "finetune" in experiment:
+        assert cfg.init_from == f"runs/{experiment.replace('finetune', 'pretrain')}/dyt/seed3"
+    with torch.device("meta"):
+        model = build_task(cfg).build_model()
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("experiment", sorted(RECIPES))
+def test_recipe_values(experiment):
+    check_recipe(experiment, RECIPES[experiment])
