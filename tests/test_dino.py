@@ -16,7 +16,13 @@ Specification:
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -25,11 +31,12 @@ from transformers import ViTConfig, ViTModel
 
 import models
 from dyt.data.ssl import MultiCrop
+from dyt.engine import Trainer, load_checkpoint
 from dyt.engine.sampler import seed_all
 from dyt.nn import norm_names
-from dyt.tasks.dino import clip_per_parameter, dino_loss, ema_update, knn_predict, updated_center
+from dyt.tasks.dino import DINOTask, clip_per_parameter, dino_loss, ema_update, knn_predict, updated_center
 from models.dino import DINO, backbone_from_hf, backbone_to_hf
-from tests.test_mae import FINETUNE, check_recipe
+from tests.test_mae import FINETUNE, check_recipe, compose
 from tests.test_vision_models import plain
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, out_dim=64, hidden_dim=48, bottleneck_dim=16)
@@ -288,3 +295,100 @@ DINO_RECIPES = {
 @pytest.mark.parametrize("experiment", sorted(DINO_RECIPES))
 def test_recipe_values(experiment):
     check_recipe(experiment, DINO_RECIPES[experiment])
+
+
+# ---- training: a few steps, and kill -9 + the same command = an uninterrupted run ----------------
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+KILL_AT = 7  # steps 1-10 (5 per epoch); checkpoints at 3, 5 (epoch end), 6, 9, 10: resumes from 6
+
+
+def tiny_run(run: Path) -> list[str]:
+    """dino_digits shrunk to seconds: one narrow block, 2 local crops, 5 steps per epoch, 2 epochs (the
+    first with the last layer frozen), a checkpoint every 3 steps."""
+    return [
+        "experiment=dino_digits",
+        "norm=dyt",
+        "norm.impl=eager",
+        f"run_dir={run}",
+        "model.depth=1",
+        "model.embed_dim=32",
+        "model.num_heads=2",
+        "model.out_dim=128",
+        "model.hidden_dim=64",
+        "model.bottleneck_dim=16",
+        "task.multicrop.local_crops=2",
+        "task.teacher_temp.epochs=1",
+        "trainer.device=cpu",
+        "trainer.epochs=2",
+        "trainer.global_batch=256",
+        "trainer.ckpt_every_steps=3",
+        "trainer.log_every_steps=1",
+        "trainer.eval_every_epochs=2",
+        "trainer.progress=off",
+    ]
+
+
+# The killed run's process: DINO that SIGKILLs itself right after optimizer step KILL_AT.
+WORKER = f"""
+import os, signal, sys
+sys.path.insert(0, {str(ROOT)!r})
+from hydra import compose, initialize_config_dir
+from dyt.engine import Trainer
+from dyt.tasks.dino import DINOTask
+
+class KilledDINO(DINOTask):
+    def after_optimizer_step(self, model, info):
+        super().after_optimizer_step(model, info)
+        if info.step + 1 == {KILL_AT}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+with initialize_config_dir(config_dir={str(ROOT / "configs")!r}, version_base=None):
+    cfg = compose("train", overrides=sys.argv[1:])
+Trainer(cfg).fit(KilledDINO(cfg))
+"""
+
+
+def fit(overrides: list[str]) -> dict:
+    cfg = compose(*overrides)
+    return Trainer(cfg).fit(DINOTask(cfg))
+
+
+def metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if "throughput" not in k and "time" not in k} for r in rows]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_tiny_dino_trains_and_a_killed_run_resumes_bit_identically(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    results = fit(tiny_run(whole))
+    rows = metrics(whole)
+    train = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 11))
+    # the schedules reach the task every step: teacher temperature warms up over the first epoch
+    temps = [r["sched/teacher_temp"] for r in train]
+    assert temps[0] == pytest.approx(0.04) and temps[-1] == pytest.approx(0.07) and temps == sorted(temps)
+    assert 0.0 <= results["val/knn_top1"] <= 100.0
+    state = load_checkpoint(whole)
+    model, center = state["model"], state["task"]["center"]
+    # the teacher is an EMA of the student (it moved, but is not the student), the centre moved off zero
+    t, s = model["teacher.backbone.pos_embed"], model["student.backbone.pos_embed"]
+    assert not torch.equal(t, s) and center.abs().sum() > 0
+
+    died = subprocess.run(
+        [sys.executable, "-c", WORKER, *tiny_run(killed)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    fit(tiny_run(killed))  # the same command again
+    resumed = load_checkpoint(killed)
+    for k, v in model.items():
+        assert torch.equal(resumed["model"][k], v), f"{k} differs from the uninterrupted run"
+    assert torch.equal(resumed["task"]["center"], center)
+    assert metrics(killed) == rows
