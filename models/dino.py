@@ -22,7 +22,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from dyt.nn import NormFactory, build_norm_factory
-from models import register_model
+from models import deferred_init, register_model
 from models.vit import HF_VIT_NAMES, VisionTransformer, from_hf, to_hf
 
 # ---- projection head --------------------------------------------------------------------------------
@@ -148,26 +148,42 @@ class DINO(nn.Module):
             norm_last_layer=norm_last_layer,
         )
         nets = []
-        for rate in (drop_path_rate, 0.0):
-            vit = VisionTransformer(
-                norm, num_classes=0, global_pool="token", dynamic_img_size=True, drop_path_rate=rate, **backbone
-            )
-            nets.append(MultiCropNet(vit, DINOHead(vit.embed_dim, **head)))
-        self.student, self.teacher = nets
-        self.teacher.requires_grad_(False)
-        self.reset_parameters()
+        with deferred_init(self):
+            for rate in (drop_path_rate, 0.0):
+                vit = VisionTransformer(
+                    norm, num_classes=0, global_pool="token", dynamic_img_size=True, drop_path_rate=rate, **backbone
+                )
+                nets.append(MultiCropNet(vit, DINOHead(vit.embed_dim, **head)))
+            self.student, self.teacher = nets
+            self.teacher.requires_grad_(False)
+        self.norm_options = norm.resolved()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """DINO's init of the student (the ViT's and the head's), copied into the teacher."""
-        self.student.backbone.init_weights()
+        self.student.backbone.reset_parameters()
         self.student.head.reset_parameters()
-        for t, s in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
+        teacher = [*self.teacher.parameters(), *self.teacher.buffers()]
+        student = [*self.student.parameters(), *self.student.buffers()]
+        for t, s in zip(teacher, student, strict=True):
             t.copy_(s)
 
     def wrap_units(self) -> list[nn.Module]:
         """Every block of student and teacher (FSDP2 units, activation checkpointing)."""
         return [*self.student.backbone.blocks, *self.teacher.backbone.blocks]
+
+    def example_inputs(self, batch: int) -> tuple[list[torch.Tensor]]:
+        """Two global crops at the backbone's image size and two local crops at half of it."""
+        backbone = self.student.backbone
+        size, device = backbone.patch_embed.img_size, backbone.pos_embed.device
+        crops = [(batch, backbone.in_channels, *size)] * 2 + [
+            (batch, backbone.in_channels, size[0] // 2, size[1] // 2)
+        ] * 2
+        return ([torch.randn(shape, device=device) for shape in crops],)
+
+    def resolved_options(self) -> dict:
+        """The norms of student and teacher as built, per site (see the model protocol in ``models``)."""
+        return {"norms": self.norm_options}
 
     def no_weight_decay(self) -> set[str]:
         # DINO (utils.get_params_groups) exempts only biases and 1-D parameters; the task's default does.

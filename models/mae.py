@@ -20,7 +20,7 @@ from timm.layers import PatchEmbed
 from torch import nn
 
 from dyt.nn import NormFactory, build_norm_factory
-from models import register_model
+from models import deferred_init, register_model
 from models.vit import HF_VIT_NAMES, LN_EPS, Block, from_hf, to_hf
 
 
@@ -84,34 +84,37 @@ class MaskedAutoencoder(nn.Module):
             raise ValueError(f"mask_ratio must be in [0, 1) (MAE: 0.75), got {mask_ratio}")
         norm = build_norm_factory(norm)
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
-        self.patch_size, self.in_chans = patch_size, in_chans
+        self.patch_size, self.in_channels = patch_size, in_chans
+        with deferred_init(self):
+            # ---- encoder: a ViT over the kept patches
+            self.patch_embed = PatchEmbed(
+                img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim
+            )
+            num_patches = self.patch_embed.num_patches
+            self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim))
+            # Fixed, not learned (MAE): a buffer, saved in checkpoints under MAE's name.
+            self.register_buffer("pos_embed", torch.empty(1, num_patches + 1, embed_dim))
+            self.blocks = nn.ModuleList(
+                [Block(embed_dim, num_heads, mlp_ratio, True, 0.0, None, norm) for _ in range(depth)]
+            )
+            self.norm = norm(embed_dim, site="final", eps=LN_EPS)
 
-        # ---- encoder: a ViT over the kept patches
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
-        num_patches = self.patch_embed.num_patches
-        self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim))
-        # Fixed, not learned (MAE): a buffer, saved in checkpoints under MAE's name.
-        self.register_buffer("pos_embed", torch.empty(1, num_patches + 1, embed_dim))
-        self.blocks = nn.ModuleList(
-            [Block(embed_dim, num_heads, mlp_ratio, True, 0.0, None, norm) for _ in range(depth)]
-        )
-        self.norm = norm(embed_dim, site="final", eps=LN_EPS)
+            # ---- decoder: mask tokens at the removed positions, predicts every patch's pixels
+            decoder_norm = with_site_prefix(norm, "decoder_")
+            self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+            self.mask_token = nn.Parameter(torch.empty(1, 1, decoder_embed_dim))
+            self.register_buffer("decoder_pos_embed", torch.empty(1, num_patches + 1, decoder_embed_dim))
+            self.decoder_blocks = nn.ModuleList(
+                [
+                    Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, True, 0.0, None, decoder_norm)
+                    for _ in range(decoder_depth)
+                ]
+            )
+            self.decoder_norm = decoder_norm(decoder_embed_dim, site="final", eps=LN_EPS)
+            self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+        self.norm_options = norm.resolved()
 
-        # ---- decoder: mask tokens at the removed positions, predicts every patch's pixels
-        decoder_norm = with_site_prefix(norm, "decoder_")
-        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
-        self.mask_token = nn.Parameter(torch.empty(1, 1, decoder_embed_dim))
-        self.register_buffer("decoder_pos_embed", torch.empty(1, num_patches + 1, decoder_embed_dim))
-        self.decoder_blocks = nn.ModuleList(
-            [
-                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, True, 0.0, None, decoder_norm)
-                for _ in range(decoder_depth)
-            ]
-        )
-        self.decoder_norm = decoder_norm(decoder_embed_dim, site="final", eps=LN_EPS)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
-        self.reset_parameters()
-
+    @torch.no_grad()
     def reset_parameters(self) -> None:
         """MAE's init (models_mae.py ``initialize_weights``): sin-cos position tables, the patch
         projection like a linear layer (Xavier uniform), class and mask tokens normal(0.02), Xavier
@@ -134,6 +137,14 @@ class MaskedAutoencoder(nn.Module):
         """The repeated blocks of encoder and decoder (FSDP2 units, activation checkpointing)."""
         return [*self.blocks, *self.decoder_blocks]
 
+    def example_inputs(self, batch: int) -> tuple[torch.Tensor]:
+        """A batch of random images at the model's input size."""
+        return (torch.randn(batch, self.in_channels, *self.patch_embed.img_size, device=self.cls_token.device),)
+
+    def resolved_options(self) -> dict:
+        """The norms as built, per site (see the model protocol in ``models``)."""
+        return {"norms": self.norm_options}
+
     # ---- patches and masking ----------------------------------------------------------------------
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, patches, p*p*C), pixels ordered (row, column, channel) as MAE."""
@@ -145,7 +156,7 @@ class MaskedAutoencoder(nn.Module):
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`patchify` for square images."""
         n, patches, _ = x.shape
-        p, c, g = self.patch_size, self.in_chans, int(patches**0.5)
+        p, c, g = self.patch_size, self.in_channels, int(patches**0.5)
         x = x.reshape(n, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(n, c, g * p, g * p)
 

@@ -25,6 +25,7 @@ from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_pos
 import models
 from dyt.cli import build_task
 from dyt.nn import DyT, norm_names
+from dyt.weights import load_init_weights
 from models.mae import MaskedAutoencoder, mae_from_hf, mae_to_hf, sincos_pos_embed
 from tests.test_vision_models import plain
 
@@ -163,22 +164,23 @@ def test_builds_on_meta_and_resets_deterministically():
 # ---- fine-tuning from a pretraining run ------------------------------------------------------------
 
 
-def test_finetune_takes_the_encoder_of_a_mae_run():
-    """Every encoder key loads into the classifier; only the fresh fc_norm and head are missing."""
+def test_finetune_takes_the_encoder_of_a_mae_run(tmp_path):
+    """init_from with the recipes' ignore list: every encoder weight loads (at another image size, the
+    position table resized); the decoder is left out; head and fc_norm keep their fresh init."""
     mae = models.create_model("mae_vit_digits", norm="dyt")
-    vit = models.create_model("vit_digits", norm="dyt", num_classes=10, global_pool="avg")
-    state = vit.init_from_state_dict(mae.state_dict(), "runs/mae_digits/dyt/seed0")
-    missing, unexpected = vit.load_state_dict(state, strict=False)
-    assert unexpected == [] and sorted(missing) == [
+    torch.save(mae.state_dict(), tmp_path / "mae.pt")
+    vit = models.create_model("vit_digits", norm="dyt", num_classes=10, global_pool="avg", img_size=12)
+    report = load_init_weights(vit, {"source": str(tmp_path / "mae.pt"), "ignore": ["head.*", "fc_norm.*"]})
+    assert sorted(report.fresh["ignore"]) == [
         "fc_norm.alpha",
         "fc_norm.bias",
         "fc_norm.weight",
         "head.bias",
         "head.weight",
     ]
-    assert torch.equal(vit.pos_embed, mae.pos_embed) and torch.equal(
-        vit.blocks[3].norm2.alpha, mae.blocks[3].norm2.alpha
-    )
+    assert report.interpolated == {"pos_embed": [[1, 17, 64], [1, 37, 64]]}
+    assert torch.equal(vit.blocks[3].norm2.alpha, mae.blocks[3].norm2.alpha)
+    assert torch.equal(vit.pos_embed[:, :1], mae.pos_embed[:, :1])  # the class token's position is kept
 
 
 def test_layer_decay_scales_the_lr_by_depth():
@@ -276,8 +278,11 @@ def check_recipe(experiment: str, expected: dict) -> None:
         got = OmegaConf.select(cfg, key)
         got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
         assert got == value, f"{experiment}: {key} is {got!r}, the recipe says {value!r}"
-    if "finetune" in experiment:
-        assert cfg.init_from == f"runs/{experiment.replace('finetune', 'pretrain')}/dyt/seed3"
+    if "finetune" in experiment:  # stage 1 of the same norm and seed; a missing one names its command
+        pretrain = experiment.replace("finetune", "pretrain")
+        assert cfg.init_from.source == f"runs/{pretrain}/dyt/seed3"
+        assert cfg.init_from.made_by.startswith(f"python train.py experiment={pretrain} norm=dyt seed=3")
+        assert list(cfg.init_from.ignore) == ["head.*", "fc_norm.*"]
     with torch.device("meta"):
         model = build_task(cfg).build_model()
     assert sum(p.numel() for p in model.parameters()) > 0

@@ -187,8 +187,6 @@ class DINOTask(Task):
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         knn = self.cfg.task.knn
         backbone = unwrap(model).teacher.backbone
-        was_training = backbone.training
-        backbone.eval()
         bank, bank_labels = self._feature_bank(backbone, device)
         num_classes = int(self.cfg.data.num_classes)
 
@@ -205,7 +203,6 @@ class DINOTask(Task):
             device=device,
             num_workers=self.cfg.trainer.num_workers,
         ).tolist()
-        backbone.train(was_training)
         return {"val/knn_top1": 100.0 * hits / n}
 
     def _feature_bank(self, backbone: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

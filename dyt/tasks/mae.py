@@ -67,8 +67,6 @@ class MAETask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
         num_patches = model.patch_embed.num_patches
 
         def loss_sum(batch: Any) -> torch.Tensor:
@@ -85,7 +83,6 @@ class MAETask(Task):
             device=device,
             num_workers=self.cfg.trainer.num_workers,
         ).tolist()
-        model.train(was_training)
         return {"val/loss": total / n}
 
     def eval_extra(self, model: nn.Module, device: torch.device, run_dir: Any) -> dict[str, float]:
