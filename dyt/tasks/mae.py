@@ -9,6 +9,7 @@ loss on the evaluation images with a fixed mask per image (``val/loss``, the hea
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,11 @@ class MAETask(Task):
         ).tolist()
         return {"val/loss": total / n}
 
-    def eval_extra(self, model: nn.Module, device: torch.device, run_dir: Any) -> dict[str, float]:
-        """Writes ``<run_dir>/reconstructions.png`` (8 evaluation images); no extra metrics."""
+    def eval_extra(
+        self, model: nn.Module, device: torch.device, run_dir: Any, source: Mapping[str, Any] | None = None
+    ) -> dict[str, float]:
+        """Writes ``<run_dir>/reconstructions.png`` (8 evaluation images, redrawn every time: it costs a
+        single forward pass); no extra metrics."""
         reconstruction_figure(model, self.eval_data(), Path(run_dir) / "reconstructions.png", device)
         return {}
 
