@@ -74,7 +74,7 @@ from torch import nn
 from dyt.nn import build_norm_factory
 
 # Family modules whose presets register on import.
-FAMILIES = ("vit", "convnext", "dit", "llama", "wav2vec2", "hyena", "caduceus", "torchvision_cnn")
+FAMILIES = ("vit", "convnext", "dit", "llama", "wav2vec2", "hyena", "caduceus", "torchvision_cnn", "mae", "dino")
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _loaded = False

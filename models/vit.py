@@ -16,7 +16,7 @@ so the final norm sits after pooling.
 from __future__ import annotations
 
 import torch
-from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
+from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Attention  # also there in timm 1.0.15, unlike timm.layers
 from torch import nn
 
@@ -65,6 +65,8 @@ class VisionTransformer(nn.Module):
         class_token: prepend a learnable class token (kept with ``avg`` pooling, as timm and the paper do).
         init_values: layer-scale init; ``None`` (default) turns layer scale off.
         drop_path_rate: stochastic depth of the last block; it grows linearly from 0 over the blocks.
+        dynamic_img_size: accept images of any size that the patch divides, resampling the position
+            embeddings to their grid (DINO's multi-crop: 224 px global and 96 px local crops).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class VisionTransformer(nn.Module):
         class_token: bool = True,
         global_pool: str = "avg",
         drop_path_rate: float = 0.0,
+        dynamic_img_size: bool = False,
     ) -> None:
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
@@ -95,7 +98,11 @@ class VisionTransformer(nn.Module):
 
         with deferred_init(self):
             self.patch_embed = PatchEmbed(
-                img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim
+                img_size=img_size,
+                patch_size=patch_size,
+                in_chans=in_chans,
+                embed_dim=embed_dim,
+                strict_img_size=not dynamic_img_size,
             )
             self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim)) if class_token else None
             num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
@@ -133,12 +140,29 @@ class VisionTransformer(nn.Module):
         """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
         return list(self.blocks)
 
+    def layer_id(self, name: str) -> int:
+        """Depth of parameter ``name`` for layer-wise lr decay (MAE util/lr_decay.py): 0 for the
+        embeddings, ``i + 1`` for block ``i``, ``depth + 1`` for the final norm and the head."""
+        if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return len(self.blocks) + 1
+
     def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
         """Weights of another ViT -> ours, for ``init_from`` (dyt/weights.py). timm's names are ours; only
         the final norm (one site, ``final``) is ``norm`` under class-token pooling and ``fc_norm`` under
         average pooling, so a source pooled the other way initialises our final norm from its own.
         (MAE's fine-tuning, ``main_finetune.py``, instead starts ``fc_norm`` fresh: ``init_from.ignore:
-        [fc_norm.*, norm.*]`` does that.)"""
+        [fc_norm.*, norm.*]`` does that.)
+
+        A pretraining run gives its encoder: of an MAE state (models/mae.py, encoder names equal ours) the
+        decoder and mask token are dropped; of a DINO state (models/dino.py) the teacher's backbone is
+        taken, as DINO's evaluations do (eval_linear.py ``--checkpoint_key teacher``)."""
+        teacher = "teacher.backbone."
+        if any(k.startswith(teacher) for k in state):
+            state = {k[len(teacher) :]: v for k, v in state.items() if k.startswith(teacher)}
+        state = {k: v for k, v in state.items() if not k.startswith(("decoder_", "mask_token"))}
         ours, theirs = ("fc_norm", "norm") if self.global_pool == "avg" else ("norm", "fc_norm")
         if any(k.startswith(ours + ".") for k in state):
             return state
@@ -156,10 +180,16 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) -> tokens (N, prefix + patches, D) after the blocks (and ``norm`` when
         pooling the class token)."""
+        grid = [x.shape[-2] // self.patch_embed.patch_size[0], x.shape[-1] // self.patch_embed.patch_size[1]]
         x = self.patch_embed(x)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.blocks(x + self.pos_embed)
+        pos_embed = self.pos_embed
+        if tuple(grid) != tuple(self.patch_embed.grid_size):  # only with dynamic_img_size
+            pos_embed = resample_abs_pos_embed(
+                pos_embed, grid, list(self.patch_embed.grid_size), self.num_prefix_tokens, antialias=False
+            )
+        x = self.blocks(x + pos_embed)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -170,6 +200,79 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+# ---- Hugging Face layout ------------------------------------------------------------------------
+# Published DINO checkpoints are Hugging Face ``ViTModel``s and MAE's are also ``ViTMAEForPreTraining``s;
+# these tables convert our (timm) names to theirs and back. timm fuses q, k, v into one ``qkv`` linear.
+
+HF_VIT_NAMES = {
+    "cls_token": "embeddings.cls_token",
+    "pos_embed": "embeddings.position_embeddings",
+    "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+    "norm.weight": "layernorm.weight",
+    "norm.bias": "layernorm.bias",
+}
+_HF_BLOCK_NAMES = {
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+    "attn.proj": "attention.o_proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+_HF_QKV = ("attention.q_proj", "attention.k_proj", "attention.v_proj")
+
+
+def to_hf(state: dict[str, torch.Tensor], names: dict[str, str], blocks: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Our state dict in Hugging Face names. ``names`` maps single keys, ``blocks`` maps a block-list
+    prefix (``blocks.``) to Hugging Face's (``layers.``). Every key must be mapped: a norm with extra
+    parameters (DyT's ``alpha``) has no Hugging Face counterpart and raises."""
+    out = {}
+    for key, value in state.items():
+        prefix = next((p for p in blocks if key.startswith(p)), None)
+        if key in names:
+            out[names[key]] = value
+        elif prefix is not None:
+            index, rest = key[len(prefix) :].split(".", 1)
+            module, param = rest.rsplit(".", 1)
+            hf = f"{blocks[prefix]}{index}."
+            if module == "attn.qkv":
+                for hf_module, part in zip(_HF_QKV, value.chunk(3), strict=True):
+                    out[f"{hf}{hf_module}.{param}"] = part
+            elif module in _HF_BLOCK_NAMES:
+                out[f"{hf}{_HF_BLOCK_NAMES[module]}.{param}"] = value
+            else:
+                raise KeyError(f"{key!r} has no Hugging Face counterpart (only norm=layernorm models convert)")
+        else:
+            raise KeyError(f"{key!r} has no Hugging Face counterpart (only norm=layernorm models convert)")
+    return out
+
+
+def from_hf(state: dict[str, torch.Tensor], names: dict[str, str], blocks: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`to_hf` (same ``names`` and ``blocks``, ours -> theirs)."""
+    inverse_names = {hf: ours for ours, hf in names.items()}
+    inverse_blocks = {hf: ours for ours, hf in blocks.items()}
+    inverse_modules = {hf: ours for ours, hf in _HF_BLOCK_NAMES.items()}
+    out = {}
+    for key, value in state.items():
+        prefix = next((p for p in inverse_blocks if key.startswith(p)), None)
+        if key in inverse_names:
+            out[inverse_names[key]] = value
+        elif prefix is not None:
+            index, rest = key[len(prefix) :].split(".", 1)
+            module, param = rest.rsplit(".", 1)
+            ours = f"{inverse_blocks[prefix]}{index}."
+            if module == _HF_QKV[0]:
+                parts = [state[f"{prefix}{index}.{m}.{param}"] for m in _HF_QKV]
+                out[f"{ours}attn.qkv.{param}"] = torch.cat(parts)
+            elif module in inverse_modules:
+                out[f"{ours}{inverse_modules[module]}.{param}"] = value
+            elif module not in _HF_QKV:
+                raise KeyError(f"Hugging Face key {key!r} has no counterpart in our ViT")
+        else:
+            raise KeyError(f"Hugging Face key {key!r} has no counterpart in our ViT")
+    return out
 
 
 # ---- size presets (ViT paper Table 1; DeiT for Ti/S; patch 8 as in DINO B/8) ------------------------

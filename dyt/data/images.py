@@ -138,8 +138,9 @@ class HFImageDataset(Dataset):
         return self.transform(row[self.image_key].convert("RGB")), int(row[self.label_key])
 
 
-def build_image_dataset(cfg: Any, split: str) -> Dataset:
-    """The ``train`` or ``val`` split named by the data config (``data.name``: digits | imagenet)."""
+def build_image_dataset(cfg: Any, split: str, transform=None) -> Dataset:
+    """The ``train`` or ``val`` split named by the data config (``data.name``: digits | imagenet).
+    ``transform`` replaces the recipe's ImageNet transform (self-supervised views, dyt/data/ssl.py)."""
     train = split == "train"
     if cfg.name == "digits":
         return DigitsDataset(
@@ -147,7 +148,7 @@ def build_image_dataset(cfg: Any, split: str) -> Dataset:
         )
     if cfg.name != "imagenet":
         raise ValueError(f"unknown image data {cfg.name!r}; valid: digits, imagenet")
-    transform = imagenet_transform(cfg, train)
+    transform = transform or imagenet_transform(cfg, train)
     if cfg.get("hf_dataset"):
         hf_split = cfg.hf_train_split if train else cfg.hf_val_split
         return HFImageDataset(cfg.hf_dataset, hf_split, transform, cfg.image_key, cfg.label_key)

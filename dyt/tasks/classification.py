@@ -61,6 +61,32 @@ class ClassificationTask(Task):
     def eval_data(self) -> Dataset:
         return build_image_dataset(self.cfg.data, "val")
 
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        """The default groups, split by depth when ``task.layer_decay`` is set (MAE fine-tuning,
+        util/lr_decay.py): the lr of layer ``l`` of ``L`` is scaled by ``layer_decay ** (L - l)``, so
+        the head trains at the full lr and the patch embedding at the smallest."""
+        groups = super().param_groups(model, weight_decay)
+        decay = self.cfg.task.get("layer_decay")
+        if decay is None:
+            return groups
+        model = getattr(model, "module", model)
+        if not hasattr(model, "layer_id"):
+            raise ValueError(
+                f"task.layer_decay={decay} needs a model with layer_id() (ViT); "
+                f"{type(model).__name__} has none: set task.layer_decay=null"
+            )
+        names = {id(p): n for n, p in model.named_parameters()}
+        top = max(model.layer_id(n) for n in names.values())
+        split: dict[tuple[int, float], dict[str, Any]] = {}
+        for group in groups:
+            for p in group["params"]:
+                layer = model.layer_id(names[id(p)])
+                key = (layer, group["weight_decay"])
+                lr_scale = decay ** (top - layer)
+                split.setdefault(key, {"params": [], "weight_decay": group["weight_decay"], "lr_scale": lr_scale})
+                split[key]["params"].append(p)
+        return list(split.values())
+
     def training_step(self, model: nn.Module, batch: Any, info: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
         images, labels = batch
         if self.mixup is not None:
