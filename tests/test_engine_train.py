@@ -294,3 +294,15 @@ def test_sigterm_to_the_process_group_with_workers_checkpoints_and_resumes_exact
     ours, ref = load_checkpoint(run), load_checkpoint(reference)
     assert all(torch.equal(ours["model"][k], v) for k, v in ref["model"].items())
     assert [_strip_rate(r) for r in rows(run)] == [_strip_rate(r) for r in rows(reference)]
+
+
+def test_input_std_probe_and_a_diverged_run_are_recorded(tmp_path):
+    run = tmp_path / "run"
+    fit(run, "trainer.max_steps=4", "trainer.probe_every_steps=2")
+    probed = [r for r in rows(run) if any(k.startswith("input_std/") for k in r)]
+    assert [r["step"] for r in probed] == [1, 3]  # recorded on steps 0 and 2, logged after them
+    assert all("alpha/mean" in r and len([k for k in r if k.startswith("input_std/")]) == 2 for r in probed)
+    with pytest.raises(NonFiniteLossError):
+        fit(tmp_path / "nan", "trainer.max_steps=6", "task.nan_at_step=4")
+    results = json.loads((tmp_path / "nan" / "results.json").read_text())
+    assert results["diverged_at_step"] == 4 and results["steps"] == 3  # paper Table 7: "-> failed"

@@ -33,6 +33,7 @@ NON_TRAINING_KEYS: tuple[str, ...] = (
     "paper_ref",
     "trainer.progress",
     "trainer.log_every_steps",
+    "trainer.probe_every_steps",
     "trainer.ckpt_every_*",
     "trainer.keep_checkpoints",
     "trainer.accept_changes",

@@ -38,6 +38,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dyt.analysis import InputStdProbe
 from dyt.engine import checkpoint as ckpt
 from dyt.engine.distributed import (
     DistEnv,
@@ -177,6 +178,7 @@ class Trainer:
         )
         self.ckpt_step = -1
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", env.is_main)
+        self.input_std = InputStdProbe(model, tc.get("probe_every_steps"))  # paper Fig. 8: alpha vs 1/std
 
     def _new_model(self, task: Any, env: DistEnv) -> nn.Module:
         """The task's model on this rank's device, wrapped for DDP / FSDP2 (``self.wrapped``), started
@@ -326,7 +328,8 @@ class Trainer:
         scalars = {k: float(f(st.step)) for k, f in self.task_schedules.items()}
         sched.update({f"sched/{k}": v for k, v in scalars.items()})
 
-        loss_sum, task_logs = self._forward_backward(batches, scalars)
+        with self.input_std.recording(st.step):
+            loss_sum, task_logs = self._forward_backward(batches, scalars)
         minutes = tc.ckpt_every_minutes
         time_due = minutes is not None and env.is_main and time.time() - self.last_ckpt_time >= 60 * minutes
         # One all-reduce per step: mean loss (NaN on any rank reaches all), signal and timer flags.
@@ -372,6 +375,9 @@ class Trainer:
             row.update({"train/grad_norm": grad_norm, unit: rate, **sched, **logs})
             row.update(alpha_stats(self.model))  # collective under FSDP2: every rank calls it
             self._log(row)
+        probed = self.input_std.collect()
+        if probed:
+            self._log({**probed, **alpha_stats(self.model)})
         shown = {k: v for k, v in row.items() if not k.startswith("alpha/") or k == "alpha/mean"}  # not per layer
         self.progress.update(st.step, st.epoch, shown)
         return stop
@@ -388,6 +394,8 @@ class Trainer:
         st = self.state
         if st.nonfinite_skips < int(self.tc.nonfinite_skips):
             return what
+        if self.env.is_main:  # a diverged run is a result too (paper Table 7: "58.5% -> failed")
+            atomic_write_json(self.run_dir / "results.json", {**self._results(), "diverged_at_step": st.step + 1})
         raise NonFiniteLossError(
             f"{what} at step {st.step + 1} (epoch {st.epoch}); stopped before applying it. The last finite "
             f"checkpoint is {ckpt.latest_finite_checkpoint(self.ckpt_dir) or 'none'}; lower optim.lr, set "

@@ -59,6 +59,7 @@ CHECKS: dict[str, tuple[str, bool]] = {
     "trainer.nonfinite_skips": ("whole number >= 0", True),
     "trainer.num_workers": ("whole number >= 0", False),
     "trainer.log_every_steps": ("positive whole number", False),
+    "trainer.probe_every_steps": ("positive whole number", True),
     "trainer.eval_every_epochs": ("positive whole number", True),
     "trainer.eval_every_steps": ("positive whole number", True),
     "trainer.ckpt_every_steps": ("positive whole number", True),
