@@ -233,12 +233,27 @@ def test_no_weight_decay_names_real_parameters():
     assert model.no_weight_decay() == {"pos_embed", "cls_token"}
 
 
-def test_forward_features_and_head_compose_to_forward():
-    for preset in ("vit_test", "convnext_test"):
-        model = models.create_model(preset).eval()
-        x = torch.randn(1, 3, 32, 32)
-        with torch.no_grad():
-            assert torch.equal(model.forward_head(model.forward_features(x)), model(x))
+@pytest.mark.parametrize("preset", ["vit_ti", "convnext_t"])
+def test_features_and_pre_logits_match_timm(preset):
+    """The two halves of ``forward`` that feature extraction and linear probing use, against timm's
+    ``forward_features`` and ``forward_head(pre_logits=True)`` (the logits are compared above)."""
+    overrides = SHALLOW[family(preset)]
+    ref = random_reference(preset, **overrides).eval()
+    with torch.device("meta"):
+        ours = models.create_model(preset, norm="layernorm", **overrides)
+    ours.load_state_dict(ref.state_dict(), strict=True, assign=True)
+    ours.eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features, expected = ours.forward_features(x), ref.forward_features(x)
+        assert features.shape == expected.shape
+        torch.testing.assert_close(features, expected, rtol=0, atol=TOL)
+        pooled, expected_pooled = (
+            ours.forward_head(features, pre_logits=True),
+            ref.forward_head(expected, pre_logits=True),
+        )
+        assert pooled.shape == expected_pooled.shape == (2, ref.num_features)
+        torch.testing.assert_close(pooled, expected_pooled, rtol=0, atol=TOL)
 
 
 # ---- configs --------------------------------------------------------------------------------------------
