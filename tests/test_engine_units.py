@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import random
 import signal
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -13,8 +15,9 @@ from torch import nn
 from dyt.engine import distributed
 from dyt.engine.ema import ModelEMA
 from dyt.engine.precision import resolve_precision
-from dyt.engine.sampler import BatchPlan, SeededDataset, ShardedBatchSampler, plan_batch
+from dyt.engine.sampler import BatchPlan, SeededDataset, ShardedBatchSampler, plan_batch, seed_all
 from dyt.engine.schedule import (
+    Schedule,
     build_hyper_schedules,
     build_lr_schedule,
     build_optimizer,
@@ -50,6 +53,17 @@ def test_warmup_epochs_floor_ratio_and_linear_scaling():
     assert lr_schedule(min_lr=0.5, min_lr_ratio=0.1)(110) == pytest.approx(0.1), "the ratio wins (LLaMA)"
     with pytest.raises(ValueError, match="cosine, polynomial"):
         lr_schedule(name="step")
+
+
+def test_left_out_schedule_keys_take_the_documented_defaults():
+    """A user's ``optim.schedule`` may leave keys out: each gets the value configs/optim/adamw.yaml documents
+    (cosine to 0, linear warmup of 0 epochs, sequential, power 1); without ``lr_batch_size`` the lr is used
+    as is."""
+    optim = OmegaConf.load("configs/optim/adamw.yaml")
+    documented = build_lr_schedule(optim, 1.0, 110, steps_per_epoch=10)
+    optim.schedule = {}
+    assert build_lr_schedule(optim, 1.0, 110, steps_per_epoch=10) == documented
+    assert optim.lr_batch_size is None and scaled_lr(optim, 1024) == optim.lr
 
 
 def test_fms_fsdp_llama_schedule_is_the_min_of_both_curves():
@@ -91,6 +105,58 @@ def test_hyper_schedules_respect_exempt_groups():
     wd = build_hyper_schedules(optim, 100, 10)["weight_decay"]
     set_hyper(opt, "weight_decay", wd(50))
     assert [g["weight_decay"] for g in opt.param_groups] == pytest.approx([0.22, 0.0]), "bias stays undecayed"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"shape": "step"}, "unknown schedule shape 'step'; valid choices are: constant, linear, cosine"),
+        ({"warmup_shape": "cubic"}, "unknown schedule warmup_shape 'cubic'; valid choices are: linear, quadratic"),
+        ({"warmup_combine": "max"}, "unknown schedule warmup_combine 'max'; valid choices are: sequential, min"),
+        ({"warmup": -1}, "schedule lengths must be >= 0 \\(warmup=-1, total=10\\)"),
+        ({"total": -1}, "schedule lengths must be >= 0 \\(warmup=0, total=-1\\)"),
+        ({"tick": 0}, "schedule lengths must be >= 0"),
+    ],
+)
+def test_bad_schedule_values_are_refused_naming_them(options, message):
+    with pytest.raises(ValueError, match=message):
+        Schedule(**{"shape": "cosine", "start": 1.0, "end": 0.0, "total": 10, **options})
+
+
+def test_decay_shapes_at_their_ends_and_middle():
+    assert Schedule("cosine", 1.0, 0.0, total=0)(1) == 0.0  # a run of no steps is allowed (max(1, length))
+    assert [Schedule("constant", 1.0, 0.0, total=10)(t) for t in (0, 5, 20)] == [1.0, 1.0, 1.0]  # end unused
+    linear = Schedule("linear", 1.0, 0.2, total=10)
+    assert [linear(t) for t in (0, 5, 10, 20)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
+    assert Schedule("linear", 1.0, 0.0, total=1)(1) == 0.0  # one-step decay
+    explicit = build_scalar_schedule({"shape": "linear", "start": 1.0, "end": 0.0, "steps": 10}, 100, 10)
+    assert [explicit(t) for t in (5, 10, 50)] == pytest.approx([0.5, 0.0, 0.0]), "steps: the decay length"
+    growth = Schedule("exponential", 0.5, 2.0, total=10, decay=2.0)  # a rising value is capped at end
+    assert [growth(t) for t in range(4)] == [0.5, 1.0, 2.0, 2.0]
+    assert Schedule("exponential", 2.0, 0.5, total=10)(5) == 2.0  # decay 1: stays at start
+
+
+def test_hyper_schedules_in_epochs_and_never_for_the_lr():
+    optim = OmegaConf.load("configs/optim/adamw.yaml")
+    optim.schedules = {"weight_decay": {"shape": "linear", "start": 0.0, "end": 1.0, "epochs": 5}}
+    assert build_hyper_schedules(optim, 100, steps_per_epoch=10)["weight_decay"](25) == pytest.approx(0.5)
+    optim.schedules = {"lr": {"start": 1.0}}
+    with pytest.raises(ValueError, match="optim.schedules.lr is not allowed: the learning rate is scheduled by"):
+        build_hyper_schedules(optim, 100, 10)
+
+
+def test_optimizer_takes_the_configured_values_and_drops_empty_groups():
+    optim = OmegaConf.load("configs/optim/adamw.yaml")
+    optim.betas, optim.eps = [0.8, 0.9], 1e-6
+    opt = build_optimizer(optim, Task(None), nn.Linear(4, 4, bias=False), peak_lr=0.5)
+    assert len(opt.param_groups) == 1, "the empty no-decay group (no 1-d parameters) is dropped"
+    group = opt.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (0.5, (0.8, 0.9), 1e-6, 0.05)
+    set_hyper(opt, "lr", 0.25)  # no lr_scale in the group: scale 1
+    assert group["lr"] == 0.25
+    optim.name = "sgd"
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'; valid choices are: adamw, adam"):
+        build_optimizer(optim, Task(None), nn.Linear(4, 4), peak_lr=0.5)
 
 
 def test_global_batch_plans():
@@ -175,6 +241,34 @@ def test_seeded_items_depend_on_seed_epoch_index_only():
     assert all(torch.equal(a, b) for a, b in zip(forward, backward))
     ds.set_epoch(1)
     assert not torch.equal(ds[0], forward[0])
+
+
+class _Epochs(_Noise):
+    epoch = None
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+
+def test_seeded_dataset_forwards_set_epoch():
+    inner = _Epochs()
+    SeededDataset(inner, seed=0).set_epoch(3)
+    assert inner.epoch == 3
+
+
+def test_seed_all_seeds_torch_numpy_and_python_from_every_key():
+    def draw():
+        return torch.rand(1).item(), np.random.rand(), random.random()
+
+    seed_all(1, 2, cuda=False)
+    first = draw()
+    seed_all(1, 2)  # with cuda: the same CPU stream
+    assert draw() == first
+    # (1, 2, 0) is NOT among them: numpy's SeedSequence gives (1, 2) and (1, 2, 0) the same state; callers
+    # always pass tuples of one length per use, so this costs nothing today
+    for other in ((2, 1), (1, 3), (1, 2, 1)):
+        seed_all(*other, cuda=False)
+        assert all(a != b for a, b in zip(draw(), first)), f"keys {other} give the stream of (1, 2)"
 
 
 # ---- SLURM environment --------------------------------------------------------------------------
