@@ -93,7 +93,7 @@ def test_scalar_schedules_per_step_and_per_epoch():
     assert [temp(s) for s in (0, 9, 10, 25, 30, 99)] == pytest.approx([0.04, 0.04, 0.05, 0.06, 0.07, 0.07])
     gumbel = build_scalar_schedule({"shape": "exponential", "start": 2.0, "end": 0.5, "decay": 0.5}, 100, 10)
     assert [gumbel(s) for s in (0, 1, 2, 3)] == [2.0, 1.0, 0.5, 0.5]
-    with pytest.raises(ValueError, match="unknown schedule keys \\['stop'\\]"):
+    with pytest.raises(ValueError, match="unknown schedule keys \\['stop'\\]; valid keys are: decay, end, epochs"):
         build_scalar_schedule({"start": 1.0, "stop": 2.0}, 10, 1)
 
 
@@ -134,6 +134,24 @@ def test_decay_shapes_at_their_ends_and_middle():
     growth = Schedule("exponential", 0.5, 2.0, total=10, decay=2.0)  # a rising value is capped at end
     assert [growth(t) for t in range(4)] == [0.5, 1.0, 2.0, 2.0]
     assert Schedule("exponential", 2.0, 0.5, total=10)(5) == 2.0  # decay 1: stays at start
+    assert Schedule("polynomial", 1.0, 0.2, total=10)(5) == pytest.approx(0.6)
+    no_warmup_min = Schedule("cosine", 1.0, 0.0, total=10, warmup_combine="min")  # min of no warmup: the decay
+    assert no_warmup_min(5) == pytest.approx(0.5) and no_warmup_min(0) == 1.0
+
+
+def test_scalar_schedule_defaults_and_epoch_unit():
+    """Left-out keys: cosine, power 1, decay 1; with ``unit: epoch`` every length counts in epochs."""
+    halfway = build_scalar_schedule({"start": 1.0, "end": 0.0}, 100, 10)
+    assert halfway(25) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4))), "cosine by default"
+    assert build_scalar_schedule({"shape": "polynomial", "start": 1.0, "end": 0.0}, 100, 10)(50) == 0.5
+    assert build_scalar_schedule({"shape": "exponential", "start": 2.0, "end": 0.5}, 100, 10)(3) == 2.0
+    per_epoch = build_scalar_schedule(
+        {"shape": "linear", "start": 1.0, "end": 0.0, "warmup_steps": 20, "unit": "epoch"}, 100, 10
+    )
+    assert (per_epoch.total, per_epoch.warmup, per_epoch.tick) == (10, 2, 10)
+    assert per_epoch(19) == pytest.approx(0.5) and per_epoch(60) == pytest.approx(0.5)  # epochs 1 and 6 of 10
+    with pytest.raises(ValueError, match="unknown schedule unit 'day'; valid choices are: step, epoch"):
+        build_scalar_schedule({"start": 1.0, "unit": "day"}, 10, 1)
 
 
 def test_hyper_schedules_in_epochs_and_never_for_the_lr():
@@ -164,6 +182,12 @@ def test_global_batch_plans():
     assert plan_batch(4096, 64, 8) == BatchPlan(4096, 64, 8, 8)
     assert plan_batch(96, 40, 2) == BatchPlan(96, 24, 2, 2), "equal micro-batches no larger than 40"
     assert plan_batch(64, None, 1) == BatchPlan(64, 64, 1, 1)
+    assert plan_batch(28, 10, 1) == BatchPlan(28, 7, 4, 1), "3 x 10 would not be equal: the next divisor, 4"
+    assert plan_batch(4, 1, 1) == BatchPlan(4, 1, 4, 1) and plan_batch(1, None, 1).micro_batch == 1
+    plan = plan_batch(96, 40, 2)
+    assert all(type(v) is int for v in vars(plan).values()), f"whole numbers, not floats: {plan}"
+    with pytest.raises(ValueError, match="trainer.micro_batch=0 is not allowed"):
+        plan_batch(64, 0, 1)
     with pytest.raises(ValueError, match="does not split over 3 processes"):
         plan_batch(256, 32, 3)
     for bad in (0, -4, 2.5, "64"):
@@ -221,7 +245,11 @@ def test_sampler_shards_are_disjoint_full_and_resumable():
     again.set_epoch(0, start_batch=4)
     assert list(again) == batches[1][4:] and len(again) == 6
     again.set_epoch(1)
-    assert list(again) != batches[1]  # a new permutation each epoch
+    epoch1 = list(again)
+    assert len(epoch1) == 10 and epoch1 != batches[1]  # the whole of a new permutation each epoch
+    other_seed = ShardedBatchSampler(103, 5, rank=1, world_size=2, seed=4)
+    assert list(other_seed) != batches[1], "the seed changes the order"
+    assert list(ShardedBatchSampler(10, 5)) == list(ShardedBatchSampler(10, 5, rank=0, world_size=1, seed=0))
     with pytest.raises(ValueError, match="fewer than one global batch"):
         ShardedBatchSampler(9, 5, rank=0, world_size=2)
 
@@ -239,6 +267,8 @@ def test_seeded_items_depend_on_seed_epoch_index_only():
     forward = [ds[i] for i in range(8)]
     backward = [ds[i] for i in reversed(range(8))][::-1]
     assert all(torch.equal(a, b) for a, b in zip(forward, backward))
+    assert not torch.equal(forward[0], forward[1]), "the index changes the item"
+    assert not torch.equal(SeededDataset(_Noise(), seed=1)[0], forward[0]), "the seed changes the item"
     ds.set_epoch(1)
     assert not torch.equal(ds[0], forward[0])
 
