@@ -59,7 +59,6 @@ def test_inception_inputs_match_the_wheels_default_pipeline(size):
         assert moved > 1e-3, f"the wheel's {other} should differ from our resize, max |diff| = {moved}"
 
 
-@pytest.mark.slow  # two Inception forwards: ~6 s on 2 idle cores, 40 s on the loaded shared machine
 def test_inception_features_match_the_wheels_pipeline():
     """End to end through the network: our InceptionFeatures against the wheel's ``extract_feats`` (with its
     own defaults) on a random 64 px uint8 image. (At 299 px there is no resize and the inputs above are
