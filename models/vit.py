@@ -21,6 +21,7 @@ from timm.models.vision_transformer import Attention  # also there in timm 1.0.1
 from torch import nn
 
 from dyt.nn import NormFactory, build_norm_factory
+from dyt.nn.normfree import SigmaReparamLinear, branch_scale, fixup_init_, sigma_reparam_
 from models import deferred_init, register_model
 
 GLOBAL_POOLS = ("avg", "token")
@@ -39,16 +40,24 @@ class Block(nn.Module):
         drop_path: float,
         init_values: float | None,
         norm: NormFactory,
+        residual_init: str | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = norm(dim, site="attn", eps=LN_EPS)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
-        self.ls1 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
+        self.ls1 = self._branch_scale(dim, init_values, residual_init)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm(dim, site="ffn", eps=LN_EPS)
         self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio))
-        self.ls2 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
+        self.ls2 = self._branch_scale(dim, init_values, residual_init)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    @staticmethod
+    def _branch_scale(dim: int, init_values: float | None, residual_init: str | None) -> nn.Module:
+        """What multiplies a residual branch: layer scale, a Fixup/SkipInit scalar, or nothing."""
+        if residual_init is not None:
+            return branch_scale(residual_init)
+        return LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
@@ -67,6 +76,13 @@ class VisionTransformer(nn.Module):
         drop_path_rate: stochastic depth of the last block; it grows linearly from 0 over the blocks.
         dynamic_img_size: accept images of any size that the patch divides, resampling the position
             embeddings to their grid (DINO's multi-crop: 224 px global and 96 px local crops).
+        residual_init: the normalization-free baselines of paper Table 9 (use them with ``norm=identity``):
+            ``skipinit`` (each residual branch times a learnable scalar initialised to 0: every block
+            starts as the identity) or ``fixup`` (Fixup's init: last layer of each branch and the head
+            zeroed, qkv and fc1 scaled by ``(2 * depth) ** -1/2``, a scalar multiplier initialised to 1
+            per branch); ``None`` (default): the standard init. See ``dyt/nn/normfree.py``.
+        sigma_reparam: sigma-Reparam (Zhai et al. 2023; paper Table 9): every linear layer (qkv, proj,
+            fc1, fc2, head; not the patch-embedding conv) uses ``gamma / sigma(W) * W``.
     """
 
     def __init__(
@@ -86,8 +102,20 @@ class VisionTransformer(nn.Module):
         global_pool: str = "avg",
         drop_path_rate: float = 0.0,
         dynamic_img_size: bool = False,
+        residual_init: str | None = None,
+        sigma_reparam: bool = False,
     ) -> None:
         super().__init__()
+        if residual_init is not None and init_values:
+            raise ValueError(
+                f"residual_init={residual_init!r} replaces layer scale with a scalar per residual branch; "
+                f"set init_values=None (got {init_values}) or residual_init=None"
+            )
+        if residual_init == "fixup" and sigma_reparam:
+            raise ValueError(
+                "residual_init='fixup' zeroes the last layer of each branch, whose spectral norm sigma-Reparam "
+                "divides by; use one of them (paper Table 9 compares them separately)"
+            )
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"unknown global_pool {global_pool!r}; valid choices are: {', '.join(GLOBAL_POOLS)}")
         if global_pool == "token" and not class_token:
@@ -95,6 +123,7 @@ class VisionTransformer(nn.Module):
         norm = build_norm_factory(norm)
         self.global_pool, self.num_classes, self.embed_dim = global_pool, num_classes, embed_dim
         self.in_channels, self.num_prefix_tokens = in_chans, int(class_token)
+        self.residual_init = residual_init
 
         with deferred_init(self):
             self.patch_embed = PatchEmbed(
@@ -109,18 +138,24 @@ class VisionTransformer(nn.Module):
             self.pos_embed = nn.Parameter(torch.empty(1, num_tokens, embed_dim))
             rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
             self.blocks = nn.Sequential(
-                *[Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rate, init_values, norm) for rate in rates]
+                *[
+                    Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rate, init_values, norm, residual_init)
+                    for rate in rates
+                ]
             )
             pool_first = global_pool == "avg"
             self.norm = nn.Identity() if pool_first else norm(embed_dim, site="final", eps=LN_EPS)
             self.fc_norm = norm(embed_dim, site="final", eps=LN_EPS) if pool_first else nn.Identity()
             self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+            if sigma_reparam:
+                sigma_reparam_(self)
         self.norm_options = norm.resolved()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """timm's ViT init: truncated normal (std 0.02) linears with zero bias, pos_embed std 0.02,
-        class token std 1e-6; every other layer (patch conv, norms, layer scale) resets itself."""
+        class token std 1e-6; every other layer (patch conv, norms, layer scale) resets itself. Then
+        Fixup's rescaling, or sigma-Reparam's gamma = 1 and power iteration, on those weights."""
         trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
@@ -131,6 +166,12 @@ class VisionTransformer(nn.Module):
                     nn.init.zeros_(module.bias)
             elif module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+        if self.residual_init == "fixup":
+            branches = [[b.attn.qkv, b.attn.proj] for b in self.blocks] + [[b.mlp.fc1, b.mlp.fc2] for b in self.blocks]
+            fixup_init_(branches, self.head if isinstance(self.head, nn.Linear) else None)
+        for module in self.modules():
+            if isinstance(module, SigmaReparamLinear):
+                module.reset_reparam()
 
     def no_weight_decay(self) -> set[str]:
         """Parameters the optimizer should not decay (timm's convention)."""

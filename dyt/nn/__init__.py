@@ -3,6 +3,7 @@
 from dyt.nn.convert import ConversionReport, convert
 from dyt.nn.factory import NormFactory, build_norm_factory, norm_tag
 from dyt.nn.fold import fold
+from dyt.nn.normfree import NoNorm, SigmaReparamLinear
 from dyt.nn.norms import LayerNorm, RMSNorm
 from dyt.nn.pointwise import Derf, DyT, PointwiseNorm
 from dyt.nn.probes import alpha_stats, pointwise_norms
@@ -13,9 +14,11 @@ __all__ = [
     "DyT",
     "Derf",
     "LayerNorm",
+    "NoNorm",
     "NormFactory",
     "PointwiseNorm",
     "RMSNorm",
+    "SigmaReparamLinear",
     "alpha_stats",
     "build_norm_factory",
     "convert",
