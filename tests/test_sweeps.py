@@ -1,0 +1,177 @@
+"""Sweep tables and figures (dyt/results/sweeps.py) on synthetic run dirs, the sweep recipes, and a
+2-point version of the small-width alpha_init study on real data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from dyt.results.runs import find_runs
+from dyt.results.sweeps import (
+    DIVERGED,
+    OK,
+    UNFINISHED,
+    alpha_init,
+    alpha_table,
+    plot_alpha_grid,
+    plot_width_alpha,
+    status,
+    sweep_figures,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_run(
+    root: Path, name: str, norm: dict, *, width=64, lr=3e-3, seed=0, top1=None, losses=(2.0, 1.0), done=True
+) -> Path:
+    """A run dir as the trainer leaves it: config.yaml, metrics.jsonl, results.json when finished."""
+    path = root / name / norm["tag"] / f"seed{seed}"
+    path.mkdir(parents=True)
+    config = {
+        "experiment_name": "sweeps/demo",
+        "model": {"name": "vit_digits", "embed_dim": width},
+        "norm": {"sites": {}, **norm},
+        "optim": {"lr": lr},
+        "seed": seed,
+    }
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = [{"step": i + 1, "train/loss": loss} for i, loss in enumerate(losses)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if done:
+        results = {"headline_metric": "val/top1", "val/top1": top1, "val/loss": losses[-1]}
+        (path / "results.json").write_text(json.dumps(results))
+    return path
+
+
+def dyt(alpha, **sites):
+    return {"name": "dyt", "tag": "dyt", "alpha_init": alpha, "sites": sites}
+
+
+LN = {"name": "layernorm", "tag": "layernorm"}
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """widths 32, 64 x alpha 0.5, 1.0 x 2 seeds, one diverged and one unfinished run, LN references."""
+    for width in (32, 64):
+        for alpha in (0.5, 1.0):
+            for seed in (0, 1):
+                top1 = width + 10 * alpha + seed  # 32: 37/38 at 0.5, 42/43 at 1.0
+                make_run(tmp_path, f"w{width}a{alpha}", dyt(alpha), width=width, seed=seed, top1=top1)
+        make_run(tmp_path, f"w{width}ln", LN, width=width, top1=width + 20.0)
+    make_run(tmp_path, "w64a2", dyt(2.0), width=64, losses=(2.0, None), done=False)  # NaN logged as null
+    make_run(tmp_path, "w64a3", dyt(3.0), width=64, done=False)
+    return find_runs(tmp_path)
+
+
+def test_status_and_alpha_of_runs(sweep):
+    by_name = {r.path.parent.parent.name: r for r in sweep}
+    assert [status(by_name[n]) for n in ("w64a0.5", "w64a2", "w64a3")] == [OK, DIVERGED, UNFINISHED]
+    assert alpha_init(by_name["w64ln"]) is None and alpha_init(by_name["w64a1.0"]) == 1.0
+
+
+def test_alpha_table_means_seeds_and_marks_divergence(sweep):
+    table = alpha_table(sweep)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()[2:4]}
+    assert rows["vit_digits@32"] == ["37.5 +- 0.7", "42.5 +- 0.7", "-", "52.0", "-9.5"]
+    assert rows["vit_digits@64"][2] == "diverged" and rows["vit_digits@64"][4] == "-9.5"
+    assert "alpha_init=3" not in table  # unfinished runs are left out
+    assert "final val/top1" in table
+
+
+def test_alpha_grid_reads_per_site_values(tmp_path):
+    for attn in (0.5, 1.0):
+        for other in (0.2, 0.5):
+            sites = {"attn": {"alpha_init": attn}, "ffn": {"alpha_init": other}}
+            make_run(tmp_path, f"a{attn}o{other}", dyt(None, **sites), losses=(3.0, attn + other))
+    runs = find_runs(tmp_path)
+    assert sorted((alpha_init(r, "attn"), alpha_init(r, "ffn")) for r in runs)[0] == (0.5, 0.2)
+    out = plot_alpha_grid(runs, tmp_path / "grid.png")
+    assert out.stat().st_size > 1000
+    assert [p.name for p in sweep_figures(runs, tmp_path / "figs")] == ["sweeps_demo_alpha_grid.png"]
+
+
+def test_width_alpha_gap_map(sweep, tmp_path):
+    assert plot_width_alpha(sweep, tmp_path / "gap.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="no runs to plot"):
+        plot_width_alpha([r for r in sweep if r.norm == "layernorm"], tmp_path / "none.png")
+
+
+def test_sweep_figures_pick_the_figures_a_sweep_supports(sweep, tmp_path):
+    assert [p.name for p in sweep_figures(sweep, tmp_path)] == ["sweeps_demo_alpha_curves.png"]
+    make_run(tmp_path / "more", "lr", dyt(0.5), lr=1e-3, top1=30.0)
+    runs = sweep + find_runs(tmp_path / "more")
+    names = [p.name for p in sweep_figures(runs, tmp_path / "figs")]
+    assert names == ["sweeps_demo_alpha_curves.png", "sweeps_demo_stability.png"]
+    assert all((tmp_path / "figs" / n).stat().st_size > 1000 for n in names)
+
+
+def _compose(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def recipe(name: str) -> dict:
+    return yaml.safe_load((ROOT / "configs" / "experiment" / f"{name}.yaml").read_text())
+
+
+def test_table9_recipes():
+    paper = yaml.safe_load((ROOT / "results" / "paper.yaml").read_text())["table9"]["rows"]
+    for model in ("vit_b", "vit_l"):
+        cfg = recipe(f"paper/{model}_in1k_table9")
+        assert cfg["defaults"][0] == f"/experiment/paper/{model}_in1k"  # the Table 1 recipe underneath
+        assert cfg["paper_ref"] == {"table": "table9", "row": model}
+        params = cfg["hydra"]["sweeper"]["params"]
+        assert params["norm"] == "layernorm,fixup,skipinit,sigma_reparam,dyt"
+        assert [float(v) for v in params["optim.lr"].split(",")] == [6e-3, 4e-3, 2e-3, 1e-3, 5e-4]
+        assert set(params["norm"].split(",")) == set(paper[model]["values"])  # every column of the row
+    fixup = _compose("experiment=paper/vit_b_in1k_table9", "norm=fixup")
+    assert (fixup.norm.name, fixup.norm.tag, fixup.model.residual_init) == ("identity", "fixup", "fixup")
+    assert fixup.optim.lr == 4e-3 and fixup.model.name == "vit_b"
+    sigma = _compose("experiment=paper/vit_l_in1k_table9", "norm=sigma_reparam")
+    assert sigma.model.sigma_reparam is True and sigma.norm.tag == "sigma_reparam"
+
+
+def test_table12_13_recipes():
+    for model in ("vit_b", "vit_l", "convnext_b", "convnext_l"):
+        lr = recipe(f"paper/{model}_in1k_table12")
+        assert lr["paper_ref"] == {"table": "table12", "row": model}
+        assert lr["hydra"]["sweeper"]["params"] == {"norm": "layernorm,dyt", "optim.lr": "2e-3,4e-3,6e-3"}
+        alpha = recipe(f"paper/{model}_in1k_table13")
+        assert alpha["paper_ref"] == {"table": "table13", "row": model}
+        assert alpha["hydra"]["sweeper"]["params"] == {"norm.alpha_init": "0.3,0.5,0.8,1.0,1.2"}
+        assert alpha["defaults"][:2] == [f"/experiment/paper/{model}_in1k", {"override /norm": "dyt"}]
+    cfg = _compose("experiment=paper/vit_l_in1k_table13")
+    assert cfg.norm.name == "dyt" and cfg.model.name == "vit_l" and cfg.paper_ref.table == "table13"
+
+
+def test_llama_alpha_grid_ties_final_to_ffn():
+    cfg = _compose("experiment=sweeps/llama_alpha_grid", "norm.sites.ffn.alpha_init=0.3")
+    assert (cfg.norm.sites.attn.alpha_init, cfg.norm.sites.final.alpha_init) == (1.0, 0.3)
+    assert set(cfg.hydra.sweeper.params) == {"norm.sites.attn.alpha_init", "norm.sites.ffn.alpha_init"}
+
+
+@pytest.mark.slow
+def test_two_point_alpha_init_study(tmp_path):
+    """The study's command on real digits, 2 points (alpha_init 0.5 and 2.0 at width 32, a few steps):
+    both runs finish and the table and figure come out."""
+    cmd = [
+        sys.executable, str(ROOT / "train.py"), "-m", "experiment=sweeps/alpha_init_small_width", "norm=dyt",
+        "model.embed_dim=32", "+model.depth=1", "norm.alpha_init=0.5,2.0", "norm.impl=eager", "trainer.epochs=1",
+        "trainer.max_steps=2", "trainer.log_every_steps=1",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)  # runs/ in tmp_path
+    runs = find_runs(tmp_path / "runs")
+    assert {alpha_init(r) for r in runs} >= {0.5, 2.0}
+    assert all(status(r) == OK and math.isfinite(r.results["val/loss"]) for r in runs)
+    assert "alpha_init=0.5" in alpha_table(runs)
