@@ -31,7 +31,8 @@ class NoNorm(nn.Identity):
     """No normalization: the layer a norm-free model (Fixup, SkipInit, sigma-Reparam) builds at every norm
     site. It takes no options, so every model hint (eps, alpha_init, ...) is dropped by the factory."""
 
-    pointwise = True  # statistics-free: recipes keyed on point-wise norms treat it like DyT
+    # Not ``pointwise``: the recipe changes keyed on it (LLaMA's sqrt(d) embedding scale, DiT without
+    # adaLN-Zero) compensate for DyT's squashing, which a model without norms does not have.
 
     def __init__(self, dim: int, layout: str = "channels_last", device=None, dtype=None) -> None:
         super().__init__()
