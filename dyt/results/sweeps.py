@@ -278,7 +278,7 @@ def _heatmaps(panels, out, name: str, ylabel: str, xlabel: str, title: str) -> P
     panels = [(model, grid) for model, grid in panels if grid]
     if not panels:
         raise ValueError(f"no runs to plot for {title!r}: none of the runs is a DyT-family run of such a sweep")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.5, 4.2 * len(panels)), 4.2), squeeze=False)
     for ax, (model, grid) in zip(axes[0], panels, strict=True):
         rows = sorted({r for r, _ in grid})
         cols = sorted({c for _, c in grid})
@@ -297,7 +297,7 @@ def _heatmaps(panels, out, name: str, ylabel: str, xlabel: str, title: str) -> P
         ax.set_yticks(range(len(rows)), [f"{r:g}" for r in rows])
         ax.set(xlabel=xlabel, ylabel=ylabel, title=model)
         fig.colorbar(image, ax=ax, shrink=0.8, label=f"final {name}")
-    fig.suptitle(f"{title}; X = diverged, * = some seeds diverged", fontsize=9)
+    fig.suptitle(f"{title}\nX = diverged, * = some seeds diverged", fontsize=9)
     return _save(fig, out)
 
 

@@ -7,17 +7,17 @@
 #
 #   scripts/analysis/alpha_init_study.sh                           # the full grid below, local processes
 #   LAUNCHER=slurm scripts/analysis/alpha_init_study.sh             # one SLURM job per run
-#   WIDTHS=32,64,128 ALPHAS=0.1,0.5,1.0,2.0 LRS=3e-3 SEEDS=0,1,2 EPOCHS=6 REFS=layernorm \
+#   WIDTHS=32,64,128 ALPHAS=0.1,0.5,1.0,2.0,4.0 LRS=3e-3 SEEDS=0,1 EPOCHS=6 REFS=layernorm \
 #     scripts/analysis/alpha_init_study.sh optim.schedule.warmup_epochs=1   # the reduced run committed
 #
-# Full grid: 4 widths x 8 alpha_init x 3 lrs x 3 seeds = 288 DyT runs + 72 reference runs, about one
+# Full grid: 4 widths x 10 alpha_init x 3 lrs x 3 seeds = 360 DyT runs + 72 reference runs, about one
 # CPU-minute each at width 64 (more at 512). Locally, each (width, lr) chunk runs its jobs in parallel
-# (27-33 processes): on a small machine lower the grid. Extra arguments are Hydra overrides for every run.
+# (30 DyT + 6 reference processes): on a small machine lower the grid. Extra arguments are Hydra overrides for every run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 WIDTHS=${WIDTHS:-64,128,256,512}
-ALPHAS=${ALPHAS:-0.1,0.2,0.3,0.5,0.8,1.0,1.5,2.0}
+ALPHAS=${ALPHAS:-0.1,0.2,0.3,0.5,0.8,1.0,1.5,2.0,4.0,8.0}   # above 2.0: still rising at 4.0 (results/alpha_init_small_width.md)
 LRS=${LRS:-1e-3,3e-3,6e-3}
 SEEDS=${SEEDS:-0,1,2}
 EPOCHS=${EPOCHS:-30}
