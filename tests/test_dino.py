@@ -116,7 +116,9 @@ def test_every_norm_builds_and_trains(norm):
     student, teacher = dino([torch.randn(2, 1, 8, 8)] * 2 + [torch.randn(2, 1, 4, 4)] * 2)
     loss = dino_loss(student, teacher, torch.zeros(1, 1024), 0.1, 0.04, num_crops=4)
     loss.backward()
-    assert torch.isfinite(loss) and dino.student.backbone.blocks[0].norm1.weight.grad is not None
+    norm1 = dino.student.backbone.blocks[0].norm1
+    assert torch.isfinite(loss)
+    assert norm == "identity" or norm1.weight.grad is not None  # norm=identity (Table 9 baselines) has no weight
 
 
 def test_builds_on_meta_and_resets_to_a_teacher_equal_to_the_student():

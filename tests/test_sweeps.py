@@ -131,13 +131,14 @@ def test_table9_recipes():
         assert cfg["defaults"][0] == f"/experiment/paper/{model}_in1k"  # the Table 1 recipe underneath
         assert cfg["paper_ref"] == {"table": "table9", "row": model}
         params = cfg["hydra"]["sweeper"]["params"]
-        assert params["norm"] == "layernorm,fixup,skipinit,sigma_reparam,dyt"
+        assert params["norm"] == "layernorm,normfree/fixup,normfree/skipinit,normfree/sigma_reparam,dyt"
         assert [float(v) for v in params["optim.lr"].split(",")] == [6e-3, 4e-3, 2e-3, 1e-3, 5e-4]
-        assert set(params["norm"].split(",")) == set(paper[model]["values"])  # every column of the row
-    fixup = _compose("experiment=paper/vit_b_in1k_table9", "norm=fixup")
+        tags = {choice.split("/")[-1] for choice in params["norm"].split(",")}  # normfree/fixup's tag: fixup
+        assert tags == set(paper[model]["values"])  # every column of the row
+    fixup = _compose("experiment=paper/vit_b_in1k_table9", "norm=normfree/fixup")
     assert (fixup.norm.name, fixup.norm.tag, fixup.model.residual_init) == ("identity", "fixup", "fixup")
     assert fixup.optim.lr == 4e-3 and fixup.model.name == "vit_b"
-    sigma = _compose("experiment=paper/vit_l_in1k_table9", "norm=sigma_reparam")
+    sigma = _compose("experiment=paper/vit_l_in1k_table9", "norm=normfree/sigma_reparam")
     assert sigma.model.sigma_reparam is True and sigma.norm.tag == "sigma_reparam"
 
 
