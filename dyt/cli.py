@@ -127,7 +127,10 @@ def _evaluate(cfg: DictConfig) -> dict[str, float] | None:
     for path in write_tables(tables, cfg.out_dir):
         print(f"wrote {path}")
     if cfg.figures:
-        for path in plot_curves(runs, Path(cfg.out_dir) / "figures"):
+        from dyt.results.sweeps import sweep_figures
+
+        figures = Path(cfg.out_dir) / "figures"
+        for path in [*plot_curves(runs, figures), *sweep_figures(runs, figures)]:  # curves; Figs. 9-11 of sweeps
             print(f"wrote {path}")
     return None
 

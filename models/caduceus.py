@@ -28,6 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from dyt.data.dna import VOCAB_SIZE, complement_ids
 from dyt.nn import NormFactory, build_norm_factory
@@ -135,7 +136,10 @@ class ScanBranch(nn.Module):
         dt = torch.exp(torch.rand_like(self.dt_proj.bias) * (hi - lo) + lo).clamp(min=self.dt_init_floor)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
         states = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
-        self.A_log.copy_(states.log().expand_as(self.A_log))
+        full = states.log().expand(self.A_log.shape).contiguous()
+        if isinstance(self.A_log, DTensor):  # a shard under FSDP2: take this rank's part, no communication
+            full = distribute_tensor(full, self.A_log.device_mesh, self.A_log.placements, src_data_rank=None)
+        self.A_log.copy_(full)
         self.D.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

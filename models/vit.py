@@ -125,6 +125,7 @@ class VisionTransformer(nn.Module):
         self.in_channels, self.num_prefix_tokens = in_chans, int(class_token)
         self.residual_init = residual_init
 
+        self.dynamic_img_size = dynamic_img_size
         with deferred_init(self):
             self.patch_embed = PatchEmbed(
                 img_size=img_size,
@@ -226,7 +227,8 @@ class VisionTransformer(nn.Module):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         pos_embed = self.pos_embed
-        if tuple(grid) != tuple(self.patch_embed.grid_size):  # only with dynamic_img_size
+        # A fixed-size ViT has no shape-dependent branch (torch.fx can trace it: dyt.fold).
+        if self.dynamic_img_size and tuple(grid) != tuple(self.patch_embed.grid_size):
             pos_embed = resample_abs_pos_embed(
                 pos_embed, grid, list(self.patch_embed.grid_size), self.num_prefix_tokens, antialias=False
             )

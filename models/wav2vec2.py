@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from dyt.nn import NormFactory, build_norm_factory
 from models import deferred_init, register_model
@@ -184,7 +185,10 @@ class PositionalConv(nn.Module):
         with torch.no_grad():
             v = weight.original1
             nn.init.normal_(v, std=math.sqrt(4 * (1.0 - dropout) / (kernel * dim)))
-            weight.original0.copy_(torch.linalg.vector_norm(v, dim=(0, 1), keepdim=True))
+            g = torch.linalg.vector_norm(v, dim=(0, 1), keepdim=True)
+            if isinstance(g, DTensor):  # FSDP2 shards: reduce the norm, then take this rank's part
+                g = distribute_tensor(g.full_tensor(), weight.original0.device_mesh, weight.original0.placements)
+            weight.original0.copy_(g)
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
