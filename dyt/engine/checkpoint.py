@@ -34,10 +34,8 @@ and ``config`` (the resolved config as a plain dict).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import pickle
 import random
 import re
 import shutil
@@ -52,9 +50,16 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import CheckpointException
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+from dyt.engine.safe_read import (  # noqa: F401  (re-exported: the checkpoint API in one place)
+    CheckpointError,
+    SafeFileSystemReader,
+    SafeLoadPlanner,
+    dcp_load,
+    first_failure,
+    safe_load,
+)
 from dyt.io import atomic_write_json, atomic_write_text
 
 LAST = "last"
@@ -64,11 +69,6 @@ SHARDED_KEYS = ("model", "ema", "optimizer")  # what a DCP checkpoint stores sha
 FINITE_KEYS = ("model", "ema", "optimizer")  # what must be finite for a checkpoint to be written
 MANIFEST_FORMAT = 1
 _NAME = re.compile(r"^step_(\d{8})(\.pt)?$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used or written: unreadable, damaged, unsafe, not matching the
-    model, non-finite, or a failed write."""
 
 
 class NonFiniteCheckpointError(CheckpointError):
@@ -352,7 +352,7 @@ def remove_partial(ckpt_dir: str | os.PathLike) -> None:
 def _write_failed(final: Path, e: BaseException) -> CheckpointError:
     """One actionable line for a checkpoint that could not be written (disk full, quota, I/O error)."""
     if isinstance(e, CheckpointException):
-        e = _first_failure(e)
+        e = first_failure(e)
     reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
     try:
         free = f"{shutil.disk_usage(final.parent).free / 2**30:.1f} GiB free there"
@@ -427,132 +427,7 @@ def save_sharded_checkpoint(
     return final
 
 
-# ---- reading DCP without pickle's trust -------------------------------------------------------------
-_DCP_METADATA_GLOBALS = {
-    ("torch.distributed.checkpoint.metadata", name)
-    for name in (
-        "Metadata",
-        "TensorStorageMetadata",
-        "BytesStorageMetadata",
-        "ChunkStorageMetadata",
-        "TensorProperties",
-        "MetadataIndex",
-        "StorageMeta",
-        "_MEM_FORMAT_ENCODING",
-    )
-} | {
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),  # returns only torch.layout objects, by name
-    ("pathlib", "PosixPath"),  # StorageMeta.checkpoint_id
-    ("pathlib", "WindowsPath"),
-    ("collections", "OrderedDict"),
-}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP's ``.metadata``: DCP's own metadata dataclasses, ``torch.Size``, dtypes, layouts,
-    paths and plain containers. Any other global (``os.system``, ``builtins.eval``, ...) is refused
-    before it is looked up, so a crafted file cannot run code."""
-
-    def __init__(self, file: Any, path: Path) -> None:
-        super().__init__(file)
-        self.path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _DCP_METADATA_GLOBALS:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise CheckpointError(
-            f"refusing to read DCP metadata {self.path}: it asks for the global {module}.{name}, which is "
-            "not part of DCP's metadata and could execute code. Only load checkpoints from a source you trust"
-        )
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise CheckpointError(f"refusing to read DCP metadata {self.path}: it holds a persistent reference")
-
-
-class SafeFileSystemReader(dcp.FileSystemReader):
-    """``dcp.FileSystemReader`` whose ``read_metadata`` uses :class:`_MetadataUnpickler`."""
-
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        path = Path(self._get_metadata_path(kwargs.get("rank")))
-        try:
-            with self.fs.create_stream(path, "rb") as f:
-                metadata = _MetadataUnpickler(f, path).load()
-        except CheckpointError:
-            raise
-        except Exception as e:
-            raise CheckpointError(f"DCP metadata {path} is unreadable ({type(e).__name__}: {e})") from None
-        if not isinstance(metadata, Metadata):
-            raise CheckpointError(f"DCP metadata {path} holds a {type(metadata).__name__}, not DCP Metadata")
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
-
-
-class SafeLoadPlanner(DefaultLoadPlanner):
-    """``DefaultLoadPlanner`` that reads DCP's non-tensor entries (e.g. optimizer hyperparameters) with
-    ``torch.load(weights_only=True)`` instead of DCP's ``weights_only=False``."""
-
-    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-        fqn = read_item.dest_index.fqn
-        obj = safe_load(value, f"the DCP entry {fqn}")
-        if self.flatten_state_dict:
-            from torch.distributed.checkpoint._traverse import set_element
-
-            set_element(self.original_state_dict, self.mappings[fqn], obj)
-        else:
-            self.state_dict[fqn] = obj
-
-
-def _first_failure(e: CheckpointException) -> BaseException:
-    """The first rank's exception inside DCP's ``CheckpointException`` (which lists every rank's)."""
-    failures = getattr(e, "failures", None) or {}
-    for failure in failures.values():
-        return failure[0] if isinstance(failure, tuple) else failure
-    return e
-
-
-def _dcp_load(state: dict[str, Any], path: Path, what: str) -> None:
-    """``dcp.load`` with the safe reader and planner; any failure becomes one-line :class:`CheckpointError`."""
-    try:
-        with warnings.catch_warnings():  # DCP warns that it loads in one process, which is the intent
-            warnings.filterwarnings("ignore", message=".*(load in a single process|no_dist|process group).*")
-            dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner())
-    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
-        cause = _first_failure(e) if isinstance(e, CheckpointException) else e
-        if isinstance(cause, CheckpointError):
-            raise CheckpointError(str(cause)) from None
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        raise CheckpointError(f"cannot load DCP checkpoint {path} {what} ({type(cause).__name__}: {first})") from None
-
-
 # ---- reading ----------------------------------------------------------------------------------------
-def safe_load(path: Path | io.BytesIO, name: str | None = None) -> Any:
-    """``torch.load(weights_only=True)`` on CPU; :class:`CheckpointError` naming the file (or ``name``)
-    if it fails."""
-    name = name or str(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        # weights_only names the global it blocked (e.g. "GLOBAL posix.system"); garbage fails otherwise.
-        blocked = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "global" in line]
-        if blocked:
-            raise CheckpointError(
-                f"refusing to load {name}: it holds pickled objects other than tensors and "
-                "plain containers, which could execute code (torch.load with "
-                f"weights_only=True: {blocked[0]})"
-            ) from None
-        detail = next((line.strip() for line in str(e).splitlines()[::-1] if line.strip()), "")
-        raise CheckpointError(
-            f"checkpoint {name} is unreadable (truncated or corrupt; {type(e).__name__}: {detail}). "
-            "Remove it to fall back to the previous checkpoint, or remove the run dir to start afresh"
-        ) from None
-
-
 def _dcp_full_state(path: Path, prefixes: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:
     """Unsharded tensors of a DCP checkpoint under ``prefixes`` (no process group needed)."""
     metadata = SafeFileSystemReader(path).read_metadata()
@@ -561,7 +436,7 @@ def _dcp_full_state(path: Path, prefixes: tuple[str, ...]) -> dict[str, dict[str
         for k, m in metadata.state_dict_metadata.items()
         if isinstance(m, TensorStorageMetadata) and k.split(".", 1)[0] in prefixes
     }
-    _dcp_load(flat, path, "in one process")
+    dcp_load(flat, path, "in one process")
     out: dict[str, dict[str, torch.Tensor]] = {p: {} for p in prefixes}
     for k, v in flat.items():
         prefix, name = k.split(".", 1)
@@ -614,7 +489,7 @@ def adopt_checkpoint(path: str | os.PathLike) -> Path:
 def load_sharded_into(path: Path, sharded: dict[str, Any]) -> None:
     """Fill ``sharded`` (DTensor state dicts from ``get_state_dict``) in place from a DCP checkpoint
     (call on every rank, after :func:`latest_checkpoint` verified ``path``)."""
-    _dcp_load(sharded, path, "into this model")
+    dcp_load(sharded, path, "into this model")
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
