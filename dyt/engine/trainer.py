@@ -52,7 +52,7 @@ from dyt.engine.distributed import (
     wrap_model,
 )
 from dyt.engine.ema import ModelEMA
-from dyt.engine.evaluation import evaluate_model
+from dyt.engine.evaluation import evaluate_model, to_device
 from dyt.engine.logging import MetricsLog, Progress, WandbRun, new_wandb_id
 from dyt.engine.precision import autocast, grad_scaler, resolve_precision
 from dyt.engine.runlock import RunLockedError, acquire_run_lock
@@ -71,17 +71,6 @@ EVAL_STREAM = 1 << 20  # seeds evaluation apart from any training micro-batch
 
 class NonFiniteLossError(RuntimeError):
     """The loss or the gradient norm became NaN or infinite; training stopped before applying that step."""
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move every tensor in a (nested) batch to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
 
 
 class Trainer:
