@@ -5,7 +5,7 @@ a callable, and each callable is the factory bound to one site. Parameter names 
 ``ConvNeXt``, a timm state dict loads unchanged and, with ``norm=layernorm``, the logits equal timm's
 (tests/test_vision_models.py). Norm sites:
 
-    stem        after the 4x4 patchify conv                  channels_first  (timm ``stem.1``)
+    stem        after the 4x4 patchify conv (``patch_size``)  channels_first  (timm ``stem.1``)
     downsample  before each 2x2 stride-2 conv (stages 1-3)   channels_first  (``stages.i.downsample.0``)
     block       after each block's depth-wise 7x7 conv       channels_last   (``stages.i.blocks.j.norm``)
     final       after global average pooling, before the fc  channels_first  (``head.norm``)
@@ -34,7 +34,8 @@ class ConvNeXt(nn.Module):
 
     Args:
         norm: the norm factory (or a norm name / ``configs/norm`` mapping).
-        depths, dims: blocks and channels of the four stages.
+        depths, dims: blocks and channels of each stage (four in ConvNeXt; fewer for small images).
+        patch_size: kernel and stride of the patchify stem (4 in ConvNeXt, timm's ``patch_size``).
         drop_path_rate: stochastic depth of the last block; it grows linearly from 0 over all blocks.
         ls_init_value: layer-scale init (1e-6 in ConvNeXt and the paper's recipe, paper App. A);
             ``None`` turns layer scale off.
@@ -51,6 +52,7 @@ class ConvNeXt(nn.Module):
         drop_path_rate: float = 0.0,
         ls_init_value: float | None = 1e-6,
         head_init_scale: float = 1.0,
+        patch_size: int = 4,
     ) -> None:
         super().__init__()
         if len(depths) != len(dims):
@@ -58,10 +60,11 @@ class ConvNeXt(nn.Module):
         norm = build_norm_factory(norm)
         self.num_classes, self.in_channels = num_classes, in_chans
         self.ls_init_value, self.head_init_scale = ls_init_value, head_init_scale
+        self.min_size = patch_size * 2 ** (len(depths) - 1)  # the stem, then one stride-2 conv per later stage
 
         with deferred_init(self):
             self.stem = nn.Sequential(
-                nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4),
+                nn.Conv2d(in_chans, dims[0], kernel_size=patch_size, stride=patch_size),
                 norm(dims[0], site="stem", layout="channels_first", eps=LN_EPS),
             )
             rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))
@@ -106,15 +109,16 @@ class ConvNeXt(nn.Module):
         return [block for stage in self.stages for block in stage.blocks]
 
     def example_inputs(self, batch: int) -> tuple[torch.Tensor]:
-        """A batch of random 32x32 images, the smallest size its four downsamplings (x32) accept."""
-        return (torch.randn(batch, self.in_channels, 32, 32, device=self.stem[0].weight.device),)
+        """A batch of random images of the smallest size the downsamplings accept (32x32 for ConvNeXt)."""
+        size = self.min_size
+        return (torch.randn(batch, self.in_channels, size, size, device=self.stem[0].weight.device),)
 
     def resolved_options(self) -> dict:
         """The norms as built, per site (see the model protocol in ``models``)."""
         return {"norms": self.norm_options}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (N, C, H, W) -> last-stage feature map (N, dims[-1], H/32, W/32)."""
+        """Images (N, C, H, W) -> last-stage feature map (N, dims[-1], H/32, W/32 for ConvNeXt)."""
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -152,3 +156,10 @@ def convnext_l(norm=None, **kwargs) -> ConvNeXt:
 @register_model
 def convnext_test(norm=None, **kwargs) -> ConvNeXt:
     return ConvNeXt(norm, **{"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128), "num_classes": 10, **kwargs})
+
+
+# The CPU runs on scikit-learn's 8x8 digits (experiment=cpu/convnext_digits): a 2x2 stem and two stages,
+# so the maps are 4x4 then 2x2; the 7x7 depth-wise convs then see the whole map, as late ConvNeXt stages do.
+@register_model
+def convnext_digits(norm=None, **kwargs) -> ConvNeXt:
+    return ConvNeXt(norm, **{"depths": (2, 2), "dims": (64, 128), "patch_size": 2, **kwargs})

@@ -320,6 +320,11 @@ def llama_tiny(norm=None, **kwargs) -> Llama:  # tests: GQA, 2 layers
 
 
 @register_model
+def llama_cpu(norm=None, **kwargs) -> Llama:  # CPU runs (experiment=cpu/llama_stdlib); width swept by model.dim
+    return _llama(norm, kwargs, dim=128, n_layers=4, n_heads=4)
+
+
+@register_model
 def llama_20m(norm=None, **kwargs) -> Llama:
     return _llama(norm, kwargs, dim=256, n_layers=4, n_heads=4)
 

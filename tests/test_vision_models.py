@@ -40,7 +40,7 @@ TIMM = {
     "convnext_b": "convnext_base",
     "convnext_l": "convnext_large",
 }
-SMALL = ["vit_digits", "vit_test", "convnext_test"]  # actually run; the others are built on the meta device
+SMALL = ["vit_digits", "vit_test", "convnext_test", "convnext_digits"]  # actually run; the others are built on the meta device
 SHALLOW = {"vit": {"depth": 1, "img_size": 32}, "convnext": {"depths": (1, 1, 1, 1)}}
 TOL = 1e-5
 
@@ -150,6 +150,16 @@ def test_one_block_version_of_every_preset_matches_timm(preset):
     with torch.device("meta"):
         ours = models.create_model(preset, norm="layernorm", **overrides)
     assert_same_logits(ours, ref, img_size=32)
+
+
+def test_convnext_for_digits_has_a_2x2_stem_and_two_stages():
+    """convnext_digits (timm's ConvNeXt always has four stages, so the blocks are timm's but the preset
+    has no timm twin): 8x8 digits -> 4x4 after the stem -> 2x2 after the second stage."""
+    model = models.create_model("convnext_digits", norm=plain("dyt"), in_chans=1, num_classes=10)
+    x = torch.randn(3, 1, 8, 8)
+    assert model.forward_features(x).shape == (3, 128, 2, 2)
+    assert model(x).shape == (3, 10)
+    assert model.example_inputs(1)[0].shape[-2:] == (4, 4)  # the smallest image it accepts
 
 
 @pytest.mark.slow  # ~5 s unloaded, 20-40 s on a busy 2-core machine

@@ -1,0 +1,359 @@
+"""A CPU mini-reproduction of every table of the paper: each model family on small real data that
+needs no download, with its baseline norm, DyT and Derf, 3 seeds each.
+
+    python scripts/reproduce_cpu.py                       # everything, local processes (one per core)
+    python scripts/reproduce_cpu.py --launcher slurm      # one SLURM job per run (hydra/launcher=slurm)
+    python scripts/reproduce_cpu.py --only vit,llama --seeds 0
+    python scripts/reproduce_cpu.py --report-only         # tables and figures from the runs already there
+
+Runs go to ``runs/cpu/<experiment>/<norm>/seed<k>`` (the recipes are ``configs/experiment/cpu/``), their
+logs to ``runs/cpu/_logs/``. A run that finished before is not run again, so an interrupted
+reproduction continues where it stopped. Two-stage families (MAE, DINO, HyenaDNA, Caduceus) fine-tune
+each norm's and seed's own pretraining; a failed run skips what depends on it and is listed at the end.
+
+Results: ``results/cpu/<table>.md`` per paper table and ``results/cpu/README.md`` with the summary,
+the command, the machine and the wall time; curves in ``results/cpu/figures/``. Each row puts our
+mean +- std over seeds beside the paper's number for the full-scale row it stands for, with DyT minus
+the baseline on both sides. The CPU runs are minutes long on tiny models: they test that every family
+trains with every norm and show the direction of the differences at this scale, not the paper's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+NORMS = ("dyt", "derf")  # beside each family's baseline
+
+
+@dataclass(frozen=True)
+class Family:
+    """One row of the reproduction: the CPU recipes it runs, in order, and the paper row it stands for."""
+
+    name: str
+    label: str  # what runs, for the tables
+    table: str  # results/paper.yaml table ...
+    row: str  # ... and row
+    baseline: str  # the norm the paper's differences are taken against
+    stages: tuple[str, ...]  # experiment names; a later stage starts from the earlier one (init_from)
+    metric: str  # of the last stage; the paper row's metric at full scale
+    higher_is_better: bool
+    paper_values: str = "values"  # the paper row's key that holds this metric (Table 4: "loss")
+    eval_extra: bool = False  # run eval.py on the last stage (FID for DiT)
+    digits: int = 1
+
+
+FAMILIES = (
+    Family("vit", "ViT, 4 blocks, width 64, digits 8x8", "table1", "vit_b", "layernorm",
+           ("cpu/vit_digits",), "val/top1", True),
+    Family("convnext", "ConvNeXt, 2 stages, digits 8x8", "table1", "convnext_b", "layernorm",
+           ("cpu/convnext_digits",), "val/top1", True),
+    Family("mae", "MAE pretrain + fine-tune, digits", "table2", "mae_vit_b", "layernorm",
+           ("cpu/mae_digits", "cpu/mae_digits_finetune"), "val/top1", True),
+    Family("dino", "DINO pretrain + fine-tune, digits", "table2", "dino_vit_b16", "layernorm",
+           ("cpu/dino_digits", "cpu/dino_digits_finetune"), "val/top1", True),
+    Family("dit", "DiT, pixel space, digits (FID on a digits feature net)", "table3", "dit_b4", "layernorm",
+           ("cpu/dit_digits",), "fid", False, eval_extra=True, digits=2),
+    Family("llama", "LLaMA, width 128, stdlib text (val loss)", "table4", "llama2_7b", "rmsnorm",
+           ("cpu/llama_stdlib",), "val/loss", False, paper_values="loss", digits=3),
+    Family("wav2vec2", "wav2vec 2.0, synthetic speech (val loss)", "table5", "w2v2_base", "layernorm",
+           ("cpu/wav2vec2_speech",), "val/loss", False, digits=3),
+    Family("hyena", "HyenaDNA pretrain + real-vs-shuffled DNA", "table6", "hyenadna", "layernorm",
+           ("cpu/hyena_pretrain", "cpu/hyena_finetune"), "val/acc", True),
+    Family("caduceus", "Caduceus pretrain + real-vs-shuffled DNA", "table6", "caduceus", "rmsnorm",
+           ("cpu/caduceus_pretrain", "cpu/caduceus_finetune"), "val/acc", True),
+)  # fmt: skip
+
+
+# ---- running ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One command; it starts when every job in ``after`` has succeeded."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    after: list[Job] = field(default_factory=list)
+    done_if: Path | None = None  # skip when this file exists (a finished run)
+    status: str = "pending"  # pending | running | ok | skipped | failed | blocked
+    seconds: float = 0.0
+
+
+def run_dir(experiment: str, norm: str, seed: int) -> Path:
+    """Every run's dir, given to train.py: where it puts a CPU recipe's run with no other override, and
+    where the fine-tuning recipes look for their pretraining (``init_from``)."""
+    return Path("runs") / experiment / norm / f"seed{seed}"
+
+
+def plan(families: list[Family], seeds: list[int], launcher: str, overrides: list[str]) -> list[Job]:
+    """Every job of the reproduction, each stage after the one it starts from."""
+    train = [sys.executable, str(ROOT / "train.py")]
+    if launcher == "slurm":  # a one-run multirun: submitit submits it and waits for it (requeues included)
+        train += ["-m", "hydra/launcher=slurm"]
+    logs = Path("runs/cpu/_logs")
+    jobs = []
+    for fam in families:
+        for norm in (fam.baseline, *NORMS):
+            for seed in seeds:
+                before: list[Job] = []
+                for experiment in fam.stages:
+                    name = f"{experiment} {norm} seed{seed}"
+                    stem = f"{experiment.replace('/', '_')}_{norm}_seed{seed}"
+                    where = run_dir(experiment, norm, seed)
+                    argv = [*train, f"experiment={experiment}", f"norm={norm}", f"seed={seed}", f"run_dir={where}", *overrides]
+                    done = None if overrides else where / "results.json"
+                    job = Job(name, argv, logs / f"{stem}.log", list(before), done)
+                    jobs.append(job)
+                    before = [job]
+                if fam.eval_extra:
+                    target = run_dir(fam.stages[-1], norm, seed)
+                    argv = [sys.executable, str(ROOT / "eval.py"), f"run={target}", "figures=false"]
+                    jobs.append(Job(f"eval {name}", argv, logs / f"{stem}_eval.log", list(before)))
+    return jobs
+
+
+def execute(jobs: list[Job], workers: int, threads: int) -> None:
+    """Run ``jobs`` with ``workers`` at a time, each with ``threads`` CPU threads, in dependency order;
+    a failed job blocks the jobs after it. Prints one line per finished job."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    pending = list(jobs)
+    running: dict[Future, Job] = {}
+    finished = 0
+
+    def start(job: Job) -> None:
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        with open(job.log, "w") as log:
+            log.write("$ " + shlex.join(job.argv) + "\n\n")
+            log.flush()
+            rc = subprocess.run(job.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path.cwd()).returncode
+        job.seconds = time.time() - t0
+        job.status = "ok" if rc == 0 else "failed"
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while pending or running:
+            for job in list(pending):
+                if any(dep.status in ("failed", "blocked") for dep in job.after):
+                    job.status = "blocked"
+                elif all(dep.status in ("ok", "skipped") for dep in job.after):
+                    if job.done_if is not None and job.done_if.exists():
+                        job.status = "skipped"
+                    elif len(running) < workers:
+                        job.status = "running"
+                        running[pool.submit(start, job)] = job
+                    else:
+                        continue
+                else:
+                    continue
+                pending.remove(job)
+                if job.status in ("skipped", "blocked"):
+                    finished += 1
+                    print(f"[{finished}/{len(jobs)}] {job.status:7s} {job.name}", flush=True)
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                future.result()  # re-raise a bug in start()
+                finished += 1
+                where = "" if job.status == "ok" else f"  (log: {job.log})"
+                print(f"[{finished}/{len(jobs)}] {job.status:7s} {job.name} ({job.seconds:.0f} s){where}", flush=True)
+
+
+# ---- reporting -----------------------------------------------------------------------------------------
+
+
+def final_values(experiment: str, norm: str, metric: str, runs_root: Path) -> list[float]:
+    """The final ``metric`` of every finished seed of one CPU recipe and norm (``results.json``)."""
+    from dyt.results.runs import find_runs
+
+    runs = [r for r in find_runs(runs_root / experiment) if r.experiment == experiment and r.norm == norm]
+    return [float(r.results[metric]) for r in runs if metric in r.results and r.results.get("diverged_at_step") is None]
+
+
+def fmt(values: list[float], digits: int) -> str:
+    from dyt.results.runs import mean_std
+
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f} (n=1)"
+
+
+def diff(a: list[float], b: list[float], digits: int) -> str:
+    if not a or not b:
+        return "n/a"
+    d = sum(a) / len(a) - sum(b) / len(b)
+    return "–" if round(d, digits) == 0 else f"{d:+.{digits}f}"
+
+
+def family_rows(fam: Family, paper: dict, runs_root: Path) -> tuple[list[str], list[str]]:
+    """(the family's row of the summary table, the rows of its per-stage table)."""
+    ours = {n: final_values(fam.stages[-1], n, fam.metric, runs_root) for n in (fam.baseline, *NORMS)}
+    published = paper[fam.table]["rows"][fam.row].get(fam.paper_values, {})
+    pd = fam.digits if fam.paper_values == "values" else 2
+
+    def p(norm: str) -> list[float]:
+        return [published[norm]] if norm in published else []
+
+    seeds = max((len(v) for v in ours.values()), default=0)
+    better = "higher" if fam.higher_is_better else "lower"
+    summary = (
+        f"| {fam.label} | {fam.metric} ({better} is better) | "
+        + " | ".join(fmt(ours[n], fam.digits) for n in (fam.baseline, *NORMS))
+        + f" | {diff(ours['dyt'], ours[fam.baseline], fam.digits)} | {diff(ours['derf'], ours[fam.baseline], fam.digits)}"
+        + f" | {paper[fam.table]['rows'][fam.row]['label']}: {fam.baseline} "
+        + " / ".join(fmt(p(n), pd).replace(" (n=1)", "") for n in (fam.baseline, "dyt", "derf"))
+        + f" | {diff(p('dyt'), p(fam.baseline), pd)} | {seeds} |"
+    )
+    stage_rows = []
+    for experiment in fam.stages:
+        from dyt.results.runs import find_runs
+
+        runs = [r for r in find_runs(runs_root / experiment) if r.experiment == experiment]
+        metric = fam.metric if experiment == fam.stages[-1] else headline(runs)
+        if metric is None:
+            continue
+        cells = [final_values(experiment, n, metric, runs_root) for n in (fam.baseline, *NORMS)]
+        steps = sorted({int(r.results["steps"]) for r in runs if "steps" in r.results})
+        stage_rows.append(
+            f"| {experiment} | {'/'.join(map(str, steps)) or '–'} | {metric} | {fam.baseline} | "
+            + " | ".join(fmt(c, 3) for c in cells)
+            + f" | {diff(cells[1], cells[0], 3)} | {diff(cells[2], cells[0], 3)} |"
+        )
+    return [summary], stage_rows
+
+
+def headline(runs) -> str | None:
+    declared = [r.results["headline_metric"] for r in runs if r.results.get("headline_metric")]
+    return max(set(declared), key=declared.count) if declared else None
+
+
+SUMMARY_HEAD = (
+    "| CPU run | metric | baseline | DyT | Derf | DyT − baseline | Derf − baseline "
+    "| paper row (full scale): baseline / DyT / Derf | paper DyT − baseline | seeds |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+STAGE_HEAD = (
+    "| experiment | steps | metric | baseline | baseline value | DyT | Derf | DyT − baseline | Derf − baseline |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def report(families: list[Family], runs_root: Path, out: Path, header: str) -> str:
+    """Write ``out/<table>.md`` per paper table, ``out/README.md`` and the curves; return the summary."""
+    from dyt.results.plots import plot_curves
+    from dyt.results.runs import find_runs
+    from dyt.results.tables import load_paper
+
+    paper = load_paper(ROOT / "results/paper.yaml")
+    out.mkdir(parents=True, exist_ok=True)
+    summary = []
+    by_table: dict[str, list[Family]] = {}
+    for fam in families:
+        by_table.setdefault(fam.table, []).append(fam)
+    for table, fams in by_table.items():
+        rows, stage_rows = [], []
+        for fam in fams:
+            s, st = family_rows(fam, paper, runs_root)
+            rows += s
+            stage_rows += st
+        summary += rows
+        source = paper[table].get("source", "")
+        text = (
+            f"# CPU reproduction of {table.replace('table', 'Table ')}: {paper[table]['title']}\n\n"
+            f"Paper numbers: {source}. Ours: final value of each run (results.json), mean ± std over seeds.\n\n"
+            f"{SUMMARY_HEAD}\n" + "\n".join(rows) + "\n\n## Every stage\n\n" + f"{STAGE_HEAD}\n" + "\n".join(stage_rows) + "\n"
+        )
+        (out / f"{table}.md").write_text(text)
+        runs = [r for fam in fams for stage in fam.stages for r in find_runs(runs_root / stage)]
+        plot_curves([r for r in runs if r.experiment in {s for f in fams for s in f.stages}], out / "figures")
+    table = f"{SUMMARY_HEAD}\n" + "\n".join(summary) + "\n"
+    (out / "README.md").write_text(header + "\n" + table)
+    return table
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, torch {torch.__version__}, no GPU used"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help=f"comma-separated families (default: all of {', '.join(f.name for f in FAMILIES)})")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: the CPU count locally, 64 on SLURM)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per local run (default 1)")
+    parser.add_argument("--out", default="results/cpu", help="where the tables go (default results/cpu)")
+    parser.add_argument("--report-only", action="store_true", help="only write the tables from existing runs")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. trainer.max_steps=2 for a smoke test in a fresh directory "
+                        "(runs are then never skipped, and an earlier run with other settings is refused)")
+    args = parser.parse_args(argv)
+
+    known = {f.name: f for f in FAMILIES}
+    names = [n for n in args.only.split(",") if n] or list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"unknown family {', '.join(unknown)}; choose from {', '.join(known)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {args.seeds!r}")
+    families = [known[n] for n in names]
+    command = shlex.join(["python", "scripts/reproduce_cpu.py", *(argv if argv is not None else sys.argv[1:])])
+
+    start = time.time()
+    failed: list[Job] = []
+    jobs: list[Job] = []
+    if not args.report_only:
+        jobs = plan(families, seeds, args.launcher, args.overrides)
+        workers = args.jobs or (64 if args.launcher == "slurm" else os.cpu_count() or 1)
+        print(f"{len(jobs)} jobs, {workers} at a time; logs in runs/cpu/_logs/", flush=True)
+        execute(jobs, workers, args.threads)
+        failed = [j for j in jobs if j.status in ("failed", "blocked")]
+    wall = time.time() - start
+    ran = [j for j in jobs if j.status in ("ok", "failed")]
+    header = (
+        "# CPU mini-reproduction of every table\n\n"
+        f"Command: `{command}`  \n"
+        f"Machine: {machine()}  \n"
+        f"Finished: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; wall time of this invocation "
+        f"{wall / 60:.1f} min ({len(ran)} runs, {sum(j.seconds for j in ran) / 60:.0f} run-minutes; "
+        f"{sum(j.status == 'skipped' for j in jobs)} finished earlier and not re-run).\n\n"
+        "Ours: the final value of each run, mean ± std over seeds, on minutes-long CPU runs of tiny models; "
+        "the paper's: the full-scale row each CPU run stands for. Per-stage numbers in the table files "
+        "beside this one.\n"
+    )
+    print(report(families, Path("runs"), Path(args.out), header))
+    if failed:
+        print(f"{len(failed)} of {len(jobs)} jobs did not finish:", file=sys.stderr)
+        for job in failed:
+            print(f"  {job.status}: {job.name}  (log: {job.log})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
