@@ -151,6 +151,7 @@ def stacks(model: MaskedAutoencoder) -> list[tuple[nn.ModuleList, int]]:
     return [(model.blocks, MAE_SIZES["embed_dim"]), (model.decoder_blocks, MAE_SIZES["decoder_embed_dim"])]
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_mae_skipinit_every_block_is_identity_at_init():
     model = tiny_mae(residual_init="skipinit")
     for blocks, width in stacks(model):
