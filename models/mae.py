@@ -11,6 +11,10 @@ Norm sites:
     attn, ffn             pre-attention / pre-MLP norm of every encoder block
     final                 the encoder's last norm
     decoder_attn, decoder_ffn, decoder_final    the same three in the decoder
+
+The normalization-free baselines of paper Table 9 (``norm=identity`` with ``residual_init`` or
+``sigma_reparam``, as in models/vit.py) apply to the encoder and the decoder alike: the paper removes
+every norm of the model, and a decoder without norms needs the same remedy as the encoder.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from timm.layers import PatchEmbed
 from torch import nn
 
 from dyt.nn import NormFactory, build_norm_factory
+from dyt.nn.normfree import check_normfree_options, fixup_init_, reset_sigma_reparam_, sigma_reparam_
 from models import deferred_init, register_model
 from models.vit import HF_VIT_NAMES, LN_EPS, Block, from_hf, to_hf
 
@@ -61,6 +66,18 @@ class MaskedAutoencoder(nn.Module):
         norm_pix_loss: regress each patch's pixels normalised by the patch's own mean and variance
             (MAE's default for its best representations).
         decoder_*: the decoder's width, depth and heads (MAE: 512, 8, 16).
+        residual_init: ``skipinit`` or ``fixup`` (paper Table 9; use with ``norm=identity``), in the
+            encoder's and the decoder's blocks alike, as in ``VisionTransformer``. Fixup treats the two
+            stacks as two residual networks, each with its own branch count ``L`` (the decoder starts from
+            ``decoder_embed``'s projection of the latent, not from the encoder's residual stream); it zeroes
+            ``decoder_pred``, the output layer, as Fixup zeroes a classifier, and keeps ``decoder_embed``
+            standard so the latent reaches the decoder. ``None`` (default): MAE's init.
+        sigma_reparam: sigma-Reparam (paper Table 9) on every linear layer of encoder and decoder
+            (``decoder_embed`` and ``decoder_pred`` included; not the patch-embedding conv, as in the ViT).
+
+    The encoder's parameter names equal ``VisionTransformer``'s built with the same options (SkipInit's
+    ``blocks.i.ls1.scale``, sigma-Reparam's ``blocks.i.attn.qkv.gamma``), so fine-tuning with the same
+    ``residual_init`` / ``sigma_reparam`` loads every encoder weight (``init_from``).
     """
 
     def __init__(
@@ -78,13 +95,17 @@ class MaskedAutoencoder(nn.Module):
         mlp_ratio: float = 4.0,
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
+        residual_init: str | None = None,
+        sigma_reparam: bool = False,
     ) -> None:
         super().__init__()
+        check_normfree_options(residual_init, sigma_reparam)
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1) (MAE: 0.75), got {mask_ratio}")
         norm = build_norm_factory(norm)
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
         self.patch_size, self.in_channels = patch_size, in_chans
+        self.residual_init, self.sigma_reparam = residual_init, sigma_reparam
         with deferred_init(self):
             # ---- encoder: a ViT over the kept patches
             self.patch_embed = PatchEmbed(
@@ -95,7 +116,7 @@ class MaskedAutoencoder(nn.Module):
             # Fixed, not learned (MAE): a buffer, saved in checkpoints under MAE's name.
             self.register_buffer("pos_embed", torch.empty(1, num_patches + 1, embed_dim))
             self.blocks = nn.ModuleList(
-                [Block(embed_dim, num_heads, mlp_ratio, True, 0.0, None, norm) for _ in range(depth)]
+                [Block(embed_dim, num_heads, mlp_ratio, True, 0.0, None, norm, residual_init) for _ in range(depth)]
             )
             self.norm = norm(embed_dim, site="final", eps=LN_EPS)
 
@@ -106,19 +127,22 @@ class MaskedAutoencoder(nn.Module):
             self.register_buffer("decoder_pos_embed", torch.empty(1, num_patches + 1, decoder_embed_dim))
             self.decoder_blocks = nn.ModuleList(
                 [
-                    Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, True, 0.0, None, decoder_norm)
+                    Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, True, 0.0, None, decoder_norm, residual_init)
                     for _ in range(decoder_depth)
                 ]
             )
             self.decoder_norm = decoder_norm(decoder_embed_dim, site="final", eps=LN_EPS)
             self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+            if sigma_reparam:
+                sigma_reparam_(self)
         self.norm_options = norm.resolved()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """MAE's init (models_mae.py ``initialize_weights``): sin-cos position tables, the patch
         projection like a linear layer (Xavier uniform), class and mask tokens normal(0.02), Xavier
-        uniform linears with zero bias; norms reset themselves."""
+        uniform linears with zero bias; norms reset themselves. Then Fixup's rescaling (per stack; see the
+        class docstring), or sigma-Reparam's gamma = 1 and power iteration, on those weights."""
         grid = self.patch_embed.grid_size[0]
         self.pos_embed.copy_(sincos_pos_embed(self.pos_embed.shape[-1], grid))
         self.decoder_pos_embed.copy_(sincos_pos_embed(self.decoder_pos_embed.shape[-1], grid))
@@ -132,6 +156,10 @@ class MaskedAutoencoder(nn.Module):
                 nn.init.zeros_(module.bias)
             elif module is not self and module is not self.patch_embed.proj and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+        if self.residual_init == "fixup":
+            for blocks, head in ((self.blocks, None), (self.decoder_blocks, self.decoder_pred)):
+                fixup_init_([branch for block in blocks for branch in block.residual_branches()], head)
+        reset_sigma_reparam_(self)
 
     def wrap_units(self) -> list[nn.Module]:
         """The repeated blocks of encoder and decoder (FSDP2 units, activation checkpointing)."""
@@ -142,8 +170,9 @@ class MaskedAutoencoder(nn.Module):
         return (torch.randn(batch, self.in_channels, *self.patch_embed.img_size, device=self.cls_token.device),)
 
     def resolved_options(self) -> dict:
-        """The norms as built, per site (see the model protocol in ``models``)."""
-        return {"norms": self.norm_options}
+        """The norms as built, per site, and the normalization-free options (see the model protocol in
+        ``models``)."""
+        return {"norms": self.norm_options, "residual_init": self.residual_init, "sigma_reparam": self.sigma_reparam}
 
     # ---- patches and masking ----------------------------------------------------------------------
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:

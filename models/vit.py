@@ -21,7 +21,7 @@ from timm.models.vision_transformer import Attention  # also there in timm 1.0.1
 from torch import nn
 
 from dyt.nn import NormFactory, build_norm_factory
-from dyt.nn.normfree import SigmaReparamLinear, branch_scale, fixup_init_, sigma_reparam_
+from dyt.nn.normfree import branch_scale, check_normfree_options, fixup_init_, reset_sigma_reparam_, sigma_reparam_
 from models import deferred_init, register_model
 
 GLOBAL_POOLS = ("avg", "token")
@@ -58,6 +58,10 @@ class Block(nn.Module):
         if residual_init is not None:
             return branch_scale(residual_init)
         return LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
+
+    def residual_branches(self) -> list[list[nn.Linear]]:
+        """The weight layers of each residual branch, in order (what Fixup rescales): attention, MLP."""
+        return [[self.attn.qkv, self.attn.proj], [self.mlp.fc1, self.mlp.fc2]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
@@ -106,16 +110,7 @@ class VisionTransformer(nn.Module):
         sigma_reparam: bool = False,
     ) -> None:
         super().__init__()
-        if residual_init is not None and init_values:
-            raise ValueError(
-                f"residual_init={residual_init!r} replaces layer scale with a scalar per residual branch; "
-                f"set init_values=None (got {init_values}) or residual_init=None"
-            )
-        if residual_init == "fixup" and sigma_reparam:
-            raise ValueError(
-                "residual_init='fixup' zeroes the last layer of each branch, whose spectral norm sigma-Reparam "
-                "divides by; use one of them (paper Table 9 compares them separately)"
-            )
+        check_normfree_options(residual_init, sigma_reparam, init_values)
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"unknown global_pool {global_pool!r}; valid choices are: {', '.join(GLOBAL_POOLS)}")
         if global_pool == "token" and not class_token:
@@ -123,7 +118,7 @@ class VisionTransformer(nn.Module):
         norm = build_norm_factory(norm)
         self.global_pool, self.num_classes, self.embed_dim = global_pool, num_classes, embed_dim
         self.in_channels, self.num_prefix_tokens = in_chans, int(class_token)
-        self.residual_init = residual_init
+        self.residual_init, self.sigma_reparam = residual_init, sigma_reparam
 
         self.dynamic_img_size = dynamic_img_size
         with deferred_init(self):
@@ -168,11 +163,9 @@ class VisionTransformer(nn.Module):
             elif module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
         if self.residual_init == "fixup":
-            branches = [[b.attn.qkv, b.attn.proj] for b in self.blocks] + [[b.mlp.fc1, b.mlp.fc2] for b in self.blocks]
+            branches = [branch for block in self.blocks for branch in block.residual_branches()]
             fixup_init_(branches, self.head if isinstance(self.head, nn.Linear) else None)
-        for module in self.modules():
-            if isinstance(module, SigmaReparamLinear):
-                module.reset_reparam()
+        reset_sigma_reparam_(self)
 
     def no_weight_decay(self) -> set[str]:
         """Parameters the optimizer should not decay (timm's convention)."""
@@ -216,8 +209,9 @@ class VisionTransformer(nn.Module):
         return (torch.randn(batch, self.in_channels, *self.patch_embed.img_size, device=device),)
 
     def resolved_options(self) -> dict:
-        """The norms as built, per site (see the model protocol in ``models``)."""
-        return {"norms": self.norm_options}
+        """The norms as built, per site, and the normalization-free options (see the model protocol in
+        ``models``)."""
+        return {"norms": self.norm_options, "residual_init": self.residual_init, "sigma_reparam": self.sigma_reparam}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) -> tokens (N, prefix + patches, D) after the blocks (and ``norm`` when

@@ -1,17 +1,34 @@
-"""The normalization-free baselines of paper Table 9 (dyt/nn/normfree.py and the ViT options): each
-method's defining property, checked on tiny layers and on a two-block ViT."""
+"""The normalization-free baselines of paper Table 9 (dyt/nn/normfree.py and the ViT and MAE options):
+each method's defining property, checked on tiny layers, on a two-block ViT and on a tiny MAE (encoder
+and decoder), and an MAE pretraining run whose encoder a fine-tuning ViT with the same options loads."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from torch import nn
 
 from dyt.nn import NoNorm, SigmaReparamLinear, build_norm_factory
-from dyt.nn.normfree import fixup_init_, sigma_reparam_
+from dyt.nn.normfree import BranchScale, fixup_init_, sigma_reparam_
+from models.mae import MaskedAutoencoder
 from models.vit import vit_test  # the ViT family alone: create_model would import every family
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# A tiny MAE: 16 patches of 8x8 pixels, two blocks of width 32 each side.
+MAE_SIZES = dict(
+    img_size=32,
+    patch_size=8,
+    embed_dim=32,
+    depth=2,
+    num_heads=2,
+    decoder_embed_dim=16,
+    decoder_depth=2,
+    decoder_num_heads=2,
+)
 
 
 def tiny_vit(**kwargs) -> nn.Module:
@@ -119,3 +136,132 @@ def test_meta_device_build_matches_eager():
     meta.reset_parameters()
     for (name, a), b in zip(eager.state_dict().items(), meta.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+
+# ---- MAE: the same methods in encoder and decoder -------------------------------------------------------
+
+
+def tiny_mae(**kwargs) -> MaskedAutoencoder:
+    torch.manual_seed(0)
+    return MaskedAutoencoder("identity", **MAE_SIZES, **kwargs)
+
+
+def stacks(model: MaskedAutoencoder) -> list[tuple[nn.ModuleList, int]]:
+    """(blocks, width) of the encoder and of the decoder."""
+    return [(model.blocks, MAE_SIZES["embed_dim"]), (model.decoder_blocks, MAE_SIZES["decoder_embed_dim"])]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_mae_skipinit_every_block_is_identity_at_init():
+    model = tiny_mae(residual_init="skipinit")
+    for blocks, width in stacks(model):
+        x = torch.randn(2, 5, width)
+        for block in blocks:
+            assert isinstance(block.ls1, BranchScale) and block.ls1.scale.item() == 0 and block.ls2.scale.item() == 0
+            assert torch.equal(block(x), x)
+    imgs = torch.randn(2, 3, 32, 32)
+    model(imgs)[0].backward()
+    # The decoder's scalars learn from the first step. The encoder's do not yet: the loss is on the masked
+    # positions, which an identity decoder computes from the mask token alone (no attention to the kept ones).
+    assert model.decoder_blocks[0].ls1.scale.grad.item() != 0 and model.blocks[0].ls1.scale.grad.item() == 0
+    with torch.no_grad():
+        model.decoder_blocks[0].ls1.scale.fill_(0.1)  # as after one update
+    model.zero_grad()
+    model(imgs)[0].backward()
+    assert model.blocks[0].ls1.scale.grad.item() != 0
+    assert model.resolved_options()["residual_init"] == "skipinit"
+
+
+def test_mae_fixup_rescales_each_stack_and_zeroes_the_output_layer():
+    plain, fixup = tiny_mae(), tiny_mae(residual_init="fixup")
+    for (p_blocks, width), (f_blocks, _) in zip(stacks(plain), stacks(fixup), strict=True):
+        factor = (2 * len(f_blocks)) ** -0.5  # each stack: L = 2 * its depth branches of m = 2 layers
+        x = torch.randn(2, 5, width)
+        for p_block, f_block in zip(p_blocks, f_blocks, strict=True):
+            for last in (f_block.attn.proj, f_block.mlp.fc2):
+                assert not last.weight.any() and not last.bias.any()
+            torch.testing.assert_close(f_block.attn.qkv.weight, p_block.attn.qkv.weight * factor)
+            torch.testing.assert_close(f_block.mlp.fc1.weight, p_block.mlp.fc1.weight * factor)
+            assert f_block.ls1.scale.item() == 1 and f_block.ls2.scale.item() == 1
+            assert torch.equal(f_block(x), x)  # zeroed last layers: the block's output is its input
+    assert not fixup.decoder_pred.weight.any() and not fixup.decoder_pred.bias.any()  # Fixup's zero classifier
+    assert torch.equal(fixup.decoder_embed.weight, plain.decoder_embed.weight)  # the latent still gets through
+    loss, pred, _ = fixup(torch.randn(2, 3, 32, 32))
+    assert not pred.any() and torch.isfinite(loss)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_mae_sigma_reparam_spectral_norm_equals_gamma_in_encoder_and_decoder():
+    model = tiny_mae(sigma_reparam=True)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    # 4 per block in 2 + 2 blocks, decoder_embed and decoder_pred
+    assert len(linears) == 4 * 4 + 2 and all(isinstance(m, SigmaReparamLinear) for m in linears)
+    with torch.no_grad():
+        for i, m in enumerate(linears):
+            m.gamma.fill_(0.5 + 0.1 * i)
+    for i, m in enumerate(linears):
+        m.power_iteration(300)
+        effective = torch.linalg.matrix_norm(m.effective_weight().detach(), ord=2).item()
+        assert effective == pytest.approx(0.5 + 0.1 * i, rel=1e-3)
+    assert model.resolved_options()["sigma_reparam"] is True
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"residual_init": "rezero"}, "valid choices are: fixup, skipinit"),
+        ({"residual_init": "fixup", "sigma_reparam": True}, "use one of them"),
+    ],
+)
+def test_mae_bad_options_say_what_is_allowed(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_mae(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"residual_init": "fixup"}, {"residual_init": "skipinit"}, {"sigma_reparam": True}])
+def test_mae_meta_device_build_matches_eager(kwargs):
+    eager = tiny_mae(**kwargs)
+    with torch.device("meta"):
+        meta = MaskedAutoencoder("identity", **MAE_SIZES, **kwargs)
+    meta.to_empty(device="cpu")
+    with torch.no_grad():
+        for t in [*meta.parameters(), *meta.buffers()]:
+            t.fill_(math.nan)  # what reset_parameters() misses stays visible
+    torch.manual_seed(0)
+    meta.reset_parameters()
+    for (name, a), b in zip(eager.state_dict().items(), meta.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("method", ["skipinit", "sigma_reparam"])
+def test_mae_pretraining_run_loads_into_the_finetuning_vit(method, tmp_path):
+    """norm=normfree/<method> gives the MAE and the fine-tuning ViT the same options: three pretraining
+    steps of the digits MAE (the first at warm-up's lr 0; under SkipInit the encoder's scalars move from
+    the third, see above), then the fine-tuning recipe's init_from loads every encoder weight strictly
+    (only the fresh head is left out), the trained SkipInit scalars and sigma-Reparam gammas included."""
+    from dyt.cli import build_task
+    from dyt.engine import Trainer, load_checkpoint
+    from dyt.weights import load_init_weights
+
+    def config(*overrides):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+            return compose("train", overrides=[f"norm=normfree/{method}", "trainer.device=cpu", *overrides])
+
+    run = tmp_path / "pretrain"
+    pretrain = config("experiment=mae_digits", f"run_dir={run}", "trainer.max_steps=3", "trainer.progress=off")
+    Trainer(pretrain).fit(build_task(pretrain))
+    trained = load_checkpoint(run)["model"]
+
+    finetune = config("experiment=mae_digits_finetune", f"init_from.source={run}")
+    vit = build_task(finetune).build_model()
+    assert vit.resolved_options()["residual_init" if method == "skipinit" else "sigma_reparam"] in ("skipinit", True)
+    report = load_init_weights(vit, finetune.init_from)  # raises on any missing or unexpected key
+    head = ["head.bias", "head.weight"] + (["head.gamma", "head.u", "head.v"] if method == "sigma_reparam" else [])
+    assert report.fresh == {"ignore": sorted(head)}
+    own = vit.state_dict()
+    assert report.loaded == len(own) - len(head)
+    for key in own.keys() - set(head):
+        assert torch.equal(own[key], trained[key]), key
+    learned = "blocks.0.ls1.scale" if method == "skipinit" else "blocks.0.attn.qkv.gamma"
+    assert trained[learned].item() != (0.0 if method == "skipinit" else 1.0)  # trained, then loaded

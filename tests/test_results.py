@@ -124,6 +124,39 @@ def test_fine_tunes_from_each_norms_own_pretraining_share_a_row(tmp_path):
     assert {r.variant for r in find_runs(tmp_path)} == {""}
 
 
+def test_table9_methods_are_columns_of_one_row_and_ln_with_sigma_reparam_is_a_variant(tmp_path):
+    """norm=normfree/<method> sets a model option that its tag names (model.residual_init=fixup,
+    model.sigma_reparam=true): that is the column, not another recipe. LayerNorm with sigma-Reparam on
+    top keeps its tag, layernorm, so it gets a row of its own."""
+    ref = {"table": "table9", "row": "vit_b"}
+
+    def run(tag: str, top1: float, name: str = "identity", dirname: str | None = None, **model) -> None:
+        res = {"val/top1": top1, "headline_metric": "val/top1"}
+        path = _fake_run(tmp_path, "paper/vit_b_in1k_table9", tag, 0, res, paper_ref=ref, dirname=dirname)
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+        cfg["norm"]["name"] = name
+        cfg["model"].update(model)
+        (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    run("layernorm", 82.0, name="layernorm")
+    run("dyt", 83.0, name="dyt")
+    run("fixup", 77.0, residual_init="fixup")
+    run("skipinit", 74.0, residual_init="skipinit")
+    run("sigma_reparam", 82.5, sigma_reparam=True)
+    run("layernorm", 81.0, name="layernorm", dirname="ln_sigma", sigma_reparam=True)
+    variants = {(r.norm, r.variant) for r in find_runs(tmp_path)}
+    assert {v for _, v in variants} == {"", "model.sigma_reparam=True"}
+    assert ("layernorm", "model.sigma_reparam=True") in variants
+    cells = _cells(build_tables(find_runs(tmp_path), load_paper(PAPER))["table9"], "| ViT-B |")
+    assert [cells[f"{tag} (ours)"] for tag in ("layernorm", "fixup", "skipinit", "sigma_reparam", "dyt")] == [
+        "82.00",
+        "77.00",
+        "74.00",
+        "82.50",
+        "83.00",
+    ]
+
+
 def _cells(table: str, row_start: str) -> dict[str, str]:
     lines = table.splitlines()
     header = next(line for line in lines if line.startswith("| model"))

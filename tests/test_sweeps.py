@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from dyt.results.runs import find_runs
 from dyt.results.sweeps import (
@@ -140,6 +141,64 @@ def test_table9_recipes():
     assert fixup.optim.lr == 4e-3 and fixup.model.name == "vit_b"
     sigma = _compose("experiment=paper/vit_l_in1k_table9", "norm=normfree/sigma_reparam")
     assert sigma.model.sigma_reparam is True and sigma.norm.tag == "sigma_reparam"
+
+
+MAE_TABLE9_GRID = [2e-4, 1.5e-4, 7.5e-5, 3.75e-5, 1.875e-5]  # MAE base lr: tuned 2e-4, original 1.5e-4, 8x lower
+
+
+def _resolved(*overrides) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return OmegaConf.to_container(compose("train", overrides=list(overrides)), resolve=True)
+
+
+def test_mae_table9_recipes_search_the_pretraining_lr():
+    paper = yaml.safe_load((ROOT / "results" / "paper.yaml").read_text())["table9"]["rows"]
+    methods = "layernorm,normfree/fixup,normfree/skipinit,normfree/sigma_reparam,dyt"
+    for model in ("vit_b", "vit_l"):
+        pretrain, finetune = recipe(f"paper/mae_{model}_table9_pretrain"), recipe(f"paper/mae_{model}_table9_finetune")
+        assert pretrain["defaults"][0] == f"/experiment/paper/mae_{model}_pretrain"  # Table 2's stages underneath
+        assert finetune["defaults"][0] == f"/experiment/paper/mae_{model}_finetune"
+        assert "paper_ref" not in pretrain and finetune["paper_ref"] == {"table": "table9", "row": f"mae_{model}"}
+        swept, picked = pretrain["hydra"]["sweeper"]["params"], finetune["hydra"]["sweeper"]["params"]
+        assert swept["norm"] == picked["norm"] == methods and set(swept) == {"norm", "optim.lr"}
+        assert [float(v) for v in swept["optim.lr"].split(",")] == MAE_TABLE9_GRID
+        assert [float(v) for v in picked["pretrain_lr"].split(",")] == MAE_TABLE9_GRID  # one fine-tune per stage-1 lr
+        assert {choice.split("/")[-1] for choice in methods.split(",")} == set(paper[f"mae_{model}"]["values"])
+
+
+@pytest.mark.parametrize("method", ["fixup", "sigma_reparam"])
+def test_mae_table9_stages_are_table2s_plus_the_lr_lookup(method):
+    """Each stage composes to Table 2's MAE ViT-B stage with the same overrides except for what Table 9
+    adds; the fine-tune finds the pretraining run by norm, seed and lr, however the lr was spelt, and
+    both stages get the method's model options."""
+    from dyt.engine.identity import ABSENT, config_diff
+
+    norm = f"norm=normfree/{method}"
+    pretrain = _resolved("experiment=paper/mae_vit_b_table9_pretrain", norm, "seed=3", "optim.lr=2e-4")
+    table2 = _resolved("experiment=paper/mae_vit_b_pretrain", norm, "seed=3", "optim.lr=2e-4")
+    assert config_diff(table2, pretrain, ()) == {
+        "experiment_name": ("paper/mae_vit_b_pretrain", "paper/mae_vit_b_table9_pretrain"),
+        "run_dir": (table2["run_dir"], f"runs/paper/mae_vit_b_table9_pretrain+optim.lr=0.0002/{method}/seed3"),
+    }
+    assert pretrain == _resolved("experiment=paper/mae_vit_b_table9_pretrain", norm, "seed=3", "optim.lr=0.0002")
+
+    finetune = _resolved("experiment=paper/mae_vit_b_table9_finetune", norm, "seed=3", "pretrain_lr=2e-4")
+    table2 = _resolved("experiment=paper/mae_vit_b_finetune", norm, "seed=3")
+    made_by = (
+        f"python train.py experiment=paper/mae_vit_b_table9_pretrain norm={method} optim.lr=0.0002 seed=3 "
+        f"data.root=/path/to/imagenet (norm=normfree/{method} for fixup, skipinit and sigma_reparam)"
+    )
+    assert config_diff(table2, finetune, ("run_dir",)) == {
+        "experiment_name": ("paper/mae_vit_b_finetune", "paper/mae_vit_b_table9_finetune"),
+        "paper_ref.table": ("table2", "table9"),  # the same row name, mae_vit_b, in both tables
+        "pretrain_lr": (ABSENT, 2e-4),
+        "init_from.source": (f"runs/paper/mae_vit_b_pretrain/{method}/seed3", pretrain["run_dir"]),
+        "init_from.made_by": (table2["init_from"]["made_by"], made_by),
+    }
+    option = ("residual_init", "fixup") if method == "fixup" else ("sigma_reparam", True)
+    assert pretrain["model"][option[0]] == finetune["model"][option[0]] == option[1]
+    assert (pretrain["model"]["name"], finetune["model"]["name"]) == ("mae_vit_b", "vit_b")
+    assert finetune["optim"]["lr"] == 5e-4  # FINETUNE.md's lr for every method: the search is in stage 1
 
 
 def test_table12_13_recipes():

@@ -61,15 +61,32 @@ class BranchScale(nn.Module):
         return f"init={self.init}"
 
 
-def branch_scale(residual_init: str | None) -> nn.Module | None:
-    """The branch multiplier for ``residual_init`` (``None``: no multiplier); an unknown name raises."""
-    if residual_init is None:
-        return None
-    if residual_init not in RESIDUAL_INITS:
+def check_normfree_options(residual_init: str | None, sigma_reparam: bool, init_values: float | None = None) -> None:
+    """Refuse the options a model cannot combine (the models call it before building anything): an
+    unknown ``residual_init``, a branch scalar on top of layer scale (``init_values``), Fixup together
+    with sigma-Reparam."""
+    if residual_init is not None and residual_init not in RESIDUAL_INITS:
         raise ValueError(
             f"unknown residual_init {residual_init!r}; valid choices are: {', '.join(RESIDUAL_INITS)} "
             "(or null for the standard init)"
         )
+    if residual_init is not None and init_values:
+        raise ValueError(
+            f"residual_init={residual_init!r} replaces layer scale with a scalar per residual branch; "
+            f"set init_values=None (got {init_values}) or residual_init=None"
+        )
+    if residual_init == "fixup" and sigma_reparam:
+        raise ValueError(
+            "residual_init='fixup' zeroes the last layer of each branch, whose spectral norm sigma-Reparam "
+            "divides by; use one of them (paper Table 9 compares them separately)"
+        )
+
+
+def branch_scale(residual_init: str | None) -> nn.Module | None:
+    """The branch multiplier for ``residual_init`` (``None``: no multiplier); an unknown name raises."""
+    if residual_init is None:
+        return None
+    check_normfree_options(residual_init, sigma_reparam=False)
     return BranchScale(0.0 if residual_init == "skipinit" else 1.0)
 
 
@@ -148,6 +165,14 @@ class SigmaReparamLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", sigma_reparam=True"
+
+
+def reset_sigma_reparam_(module: nn.Module) -> None:
+    """:meth:`SigmaReparamLinear.reset_reparam` on every sigma-Reparam layer inside ``module``: the last
+    step of a model's ``reset_parameters()``, once its weights have their final init."""
+    for layer in module.modules():
+        if isinstance(layer, SigmaReparamLinear):
+            layer.reset_reparam()
 
 
 def sigma_reparam_(module: nn.Module) -> nn.Module:
