@@ -10,9 +10,11 @@ BatchNorm replaced by the norm factory's norm at that site, channels-first:
     downsample  the BatchNorm of a ResNet shortcut projection (``layerN.i.downsample.1``)
     block       every other BatchNorm (in the bottlenecks; every one in VGG)
 
-``batchnorm=True`` keeps torchvision's BatchNorm instead (the baseline column; the norm config is then
-unused, so give the run the tag ``batchnorm``: ``norm.tag=batchnorm``). Weights are initialised as
-torchvision does (``reset_parameters``).
+``norm=batchnorm`` builds BatchNorm there again (``dyt.nn.BatchNorm``, the same layer as torchvision's,
+with the same names and init): the baseline column, run with the same recipe as DyT
+(``configs/experiment/paper/table16_{resnet50,vgg19}.yaml``). Weights are initialised as torchvision does
+(``reset_parameters``). To swap the BatchNorms of an existing ConvNet instead, ``dyt.convert(model, "dyt",
+batchnorm=True)`` opts in and warns with the paper's result.
 """
 
 from __future__ import annotations
@@ -40,8 +42,7 @@ class TorchvisionCNN(nn.Module):
 
     Args:
         arch: ``resnet50`` or ``vgg19`` (torchvision's ``vgg19_bn``).
-        norm: the norm factory (or a norm name / ``configs/norm`` mapping).
-        batchnorm: keep torchvision's BatchNorm (the Table 16 baseline) instead of the factory's norm.
+        norm: the norm factory (or a norm name / ``configs/norm`` mapping); ``batchnorm`` is the baseline.
     """
 
     def __init__(
@@ -50,7 +51,6 @@ class TorchvisionCNN(nn.Module):
         norm: NormFactory | str | None = None,
         num_classes: int = 1000,
         in_chans: int = 3,
-        batchnorm: bool = False,
     ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
@@ -58,20 +58,19 @@ class TorchvisionCNN(nn.Module):
         if in_chans != 3:
             raise ValueError(f"torchvision's {arch} takes 3-channel images; got in_chans={in_chans}")
         norm = build_norm_factory(norm)
-        self.arch, self.num_classes, self.in_channels, self.batchnorm = arch, num_classes, in_chans, batchnorm
+        self.arch, self.num_classes, self.in_channels = arch, num_classes, in_chans
         with deferred_init(self):
             self.net = ARCHITECTURES[arch](weights=None, num_classes=num_classes)
-            if not batchnorm:
-                for name, module in list(self.net.named_modules()):
-                    if isinstance(module, nn.BatchNorm2d):
-                        parent, _, child = name.rpartition(".")
-                        new = norm(module.num_features, site=_site(name), layout="channels_first", eps=module.eps)
-                        setattr(self.net.get_submodule(parent) if parent else self.net, child, new)
-                    elif isinstance(module, nn.ReLU):
-                        # torchvision's ReLUs work in place on the norm's output, which the fused DyT
-                        # kernel's autograd function forbids (its output is a view): out of place here.
-                        module.inplace = False
-        self.norm_options = norm.resolved() if not batchnorm else []
+            for name, module in list(self.net.named_modules()):
+                if isinstance(module, nn.BatchNorm2d):
+                    parent, _, child = name.rpartition(".")
+                    new = norm(module.num_features, site=_site(name), layout="channels_first", eps=module.eps)
+                    setattr(self.net.get_submodule(parent) if parent else self.net, child, new)
+                elif isinstance(module, nn.ReLU):
+                    # torchvision's ReLUs work in place on the norm's output, which the fused DyT
+                    # kernel's autograd function forbids (its output is a view): out of place here.
+                    module.inplace = False
+        self.norm_options = norm.resolved()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -98,8 +97,8 @@ class TorchvisionCNN(nn.Module):
         return (torch.randn(batch, self.in_channels, 32, 32, device=next(self.parameters()).device),)
 
     def resolved_options(self) -> dict:
-        """The norms as built, per site (see the model protocol in ``models``); none under ``batchnorm``."""
-        return {"norms": self.norm_options, "batchnorm": self.batchnorm}
+        """The norms as built, per site (see the model protocol in ``models``)."""
+        return {"norms": self.norm_options}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -306,3 +306,31 @@ def test_input_std_probe_and_a_diverged_run_are_recorded(tmp_path):
         fit(tmp_path / "nan", "trainer.max_steps=6", "task.nan_at_step=4")
     results = json.loads((tmp_path / "nan" / "results.json").read_text())
     assert results["diverged_at_step"] == 4 and results["steps"] == 3  # paper Table 7: "-> failed"
+
+
+def test_sgd_with_a_step_schedule_resumes_exactly(tmp_path):
+    """The momentum buffers go through the checkpoint and the step decay is a function of the step: a run
+    stopped after 5 steps and extended to 8 ends where an uninterrupted 8-step run does."""
+    sgd = (
+        "optim.name=sgd",
+        "optim.betas=null",
+        "optim.eps=null",
+        "optim.momentum=0.9",
+        "optim.nesterov=false",
+        "optim.lr=0.1",
+        "optim.schedule.name=step",
+        "optim.schedule.step_size_steps=3",
+        "optim.schedule.decay=0.5",
+        "trainer.log_every_steps=1",
+    )
+    fit(tmp_path / "straight", *sgd, "trainer.max_steps=8")
+    fit(tmp_path / "resumed", *sgd, "trainer.max_steps=5")
+    fit(tmp_path / "resumed", *sgd, "trainer.max_steps=8", "trainer.accept_changes=[trainer.max_steps]")
+    ours, ref = load_checkpoint(tmp_path / "resumed"), load_checkpoint(tmp_path / "straight")
+    assert ours["step"] == ref["step"] == 8 and "momentum_buffer" in ref["optimizer"]["state"][0]
+    for k, v in ref["model"].items():
+        assert torch.equal(ours["model"][k], v), k
+    resumed = [r["step"] for r in rows(tmp_path / "resumed") if "train/lr" in r]
+    assert resumed == list(range(1, 9)), "steps 6-8 continue the checkpoint of step 5 (no restart)"
+    lrs = {r["step"]: r["train/lr"] for r in rows(tmp_path / "straight") if "train/lr" in r}
+    assert len(lrs) == 8 and all(lr == pytest.approx(0.1 * 0.5 ** ((step - 1) // 3)) for step, lr in lrs.items()), lrs

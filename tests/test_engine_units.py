@@ -52,7 +52,7 @@ def test_warmup_epochs_floor_ratio_and_linear_scaling():
     assert build_lr_schedule(optim, 1e-3, 100, steps_per_epoch=10).warmup == 20
     assert lr_schedule(min_lr=0.5, min_lr_ratio=0.1)(110) == pytest.approx(0.1), "the ratio wins (LLaMA)"
     with pytest.raises(ValueError, match="cosine, polynomial"):
-        lr_schedule(name="step")
+        lr_schedule(name="cyclic")
 
 
 def test_left_out_schedule_keys_take_the_documented_defaults():
@@ -110,7 +110,9 @@ def test_hyper_schedules_respect_exempt_groups():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"shape": "step"}, "unknown schedule shape 'step'; valid choices are: constant, linear, cosine"),
+        ({"shape": "cyclic"}, "unknown schedule shape 'cyclic'; valid choices are: constant, linear, cosine"),
+        ({"shape": "step"}, "shape 'step' needs a step size of at least one tick, got None: set step_size_steps or"),
+        ({"shape": "step", "step_size": 0}, "shape 'step' needs a step size of at least one tick, got 0"),
         ({"warmup_shape": "cubic"}, "unknown schedule warmup_shape 'cubic'; valid choices are: linear, quadratic"),
         ({"warmup_combine": "max"}, "unknown schedule warmup_combine 'max'; valid choices are: sequential, min"),
         ({"warmup": -1}, "schedule lengths must be >= 0 \\(warmup=-1, total=10\\)"),
@@ -172,9 +174,100 @@ def test_optimizer_takes_the_configured_values_and_drops_empty_groups():
     assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (0.5, (0.8, 0.9), 1e-6, 0.05)
     set_hyper(opt, "lr", 0.25)  # no lr_scale in the group: scale 1
     assert group["lr"] == 0.25
-    optim.name = "sgd"
-    with pytest.raises(ValueError, match="unknown optimizer 'sgd'; valid choices are: adamw, adam"):
+    optim.name = "lamb"
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'; valid choices are: adamw, adam, sgd"):
         build_optimizer(optim, Task(None), nn.Linear(4, 4), peak_lr=0.5)
+
+
+def test_step_decay_at_its_boundaries_in_steps_or_epochs():
+    """torchvision's StepLR (lr x 0.1 every 30 epochs, stepped once per epoch): the same optimizer steps
+    whether the step size is given in epochs or steps, and whatever the schedule's unit."""
+    optim = OmegaConf.load("configs/optim/adamw.yaml")
+    optim.schedule = OmegaConf.merge(optim.schedule, {"name": "step", "step_size_epochs": 30})  # decay 0.1
+    spe = 10
+    s = build_lr_schedule(optim, 0.1, total_steps=90 * spe, steps_per_epoch=spe)
+    assert (s.shape, s.step_size, s.decay, s.warmup) == ("step", 30 * spe, 0.1, 0)
+    expected = {0: 0.1, 299: 0.1, 300: 0.01, 599: 0.01, 600: 0.001, 899: 0.001, 5000: 0.1 * 0.1**16}
+    assert {t: s(t) for t in expected} == pytest.approx(expected)
+    optim.schedule.step_size_steps = 300  # wins over step_size_epochs
+    assert build_lr_schedule(optim, 0.1, 900, spe) == s
+    per_epoch = build_scalar_schedule(
+        {"shape": "step", "start": 1.0, "end": 0.0, "decay": 0.5, "step_size_epochs": 2, "unit": "epoch"}, 100, spe
+    )
+    per_step = build_scalar_schedule(
+        {"shape": "step", "start": 1.0, "end": 0.0, "decay": 0.5, "step_size_steps": 20}, 100, spe
+    )
+    assert (per_epoch.tick, per_epoch.step_size, per_step.step_size) == (spe, 2, 20)
+    assert (
+        [per_epoch(t) for t in range(100)]
+        == [per_step(t) for t in range(100)]
+        == [0.5 ** (t // 20) for t in range(100)]
+    )
+    floored = build_scalar_schedule(
+        {"shape": "step", "start": 1.0, "end": 0.3, "decay": 0.5, "step_size_steps": 1}, 10, 1
+    )
+    assert [floored(t) for t in range(4)] == [1.0, 0.5, 0.3, 0.3], "clipped at end, as exponential"
+
+
+def test_step_decay_counts_from_the_end_of_the_warmup():
+    s = lr_schedule(total=100, name="step", warmup_steps=10, step_size_steps=20, decay=0.5)
+    assert [s(t) for t in (0, 5, 10, 29, 30, 49, 50)] == pytest.approx([0.0, 0.5, 1.0, 1.0, 0.5, 0.5, 0.25])
+
+
+def test_sgd_takes_momentum_nesterov_and_the_tasks_weight_decay_groups():
+    optim = OmegaConf.merge(
+        OmegaConf.load("configs/optim/adamw.yaml"),
+        {"name": "sgd", "betas": None, "eps": None, "momentum": 0.8, "nesterov": True, "weight_decay": 1e-4},
+    )
+    model = nn.Linear(4, 4)
+    opt = build_optimizer(optim, Task(None), model, peak_lr=0.1)
+    assert isinstance(opt, torch.optim.SGD)
+    decay, exempt = opt.param_groups
+    assert (decay["params"], exempt["params"]) == ([model.weight], [model.bias]), "the bias is exempt by default"
+    assert (decay["weight_decay"], exempt["weight_decay"]) == (1e-4, 0.0)
+    assert (decay["lr"], decay["momentum"], decay["nesterov"], decay["dampening"]) == (0.1, 0.8, True, 0)
+    # PyTorch's SGD: weight decay is added to the gradient (L2), then momentum (torchvision's recipe).
+    model.weight.grad, model.bias.grad = torch.ones(4, 4), torch.ones(4)
+    w0 = model.weight.detach().clone()
+    opt.step()
+    g = 1 + 1e-4 * w0
+    torch.testing.assert_close(model.weight.detach(), w0 - 0.1 * (g + 0.8 * g))  # Nesterov: g + momentum * buf
+    for key, value, message in (
+        (
+            "betas",
+            [0.9, 0.999],
+            "optim.betas=\\[0.9, 0.999\\] does nothing for optimizer 'sgd': choose the optimizer with",
+        ),
+        ("momentum", None, "optim.momentum is null but optimizer 'sgd' needs it"),
+    ):
+        bad = OmegaConf.merge(optim, {key: value})
+        with pytest.raises(ValueError, match=message):
+            build_optimizer(bad, Task(None), model, peak_lr=0.1)
+    adamw = OmegaConf.merge(OmegaConf.load("configs/optim/adamw.yaml"), {"momentum": 0.9})
+    with pytest.raises(ValueError, match="optim.momentum=0.9 does nothing for optimizer 'adamw'"):
+        build_optimizer(adamw, Task(None), model, peak_lr=0.1)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"momentum": 1.5}, "optim.momentum=1.5 is not allowed: it must be a number in [0, 1) or null"),
+        ({"nesterov": "yes"}, "optim.nesterov='yes' is not allowed: it must be true or false or null"),
+        ({"momentum": 0.0}, "optim.nesterov=true with optim.momentum=0.0 is not allowed: Nesterov momentum needs"),
+        ({"schedule": {"step_size_epochs": 0}}, "optim.schedule.step_size_epochs=0 is not allowed: it must be a pos"),
+        ({"schedule": {"step_size_steps": 2.5}}, "optim.schedule.step_size_steps=2.5 is not allowed: it must be a pos"),
+        ({"schedule": {"decay": -0.1}}, "optim.schedule.decay=-0.1 is not allowed: it must be a positive number"),
+    ],
+)
+def test_sgd_and_step_values_are_checked_at_start_up(override, message):
+    from dyt.engine.validate import ConfigError, validate_config
+
+    sgd = {"name": "sgd", "lr": 0.1, "weight_decay": 1e-4, "momentum": 0.9, "nesterov": True, "schedule": {}}
+    cfg = OmegaConf.create({"seed": 0, "trainer": {"global_batch": 8, "epochs": 1}, "optim": sgd})
+    validate_config(cfg)
+    with pytest.raises(ConfigError) as error:
+        validate_config(OmegaConf.merge(cfg, {"optim": override}))
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
 def test_global_batch_plans():

@@ -190,6 +190,25 @@ def test_fused_inf_and_nan_behave_like_the_formula():
     _assert_matches_float64(_module(DyT), x)
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
+def test_fused_output_may_be_modified_in_place(layout):
+    """torchvision's ResNet adds the shortcut into its last norm's output in place (``out += identity``):
+    the fused output is a plain tensor for autograd, and the gradients stay the formula's."""
+    module = _module(DyT, layout=layout)
+    x = torch.randn(SHAPES[layout], dtype=torch.float64).float()
+    ref, inplace = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected = _formula(module, ref) + 1.0
+    expected.square().sum().backward()
+    expected_alpha = module.alpha.grad.clone()
+    module.zero_grad()
+    out = module(inplace)
+    out += 1.0
+    out.square().sum().backward()
+    torch.testing.assert_close(out, expected, **FP32)
+    torch.testing.assert_close(inplace.grad, ref.grad, **FP32)
+    torch.testing.assert_close(module.alpha.grad, expected_alpha, **FP32)
+
+
 def test_fused_saves_only_the_input():
     module = DyT(24, impl="fused")
     x = torch.randn(SHAPES["channels_last"], requires_grad=True)

@@ -148,7 +148,11 @@ def check_forward_backward(model: torch.nn.Module, preset: str) -> None:
 @pytest.mark.parametrize("norm", sorted(p.stem for p in NORM_CONFIGS.glob("*.yaml")))
 @pytest.mark.parametrize("preset", models.model_names())
 def test_model_contract(preset, norm, one_thread):
-    meta = build(preset, norm, "meta")
+    try:
+        meta = build(preset, norm, "meta")
+    except ValueError as e:  # BatchNorm (channels-first only) is refused by a model with token sites
+        assert norm == "batchnorm" and "built only at channels-first sites" in str(e), str(e)
+        return
     check_meta_build(meta, preset, norm)
     if state_size(meta) < REAL_BELOW:
         check_forward_backward(check_meta_init_equals_eager_init(preset, norm), preset)

@@ -195,7 +195,7 @@ def test_registry_lists_every_norm():
 
 def test_unknown_norm_and_unknown_option_fail_listing_valid_choices():
     with pytest.raises(ValueError, match="valid norms are: .*dyt.*layernorm"):
-        build_norm_factory("batchnorm")
+        build_norm_factory("groupnorm")
     with pytest.raises(ValueError, match="valid options are: .*alpha_init"):
         build_norm_factory({"name": "dyt", "alpha": 0.3})
     with pytest.raises(ValueError, match="norm.sites.attn.*valid options"):

@@ -6,7 +6,7 @@ Every schedule is a pure function of the optimizer step, evaluated before each s
 One :class:`Schedule` serves all three uses:
 
 - the learning rate (``optim.schedule``): peak lr from the linear scaling rule, warmup, then cosine /
-  constant / linear / polynomial decay;
+  constant / linear / polynomial / step decay;
 - optimizer hyperparameters (``optim.schedules.<key>``, e.g. DINO's weight decay 0.04 -> 0.4), set on every
   parameter group as ``value * group["<key>_scale"]``; a group built with ``<key>`` 0 gets scale 0, so a
   weight-decay schedule never decays the parameters the task exempted;
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-SHAPES = ("constant", "linear", "cosine", "polynomial", "exponential")
+SHAPES = ("constant", "linear", "cosine", "polynomial", "exponential", "step")
 WARMUP_SHAPES = ("linear", "quadratic")
 WARMUP_COMBINES = ("sequential", "min")
 UNITS = ("step", "epoch")
@@ -44,7 +44,9 @@ class Schedule:
     Args:
         shape: ``constant`` (stays at ``start``), ``linear``, ``cosine`` (half cosine from ``start`` to ``end``),
             ``polynomial`` (``end + (start - end) * (1 - p) ** power``, fairseq's ``polynomial_decay``) or
-            ``exponential`` (``start * decay ** t``, clipped at ``end``; fairseq's Gumbel temperature).
+            ``exponential`` (``start * decay ** t``, clipped at ``end``; fairseq's Gumbel temperature) or
+            ``step`` (``start * decay ** (t // step_size)``, clipped at ``end``: torchvision's ``StepLR``, the
+            lr times 0.1 every 30 epochs of its classification reference recipe).
         start, end: value after the warmup and at the end of the decay.
         total: length of the run in clock ticks (steps, or epochs with ``tick`` > 1).
         warmup, warmup_start, warmup_shape: warmup length, value at step 0 and ``linear`` | ``quadratic``.
@@ -52,6 +54,7 @@ class Schedule:
         warmup_combine: ``sequential`` (decay after the warmup) or ``min`` (fms-fsdp: min of both curves).
         tick: optimizer steps per clock tick: 1, or the steps of an epoch for per-epoch schedules (DINO's
             teacher temperature changes once per epoch).
+        step_size: ticks between two multiplications by ``decay`` (``step`` only).
     """
 
     shape: str
@@ -66,6 +69,7 @@ class Schedule:
     power: float = 1.0
     decay: float = 1.0
     tick: int = 1
+    step_size: int | None = None
 
     def __post_init__(self) -> None:
         for name, value, valid in (
@@ -77,6 +81,11 @@ class Schedule:
                 raise ValueError(f"unknown schedule {name} {value!r}; valid choices are: {', '.join(valid)}")
         if self.warmup < 0 or self.total < 0 or self.tick < 1:
             raise ValueError(f"schedule lengths must be >= 0 (warmup={self.warmup}, total={self.total})")
+        if self.shape == "step" and (self.step_size is None or self.step_size < 1):
+            raise ValueError(
+                f"schedule shape 'step' needs a step size of at least one tick, got {self.step_size}: set "
+                "step_size_steps or step_size_epochs (torchvision's recipe: step_size_epochs: 30)"
+            )
 
     def _warm(self, t: int) -> float:
         frac = min(t, self.warmup) / self.warmup
@@ -87,8 +96,8 @@ class Schedule:
     def _decay(self, t: int) -> float:
         if self.shape == "constant":
             return self.start
-        if self.shape == "exponential":
-            value = self.start * self.decay**t
+        if self.shape in ("exponential", "step"):
+            value = self.start * self.decay ** (t // (self.step_size if self.shape == "step" else 1))
             return max(value, self.end) if self.decay <= 1.0 else min(value, self.end)
         default = self.total if self.warmup_combine == "min" else self.total - self.warmup
         length = max(1, self.length if self.length is not None else default)
@@ -124,7 +133,9 @@ def build_scalar_schedule(spec: Mapping[str, Any], total_steps: int, steps_per_e
 
     Keys: ``shape``, ``start``, ``end`` (default ``start``), ``warmup_steps`` | ``warmup_epochs``,
     ``warmup_start``, ``warmup_shape``, ``steps`` | ``epochs`` (length of the decay), ``warmup_combine``,
-    ``power``, ``decay``, ``unit`` (``step``, or ``epoch`` for a value that changes once per epoch).
+    ``power``, ``decay``, ``step_size_steps`` | ``step_size_epochs`` (``step`` shape), ``unit`` (``step``, or
+    ``epoch`` for a value that changes once per epoch). Lengths in epochs become ticks with the epoch
+    length, so a step decay every 30 epochs falls on the same optimizer steps in either unit.
     """
     known = {
         "shape",
@@ -139,6 +150,8 @@ def build_scalar_schedule(spec: Mapping[str, Any], total_steps: int, steps_per_e
         "warmup_combine",
         "power",
         "decay",
+        "step_size_steps",
+        "step_size_epochs",
         "unit",
     }
     unknown = sorted(set(spec) - known)
@@ -164,6 +177,7 @@ def build_scalar_schedule(spec: Mapping[str, Any], total_steps: int, steps_per_e
         power=float(spec.get("power", 1.0)),
         decay=float(spec.get("decay", 1.0)),
         tick=tick,
+        step_size=_ticks(spec, "step_size", steps_per_epoch, tick),
     )
 
 
@@ -178,8 +192,9 @@ def scaled_lr(optim_cfg: Any, global_batch: int) -> float:
 
 def build_lr_schedule(optim_cfg: Any, peak_lr: float, total_steps: int, steps_per_epoch: int) -> Schedule:
     """The lr schedule of ``optim.schedule``: ``name`` is the decay shape (``cosine``, ``constant``,
-    ``linear``, ``polynomial``), from ``peak_lr`` to ``min_lr`` (or ``min_lr_ratio * peak_lr``), after
-    ``warmup_steps`` | ``warmup_epochs`` of warmup from 0."""
+    ``linear``, ``polynomial``, ``step``), from ``peak_lr`` to ``min_lr`` (or ``min_lr_ratio * peak_lr``),
+    after ``warmup_steps`` | ``warmup_epochs`` of warmup from 0; ``step`` multiplies the lr by ``decay``
+    every ``step_size_steps`` | ``step_size_epochs``, counted from the end of the warmup."""
     s = optim_cfg.schedule
     ratio = s.get("min_lr_ratio")
     spec = {
@@ -189,11 +204,15 @@ def build_lr_schedule(optim_cfg: Any, peak_lr: float, total_steps: int, steps_pe
         "warmup_shape": s.get("warmup_shape", "linear"),
         "warmup_combine": s.get("warmup_combine", "sequential"),
         "power": s.get("power", 1.0),
+        "decay": s.get("decay", 0.1),  # torch.optim.lr_scheduler.StepLR's default gamma
     }
     if s.get("warmup_steps") is not None:
         spec["warmup_steps"] = s.warmup_steps
     else:
         spec["warmup_epochs"] = s.get("warmup_epochs", 0)
+    for key in ("step_size_steps", "step_size_epochs"):
+        if s.get(key) is not None:
+            spec[key] = s[key]
     return build_scalar_schedule(spec, total_steps, steps_per_epoch)
 
 
@@ -205,21 +224,43 @@ def build_hyper_schedules(optim_cfg: Any, total_steps: int, steps_per_epoch: int
     return {key: build_scalar_schedule(spec, total_steps, steps_per_epoch) for key, spec in specs.items()}
 
 
-OPTIMIZERS = ("adamw", "adam")
+# The keys each optimizer takes besides lr and weight_decay. An optimizer's own keys must be set; the keys
+# of the others must be null (configs/optim/sgd.yaml nulls Adam's), as they would silently do nothing.
+OPTIMIZER_KEYS = {"adamw": ("betas", "eps"), "adam": ("betas", "eps"), "sgd": ("momentum", "nesterov")}
+OPTIMIZERS = tuple(OPTIMIZER_KEYS)
 
 
 def build_optimizer(optim_cfg: Any, task: Any, model: nn.Module, peak_lr: float) -> torch.optim.Optimizer:
-    """AdamW (or Adam, with fairseq's decoupled weight decay, i.e. AdamW) over
-    ``task.param_groups(model, optim.weight_decay)``.
+    """The optimizer ``optim.name`` over ``task.param_groups(model, optim.weight_decay)``: AdamW (or Adam,
+    with fairseq's decoupled weight decay, i.e. AdamW) with ``betas`` and ``eps``, or SGD with ``momentum``
+    and ``nesterov`` (PyTorch's SGD: weight decay added to the gradient, as torchvision's classification
+    reference trains ResNet-50 and VGG19, paper Table 16).
 
     Every group gets ``<key>_scale`` for each scheduled hyperparameter ``key`` (1, or 0 when the group was
     built with ``key`` 0) unless the task set one."""
-    if optim_cfg.name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optim_cfg.name!r}; valid choices are: {', '.join(OPTIMIZERS)}")
+    name = optim_cfg.name
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid choices are: {', '.join(OPTIMIZERS)}")
+    for key in sorted({k for keys in OPTIMIZER_KEYS.values() for k in keys}):
+        value, own = optim_cfg.get(key), key in OPTIMIZER_KEYS[name]
+        if own and value is None:
+            raise ValueError(f"optim.{key} is null but optimizer {name!r} needs it: set optim.{key}")
+        if not own and value is not None:
+            raise ValueError(
+                f"optim.{key}={value!r} does nothing for optimizer {name!r}: choose the optimizer with its config "
+                f"group (optim={name} instead of optim.name={name}), or set optim.{key}=null"
+            )
     groups = [g for g in task.param_groups(model, float(optim_cfg.weight_decay)) if len(g["params"]) > 0]
     for key in optim_cfg.get("schedules") or {}:
         for g in groups:
             g.setdefault(f"{key}_scale", 0.0 if g.get(key, 1.0) == 0 else 1.0)
+    if name == "sgd":
+        return torch.optim.SGD(
+            groups,
+            lr=peak_lr,
+            momentum=float(optim_cfg.momentum),
+            nesterov=bool(optim_cfg.nesterov),
+        )
     betas = tuple(float(b) for b in optim_cfg.betas)
     return torch.optim.AdamW(groups, lr=peak_lr, betas=betas, eps=float(optim_cfg.eps))
 

@@ -3,7 +3,7 @@
 One run, in order: set up devices and the process group (torchrun or SLURM env); split the recipe's
 global batch into per-device micro-batches and gradient accumulation (:func:`~dyt.engine.sampler.plan_batch`);
 build the model with identical initial weights on every rank; wrap it (DDP, or FSDP2 with
-``trainer.distributed=fsdp``); build AdamW, the schedules (lr, optimizer hyperparameters, task scalars),
+``trainer.distributed=fsdp``); build AdamW or SGD, the schedules (lr, optimizer hyperparameters, task scalars),
 the gradient scaler and the EMA; resume from ``<run_dir>/checkpoints`` when a checkpoint exists
 (:class:`~dyt.engine.state.TrainState` holds everything a checkpoint holds); train; evaluate the raw and
 the EMA model; checkpoint; write ``results.json``. The order of one optimizer step and its task hooks is

@@ -44,6 +44,7 @@ KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "number >= 0": ("a number >= 0", lambda v: (n := _number(v)) is not None and math.isfinite(n) and n >= 0),
     "number": ("a number", lambda v: (n := _number(v)) is not None and math.isfinite(n)),
     "fraction": ("a number in [0, 1)", lambda v: (n := _number(v)) is not None and 0 <= n < 1),
+    "boolean": ("true or false", lambda v: isinstance(v, bool)),
 }
 
 # key -> (kind, may it be null)
@@ -68,11 +69,16 @@ CHECKS: dict[str, tuple[str, bool]] = {
     "optim.lr": ("positive number", False),
     "optim.lr_batch_size": ("positive number", True),
     "optim.weight_decay": ("number >= 0", False),
-    "optim.eps": ("positive number", False),
+    "optim.eps": ("positive number", True),  # null for SGD (configs/optim/sgd.yaml)
+    "optim.momentum": ("fraction", True),
+    "optim.nesterov": ("boolean", True),
     "optim.schedule.min_lr": ("number >= 0", True),
     "optim.schedule.min_lr_ratio": ("fraction", True),
     "optim.schedule.warmup_epochs": ("number >= 0", True),
     "optim.schedule.warmup_steps": ("whole number >= 0", True),
+    "optim.schedule.step_size_epochs": ("positive number", True),
+    "optim.schedule.step_size_steps": ("positive whole number", True),
+    "optim.schedule.decay": ("positive number", True),
 }
 
 
@@ -110,7 +116,13 @@ def validate_config(cfg: Any) -> None:
     trainer = cfg.get("trainer") or {}
     if trainer.get("epochs") is None and trainer.get("max_steps") is None:
         raise ConfigError("trainer.epochs and trainer.max_steps are both null: set one of them")
-    betas = (cfg.get("optim") or {}).get("betas")
+    optim = cfg.get("optim") or {}
+    if optim.get("nesterov") and not _number(optim.get("momentum")):
+        raise ConfigError(
+            f"optim.nesterov=true with optim.momentum={optim.get('momentum')!r} is not allowed: Nesterov momentum "
+            "needs optim.momentum > 0 (e.g. 0.9), or set optim.nesterov=false"
+        )
+    betas = optim.get("betas")
     if betas is not None and (len(betas) != 2 or not all(KINDS["fraction"][1](b) for b in betas)):
         raise ConfigError(f"optim.betas={list(betas)!r} is not allowed: it must be two numbers in [0, 1)")
     for key, value in _norm_values(cfg.get("norm") or {}):

@@ -55,10 +55,11 @@ import torch
 from torch import nn
 
 from dyt.nn.factory import NormFactory, build_norm_factory
+from dyt.nn.norms import BatchNorm
 
 _CANDIDATE_NAME = re.compile(r"layernorm|rmsnorm", re.IGNORECASE)
 _CHANNELS_FIRST_NAME = re.compile(r"[23]d(fp32)?$", re.IGNORECASE)  # timm: LayerNorm2d, RmsNorm2dFp32, ...
-_PLAIN_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_PLAIN_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, BatchNorm)
 _PAPER_ON_BATCHNORM = (
     "the paper (App. D, Table 16) replaced BatchNorm with DyT in ResNet-50 (top-1 76.2% -> 68.9%) and VGG19 "
     "(72.7% -> 71.0%), and attributes the gap to BatchNorm following every weight layer"
@@ -188,8 +189,8 @@ def _replacement(module: nn.Module, parent: nn.Module, site: str, factory: NormF
         if type(module) not in _PLAIN_BATCHNORM:
             raise ValueError(
                 f"cannot convert {where} ({type(module).__name__}): it is a BatchNorm subclass that may do more "
-                "than normalize (e.g. timm's BatchNormAct2d adds an activation); only plain BatchNorm1d/2d/3d "
-                "and SyncBatchNorm are replaced with batchnorm=True"
+                "than normalize (e.g. timm's BatchNormAct2d adds an activation); only plain BatchNorm1d/2d/3d, "
+                "SyncBatchNorm and dyt.nn.BatchNorm are replaced with batchnorm=True"
             )
         width, layout, eps = module.num_features, "channels_first", module.eps
     else:

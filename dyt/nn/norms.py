@@ -1,9 +1,10 @@
-"""The normalization layers DyT replaces: LayerNorm and RMSNorm, in both layouts.
+"""The normalization layers DyT replaces: LayerNorm and RMSNorm, in both layouts, and BatchNorm.
 
-Both compute statistics over the channel dimension. ``layout="channels_last"`` normalizes the last
-dimension of (..., C); ``layout="channels_first"`` normalizes dimension 1 of (N, C, H, W) as ConvNeXt's
-stem and downsampling layers do. Parameter names (``weight``, ``bias``) match ``torch.nn`` and timm,
-so their state dicts load unchanged.
+LayerNorm and RMSNorm compute statistics over the channel dimension. ``layout="channels_last"``
+normalizes the last dimension of (..., C); ``layout="channels_first"`` normalizes dimension 1 of
+(N, C, H, W) as ConvNeXt's stem and downsampling layers do. BatchNorm computes them per channel over the
+batch, for the ConvNets of paper Table 16 (channels-first only). Parameter and buffer names (``weight``,
+``bias``, ``running_mean``...) match ``torch.nn`` and timm, so their state dicts load unchanged.
 """
 
 from __future__ import annotations
@@ -102,3 +103,41 @@ class RMSNorm(_ChannelNorm):
         if self.bias is not None:
             y = y + self.bias
         return y
+
+
+@register_norm("batchnorm")
+class BatchNorm(nn.modules.batchnorm._BatchNorm):
+    """``torch.nn``'s BatchNorm for (N, C, ...) inputs of any rank: each channel is normalized with its
+    mean and variance over the batch and every position while training, with running estimates (momentum
+    ``momentum``) in evaluation. The baseline of paper Table 16 (ResNet-50 and VGG19, where DyT falls
+    behind it, App. D), so ``norm=batchnorm`` and ``norm=dyt`` run the same recipe.
+
+    Built only at channels-first sites: at a channels-last (token) site BatchNorm would mix statistics
+    across the sequences of a batch and, in a causal language model, across future tokens."""
+
+    pointwise = False
+    layouts = ("channels_first",)
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        layout: str = "channels_first",
+        device=None,
+        dtype=None,
+    ) -> None:
+        if check_layout(layout) != "channels_first":
+            raise ValueError(
+                f"norm 'batchnorm' is built only at channels-first sites, as the BatchNorms of ConvNets (models "
+                f"resnet50 and vgg19, paper Table 16); this model asks for a {layout} norm: choose a norm that "
+                "normalizes each token on its own (layernorm, rmsnorm, dyt, derf)"
+            )
+        super().__init__(dim, eps=eps, momentum=momentum, affine=affine, device=device, dtype=dtype)
+        self.dim, self.layout = dim, layout
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"BatchNorm expects (N, C, ...) inputs; got shape {tuple(x.shape)}")

@@ -19,9 +19,12 @@ def register_norm(name: str):
     return add
 
 
-def norm_names() -> list[str]:
-    """The registered norm names, sorted."""
-    return sorted(_NORMS)
+def norm_names(layout: str | None = None) -> list[str]:
+    """The registered norm names, sorted; with ``layout``, only the norms that can be built in it (a class
+    lists its ``layouts`` when it cannot be built in both, as BatchNorm: ``channels_first``)."""
+    return sorted(
+        name for name, cls in _NORMS.items() if layout is None or layout in getattr(cls, "layouts", (layout,))
+    )
 
 
 def get_norm_class(name: str) -> type[nn.Module]:

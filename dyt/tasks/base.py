@@ -112,8 +112,13 @@ class Task:
     # ---- optional: optimization -----------------------------------------------------------------
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups. Default: no weight decay for 1-D parameters (biases, norm
-        weights, DyT's alpha) and for parameters a model lists in ``no_weight_decay()``. A group may set
-        ``lr_scale`` (layer-wise lr decay) and ``<key>_scale`` for any scheduled hyperparameter."""
+        weights, DyT's alpha) and for parameters a model lists in ``no_weight_decay()``. With
+        ``task.decay_all_params`` every parameter decays, as the paper's upstream code does for LLaMA
+        (fms-fsdp ``AdamW(model.parameters())``), wav2vec 2.0 (fairseq's Adam) and the ConvNets of Table 16
+        (torchvision's reference ``train.py`` without ``--norm-weight-decay``). A group may set ``lr_scale``
+        (layer-wise lr decay) and ``<key>_scale`` for any scheduled hyperparameter."""
+        if self.cfg is not None and self.cfg.task.get("decay_all_params", False):
+            return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
         skip = set(getattr(model, "no_weight_decay", lambda: ())())
         decay, no_decay = [], []
         for name, p in model.named_parameters():

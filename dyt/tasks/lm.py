@@ -56,14 +56,6 @@ class LanguageModelingTask(Task):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         return next_token_loss(model, batch), {}
 
-    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        """With ``task.decay_all_params`` every parameter decays, norms, ``alpha`` and ``embed_scale``
-        included, as in the paper's fms-fsdp training (``AdamW(model.parameters(), weight_decay=0.1)``);
-        otherwise the base rule (no decay for 1-D parameters)."""
-        if self.cfg.task.get("decay_all_params", False):
-            return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-        return super().param_groups(model, weight_decay)
-
     def eval_extra(
         self, model: nn.Module, device: torch.device, run_dir: Any, source: Mapping[str, Any] | None = None
     ) -> dict[str, float]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 import torch
 from torch import nn
@@ -98,13 +97,6 @@ class Wav2Vec2PretrainingTask(Task):
             "code_perplexity": out.code_perplexity.item(),
             "accuracy": correct_count(out.logits.detach()) / sample_size,
         }
-
-    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        """With ``task.decay_all_params`` every parameter decays, as fairseq's Adam (decoupled weight
-        decay over ``model.parameters()``) does in the paper's runs; otherwise the base rule."""
-        if self.cfg.task.get("decay_all_params", False):
-            return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-        return super().param_groups(model, weight_decay)
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """``val/loss`` as fairseq reports it (bits per masked frame, see the module docstring), plus the

@@ -92,7 +92,7 @@ class _FusedPointwise(torch.autograd.Function):
         y = backend.forward(fn, xk, alpha, shift, weight, bias, layout, out_dtype)
         ctx.save_for_backward(xk, alpha, shift, weight)
         ctx.fn, ctx.layout, ctx.backend, ctx.x_shape = fn, layout, backend, x.shape
-        return y.view(x.shape)
+        return y  # in the kernel's shape: the caller views it as x's (see fused_pointwise)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -180,7 +180,9 @@ def fused_pointwise(
             _give_up(name, error)
             return _fallback(x, alpha, weight, bias, fn=fn, layout=layout, shift=shift, out_dtype=out_dtype)
     try:
-        return _FusedPointwise.apply(x, alpha, shift, weight, bias, fn, layout, out_dtype, backend)
+        # Viewed outside the Function: a view made inside it could not be modified in place, as
+        # torchvision's ResNet does with its last norm's output (``out += identity``, paper Table 16).
+        return _FusedPointwise.apply(x, alpha, shift, weight, bias, fn, layout, out_dtype, backend).view(x.shape)
     except torch._dynamo.exc.BackendCompilerFailed as error:  # Inductor found no working compiler
         _give_up(name, error)
         return None
