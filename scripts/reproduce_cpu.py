@@ -29,7 +29,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,14 @@ def plan(families: list[Family], seeds: list[int], launcher: str, overrides: lis
                     name = f"{experiment} {norm} seed{seed}"
                     stem = f"{experiment.replace('/', '_')}_{norm}_seed{seed}"
                     where = run_dir(experiment, norm, seed)
-                    argv = [*train, f"experiment={experiment}", f"norm={norm}", f"seed={seed}", f"run_dir={where}", *overrides]
+                    argv = [
+                        *train,
+                        f"experiment={experiment}",
+                        f"norm={norm}",
+                        f"seed={seed}",
+                        f"run_dir={where}",
+                        *overrides,
+                    ]
                     done = None if overrides else where / "results.json"
                     job = Job(name, argv, logs / f"{stem}.log", list(before), done)
                     jobs.append(job)
@@ -212,14 +219,18 @@ def family_rows(fam: Family, paper: dict, runs_root: Path) -> tuple[list[str], l
 
     seeds = max((len(v) for v in ours.values()), default=0)
     better = "higher" if fam.higher_is_better else "lower"
-    summary = (
-        f"| {fam.label} | {fam.metric} ({better} is better) | "
-        + " | ".join(fmt(ours[n], fam.digits) for n in (fam.baseline, *NORMS))
-        + f" | {diff(ours['dyt'], ours[fam.baseline], fam.digits)} | {diff(ours['derf'], ours[fam.baseline], fam.digits)}"
-        + f" | {paper[fam.table]['rows'][fam.row]['label']}: {fam.baseline} "
-        + " / ".join(fmt(p(n), pd).replace(" (n=1)", "") for n in (fam.baseline, "dyt", "derf"))
-        + f" | {diff(p('dyt'), p(fam.baseline), pd)} | {seeds} |"
-    )
+    norms = (fam.baseline, *NORMS)
+    paper_row = paper[fam.table]["rows"][fam.row]["label"]
+    cells = [
+        fam.label,
+        f"{fam.metric} ({better} is better)",
+        *(fmt(ours[n], fam.digits) for n in norms),
+        *(diff(ours[n], ours[fam.baseline], fam.digits) for n in NORMS),
+        f"{paper_row}: {fam.baseline} " + " / ".join(fmt(p(n), pd).replace(" (n=1)", "") for n in norms),
+        diff(p("dyt"), p(fam.baseline), pd),
+        str(seeds),
+    ]
+    summary = "| " + " | ".join(cells) + " |"
     stage_rows = []
     for experiment in fam.stages:
         from dyt.results.runs import find_runs
@@ -277,7 +288,12 @@ def report(families: list[Family], runs_root: Path, out: Path, header: str) -> s
         text = (
             f"# CPU reproduction of {table.replace('table', 'Table ')}: {paper[table]['title']}\n\n"
             f"Paper numbers: {source}. Ours: final value of each run (results.json), mean ± std over seeds.\n\n"
-            f"{SUMMARY_HEAD}\n" + "\n".join(rows) + "\n\n## Every stage\n\n" + f"{STAGE_HEAD}\n" + "\n".join(stage_rows) + "\n"
+            f"{SUMMARY_HEAD}\n"
+            + "\n".join(rows)
+            + "\n\n## Every stage\n\n"
+            + f"{STAGE_HEAD}\n"
+            + "\n".join(stage_rows)
+            + "\n"
         )
         (out / f"{table}.md").write_text(text)
         runs = [r for fam in fams for stage in fam.stages for r in find_runs(runs_root / stage)]
@@ -292,24 +308,39 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     try:
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    return f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, torch {torch.__version__}, no GPU used"
+    versions = f"Python {platform.python_version()}, torch {torch.__version__}"
+    return f"{os.cpu_count()} CPU cores ({cpu}), {versions}, no GPU used"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="", help=f"comma-separated families (default: all of {', '.join(f.name for f in FAMILIES)})")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated families (default: all of {', '.join(f.name for f in FAMILIES)})"
+    )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
-    parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: the CPU count locally, 64 on SLURM)")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="runs at once (default: the CPU count locally, 64 on SLURM)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per local run (default 1)")
     parser.add_argument("--out", default="results/cpu", help="where the tables go (default results/cpu)")
     parser.add_argument("--report-only", action="store_true", help="only write the tables from existing runs")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. trainer.max_steps=2 for a smoke test in a fresh directory "
-                        "(runs are then never skipped, and an earlier run with other settings is refused)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides for every run, e.g. trainer.max_steps=2 for a smoke test in a fresh directory "
+        "(runs are then never skipped, and an earlier run with other settings is refused)",
+    )
     args = parser.parse_args(argv)
 
     known = {f.name: f for f in FAMILIES}
@@ -339,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         "# CPU mini-reproduction of every table\n\n"
         f"Command: `{command}`  \n"
         f"Machine: {machine()}  \n"
-        f"Finished: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; wall time of this invocation "
+        f"Finished: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; wall time of this invocation "
         f"{wall / 60:.1f} min ({len(ran)} runs, {sum(j.seconds for j in ran) / 60:.0f} run-minutes; "
         f"{sum(j.status == 'skipped' for j in jobs)} finished earlier and not re-run).\n\n"
         "Ours: the final value of each run, mean ± std over seeds, on minutes-long CPU runs of tiny models; "

@@ -40,7 +40,12 @@ TIMM = {
     "convnext_b": "convnext_base",
     "convnext_l": "convnext_large",
 }
-SMALL = ["vit_digits", "vit_test", "convnext_test", "convnext_digits"]  # actually run; the others are built on the meta device
+SMALL = [
+    "vit_digits",
+    "vit_test",
+    "convnext_test",
+    "convnext_digits",
+]  # actually run; the others are built on the meta device
 SHALLOW = {"vit": {"depth": 1, "img_size": 32}, "convnext": {"depths": (1, 1, 1, 1)}}
 TOL = 1e-5
 
