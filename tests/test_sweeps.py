@@ -235,3 +235,24 @@ def test_two_point_alpha_init_study(tmp_path):
     assert {alpha_init(r) for r in runs} >= {0.5, 2.0}
     assert all(status(r) == OK and math.isfinite(r.results["val/loss"]) for r in runs)
     assert "alpha_init=0.5" in alpha_table(runs)
+
+
+@pytest.mark.slow
+def test_two_point_llama_study_through_the_script(tmp_path):
+    """scripts/analysis/alpha_init_study.sh for the LLaMA study on real stdlib text, 2 DyT points and
+    the RMSNorm reference at width 32, two steps each: the runs land in the calling directory and the
+    loss table and the width x alpha_init map come out, RMSNorm being the reference."""
+    env = {
+        **os.environ, "STUDY": "llama", "WIDTHS": "32", "ALPHAS": "0.5,2.0", "SEEDS": "0", "LAUNCHER": "basic",
+        "OUT": str(tmp_path / "study"), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
+    }  # fmt: skip
+    overrides = ["trainer.max_steps=2", "trainer.eval_every_steps=2", "task.eval_max_sequences=4"]
+    script = ROOT / "scripts/analysis/alpha_init_study.sh"
+    subprocess.run(
+        ["bash", str(script), *overrides], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300
+    )
+    runs = find_runs(tmp_path / "runs")
+    assert sorted((r.norm, alpha_init(r)) for r in runs) == [("dyt", 0.5), ("dyt", 2.0), ("rmsnorm", None)]
+    table = (tmp_path / "study.md").read_text()
+    assert "| llama_cpu@32 |" in table and "rmsnorm" in table and "best DyT - rmsnorm" in table
+    assert (tmp_path / "study_gap.png").exists() and (tmp_path / "study_curves_lr0.001.png").exists()

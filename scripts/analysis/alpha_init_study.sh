@@ -17,8 +17,9 @@
 # CPU-minute each at width 64 (more at 512). Locally, each (width, lr) chunk runs its jobs in parallel
 # (30 DyT + 6 reference processes): on a small machine lower the grid or use LAUNCHER=basic. Extra
 # arguments are Hydra overrides for every run. What was run for results/alpha_init_small_width.md is listed there.
+# Runs land in ./runs/sweeps of the directory it is started from.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 
 STUDY=${STUDY:-vit}
 case $STUDY in
@@ -43,11 +44,11 @@ sweep() {  # sweep <widths> <lrs> [overrides...]
   local common=(experiment=$EXPERIMENT "$WIDTH_KEY=$widths" "optim.lr=$lrs" "seed=$SEEDS" "$@")
   [[ $LAUNCHER != basic ]] && common+=("hydra/launcher=$LAUNCHER")
   if [[ $LAUNCHER == basic ]]; then  # Hydra's own launcher: sequential
-    python train.py -m "${common[@]}" norm=dyt "norm.alpha_init=$ALPHAS"
-    python train.py -m "${common[@]}" "norm=$REFS"
+    python "$ROOT/train.py" -m "${common[@]}" norm=dyt "norm.alpha_init=$ALPHAS"
+    python "$ROOT/train.py" -m "${common[@]}" "norm=$REFS"
   else
-    python train.py -m "${common[@]}" norm=dyt "norm.alpha_init=$ALPHAS" &
-    python train.py -m "${common[@]}" "norm=$REFS" &
+    python "$ROOT/train.py" -m "${common[@]}" norm=dyt "norm.alpha_init=$ALPHAS" &
+    python "$ROOT/train.py" -m "${common[@]}" "norm=$REFS" &
     wait
   fi
 }
