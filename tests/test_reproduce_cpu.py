@@ -142,3 +142,31 @@ def test_bad_arguments_name_what_is_allowed(capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["--seeds", "0,one"])
     assert "--seeds takes comma-separated integers" in capsys.readouterr().err
+
+
+def test_cpu_recipes_keep_their_demos_settings_except_what_they_say():
+    vit, quickstart = _compose("cpu/vit_digits", "dyt", 0), _compose("quickstart", "dyt", 0)
+    assert (vit.model, vit.optim, vit.trainer) == (quickstart.model, quickstart.optim, quickstart.trainer)
+    convnext = _compose("cpu/convnext_digits", "dyt", 0)
+    assert (convnext.model.name, convnext.optim, convnext.trainer) == (
+        "convnext_digits",
+        quickstart.optim,
+        quickstart.trainer,
+    )
+    dit, demo = _compose("cpu/dit_digits", "dyt", 0), _compose("dit_digits", "dyt", 0)
+    assert (dit.trainer.epochs, demo.trainer.epochs) == (60, 110) and dit.task == demo.task
+    llama = _compose("cpu/llama_stdlib", "rmsnorm", 0)
+    assert (llama.model.name, llama.model.dim, llama.data.vocab_size, llama.data.seq_len) == (
+        "llama_cpu",
+        128,
+        2048,
+        128,
+    )
+    assert (llama.trainer.max_steps, llama.trainer.global_batch, llama.optim.schedule.warmup_steps) == (300, 16, 30)
+    assert (llama.optim.lr, llama.optim.weight_decay, llama.trainer.clip_grad) == (1e-3, 0.1, 1.0)
+    for cpu, original in [
+        ("cpu/wav2vec2_speech", "wav2vec2_speech_demo"),
+        ("cpu/caduceus_finetune", "dna_demo_caduceus_finetune"),
+    ]:
+        a, b = _compose(cpu, "dyt", 0), _compose(original, "dyt", 0)
+        assert (a.model, a.optim, a.trainer, a.task) == (b.model, b.optim, b.trainer, b.task)
