@@ -16,19 +16,9 @@ from dyt.nn import NoNorm, SigmaReparamLinear, build_norm_factory
 from dyt.nn.normfree import BranchScale, fixup_init_, sigma_reparam_
 from models.mae import MaskedAutoencoder
 from models.vit import vit_test  # the ViT family alone: create_model would import every family
+from tests.test_mae import TINY as MAE_SIZES  # a tiny MAE: 16 patches of 8x8 pixels, two blocks each side
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-# A tiny MAE: 16 patches of 8x8 pixels, two blocks of width 32 each side.
-MAE_SIZES = dict(
-    img_size=32,
-    patch_size=8,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-    decoder_embed_dim=16,
-    decoder_depth=2,
-    decoder_num_heads=2,
-)
 
 
 def tiny_vit(**kwargs) -> nn.Module:
