@@ -99,15 +99,18 @@ def run_dir(experiment: str, norm: str, seed: int) -> Path:
     return Path("runs") / experiment / norm / f"seed{seed}"
 
 
-def plan(families: list[Family], seeds: list[int], launcher: str, overrides: list[str]) -> list[Job]:
-    """Every job of the reproduction, each stage after the one it starts from."""
+def plan(
+    families: list[Family], seeds: list[int], launcher: str, overrides: list[str], norms: tuple[str, ...] = NORMS
+) -> list[Job]:
+    """Every job of the reproduction (each family's baseline and ``norms``), each stage after the one
+    it starts from."""
     train = [sys.executable, str(ROOT / "train.py")]
     if launcher == "slurm":  # a one-run multirun: submitit submits it and waits for it (requeues included)
         train += ["-m", "hydra/launcher=slurm"]
     logs = Path("runs/cpu/_logs")
     jobs = []
     for fam in families:
-        for norm in (fam.baseline, *NORMS):
+        for norm in dict.fromkeys((fam.baseline, *norms)):
             for seed in seeds:
                 before: list[Job] = []
                 for experiment in fam.stages:
@@ -328,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default="", help=f"comma-separated families (default: all of {', '.join(f.name for f in FAMILIES)})"
     )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--norms", default=",".join(NORMS), help="norms beside each baseline (default dyt,derf)")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
     parser.add_argument(
         "--jobs", type=int, default=None, help="runs at once (default: the CPU count locally, 64 on SLURM)"
@@ -348,6 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in known]
     if unknown:
         parser.error(f"unknown family {', '.join(unknown)}; choose from {', '.join(known)}")
+    norms = tuple(n for n in args.norms.split(",") if n)
+    available = sorted(p.stem for p in (ROOT / "configs/norm").glob("*.yaml"))
+    if not set(norms) <= set(available):
+        parser.error(
+            f"unknown norm {', '.join(sorted(set(norms) - set(available)))}; choose from {', '.join(available)}"
+        )
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -359,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[Job] = []
     jobs: list[Job] = []
     if not args.report_only:
-        jobs = plan(families, seeds, args.launcher, args.overrides)
+        jobs = plan(families, seeds, args.launcher, args.overrides, norms)
         workers = args.jobs or (64 if args.launcher == "slurm" else os.cpu_count() or 1)
         print(f"{len(jobs)} jobs, {workers} at a time; logs in runs/cpu/_logs/", flush=True)
         execute(jobs, workers, args.threads)

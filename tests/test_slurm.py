@@ -290,3 +290,23 @@ def test_hard_crash_fails_the_sweep_quickly(tmp_path, job_name):
     assert "FAILED" in out or "CANCELLED" in out, f"the sweep's error does not name the job's state:\n{out[-4000:]}"
     assert not (runs / "crashed" / "results.json").exists()
     print(f"sweep failed {elapsed:.1f} s after its job was killed")
+
+
+def test_cpu_reproduction_chains_its_two_stages_through_slurm(tmp_path, job_name):
+    """scripts/reproduce_cpu.py --launcher slurm on MAE (pretrain, then fine-tune from each norm's own
+    pretraining), two steps a stage: every stage runs as a SLURM job, in order, and the table comes out."""
+    env = {**ENV, "DYT_SLURM_GPUS_PER_NODE": "0", "DYT_SLURM_TASKS_PER_NODE": "1", "DYT_SLURM_CPUS_PER_TASK": "1"}
+    cmd = [
+        sys.executable, str(ROOT / "scripts/reproduce_cpu.py"), "--only", "mae", "--seeds", "0", "--norms", "dyt",
+        "--launcher", "slurm", "trainer.max_steps=2", "trainer.epochs=1", f"hydra.launcher.name={job_name}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rc, out = _finish(proc)
+    assert rc == 0, f"the reproduction failed:\n{out[-4000:]}"
+    for norm in ("layernorm", "dyt"):
+        finetune = tmp_path / "runs/cpu/mae_digits_finetune" / norm / "seed0"
+        assert json.loads((finetune / "results.json").read_text())["steps"] == 2
+        source = json.loads((finetune / "init_from.json").read_text())
+        assert (source["source"], source["step"]) == (f"runs/cpu/mae_digits/{norm}/seed0", 2)
+    assert "| MAE pretrain + fine-tune, digits |" in (tmp_path / "results/cpu/README.md").read_text()
+    assert len(list((tmp_path / "runs/_sweeps").rglob("*_submission.sh"))) == 4  # 2 norms x 2 stages, all via SLURM
