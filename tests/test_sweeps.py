@@ -80,6 +80,16 @@ def test_status_and_alpha_of_runs(sweep):
     assert alpha_init(by_name["w64ln"]) is None and alpha_init(by_name["w64a1.0"]) == 1.0
 
 
+def test_alpha_of_a_run_without_one_in_its_config_is_what_the_model_built(tmp_path):
+    built = make_run(tmp_path, "model_default", dyt(None))  # e.g. a narrow ViT's width-dependent default
+    records = [{"site": "attn", "alpha_init": 2.0}, {"site": "ffn", "alpha_init": 1.5}, {"site": "final"}]
+    (built / "resolved.json").write_text(json.dumps({"norms": records}))
+    make_run(tmp_path, "class_default", dyt(None))  # no resolved.json: the class default
+    runs = {r.path.parent.parent.name: r for r in find_runs(tmp_path)}
+    assert (alpha_init(runs["model_default"]), alpha_init(runs["model_default"], "ffn")) == (2.0, 1.5)
+    assert alpha_init(runs["class_default"]) == 0.5
+
+
 def test_alpha_table_means_seeds_and_marks_divergence(sweep):
     table = alpha_table(sweep)
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()[2:4]}

@@ -25,6 +25,7 @@ The sweeps themselves (configs/experiment/paper/*_table12.yaml, *_table13.yaml, 
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ def config_value(run: Run, key: str, default: Any = None) -> Any:
 
 def alpha_init(run: Run, site: str | None = None) -> float | None:
     """The alpha_init a point-wise-norm run used (at ``site`` if given: its per-site value wins); a
-    ``null`` config value is the norm class's default. ``None`` for norms without alpha (LN, RMSNorm)."""
+    ``null`` config value is what the model built (``resolved.json``: the width-dependent defaults of
+    LLaMA and narrow ViTs), else the norm class's default. ``None`` for norms without alpha (LN, RMSNorm)."""
     name = config_value(run, "norm.name")
     try:
         default = inspect.signature(get_norm_class(name).__init__).parameters.get("alpha_init")
@@ -60,7 +62,19 @@ def alpha_init(run: Run, site: str | None = None) -> float | None:
     value = config_value(run, f"norm.sites.{site}.alpha_init") if site else None
     if value is None:
         value = config_value(run, "norm.alpha_init")
+    if value is None:
+        value = _built_alpha_init(run, site)
     return float(default.default if value is None else value)
+
+
+def _built_alpha_init(run: Run, site: str | None) -> float | None:
+    """The alpha_init the model built at ``site`` (or its first norm), from the run's ``resolved.json``."""
+    path = run.path / "resolved.json"
+    if not path.exists():
+        return None
+    norms = [n for n in json.loads(path.read_text()).get("norms", []) if "alpha_init" in n]
+    chosen = [n for n in norms if site is None or n.get("site") == site]
+    return chosen[0]["alpha_init"] if chosen else None
 
 
 def model_label(run: Run) -> str:
