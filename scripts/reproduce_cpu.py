@@ -21,6 +21,7 @@ trains with every norm and show the direction of the differences at this scale, 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -277,6 +278,7 @@ def report(families: list[Family], runs_root: Path, out: Path, header: str) -> s
     paper = load_paper(ROOT / "results/paper.yaml")
     out.mkdir(parents=True, exist_ok=True)
     summary = []
+    families = [f for f in families if any((runs_root / stage).exists() for stage in f.stages)]
     by_table: dict[str, list[Family]] = {}
     for fam in families:
         by_table.setdefault(fam.table, []).append(fam)
@@ -323,6 +325,27 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {versions}, no GPU used"
 
 
+INVOCATIONS = Path("runs/cpu/_logs/invocations.jsonl")  # one line per reproduction run: what, when, how long
+
+
+def header() -> str:
+    """The report's preamble: the machine and every invocation that produced the runs."""
+    lines = [json.loads(line) for line in INVOCATIONS.read_text().splitlines()] if INVOCATIONS.exists() else []
+    history = "\n".join(
+        f"- `{r['command']}`: finished {r['finished']}, {r['wall_min']} min wall, {r['runs']} runs "
+        f"({r['run_min']} run-minutes), {r['skipped']} finished earlier, {r['failed']} failed"
+        for r in lines
+    )
+    return (
+        "# CPU mini-reproduction of every table\n\n"
+        f"Machine: {machine()}\n\n"
+        f"Invocations that produced these runs:\n\n{history or '- none recorded'}\n\n"
+        "Ours: the final value of each run, mean ± std over seeds, on minutes-long CPU runs of tiny models; "
+        "the paper's: the full-scale row each CPU run stands for. Per-stage numbers in the table files "
+        "beside this one.\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -367,27 +390,26 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.time()
     failed: list[Job] = []
-    jobs: list[Job] = []
     if not args.report_only:
         jobs = plan(families, seeds, args.launcher, args.overrides, norms)
         workers = args.jobs or (64 if args.launcher == "slurm" else os.cpu_count() or 1)
         print(f"{len(jobs)} jobs, {workers} at a time; logs in runs/cpu/_logs/", flush=True)
         execute(jobs, workers, args.threads)
         failed = [j for j in jobs if j.status in ("failed", "blocked")]
-    wall = time.time() - start
-    ran = [j for j in jobs if j.status in ("ok", "failed")]
-    header = (
-        "# CPU mini-reproduction of every table\n\n"
-        f"Command: `{command}`  \n"
-        f"Machine: {machine()}  \n"
-        f"Finished: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; wall time of this invocation "
-        f"{wall / 60:.1f} min ({len(ran)} runs, {sum(j.seconds for j in ran) / 60:.0f} run-minutes; "
-        f"{sum(j.status == 'skipped' for j in jobs)} finished earlier and not re-run).\n\n"
-        "Ours: the final value of each run, mean ± std over seeds, on minutes-long CPU runs of tiny models; "
-        "the paper's: the full-scale row each CPU run stands for. Per-stage numbers in the table files "
-        "beside this one.\n"
-    )
-    print(report(families, Path("runs"), Path(args.out), header))
+        ran = [j for j in jobs if j.status in ("ok", "failed")]
+        record = {
+            "command": command,
+            "finished": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+            "wall_min": round((time.time() - start) / 60, 1),
+            "runs": len(ran),
+            "run_min": round(sum(j.seconds for j in ran) / 60),
+            "skipped": sum(j.status == "skipped" for j in jobs),
+            "failed": len(failed),
+        }
+        INVOCATIONS.parent.mkdir(parents=True, exist_ok=True)
+        with open(INVOCATIONS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    print(report(FAMILIES, Path("runs"), Path(args.out), header()))  # every family with runs, not only --only
     if failed:
         print(f"{len(failed)} of {len(jobs)} jobs did not finish:", file=sys.stderr)
         for job in failed:

@@ -120,7 +120,7 @@ def test_report_puts_seed_means_beside_the_paper_row(tmp_path):
     _fake_run(runs, "cpu/llama_stdlib", "dyt", 0, {"val/loss": 5.25, "diverged_at_step": None})
     _fake_run(runs, "cpu/llama_stdlib", "derf", 0, {"val/loss": 9.0, "diverged_at_step": 7})  # left out
     out = tmp_path / "results"
-    summary = reproduce.report([FAMILIES["vit"], FAMILIES["llama"]], runs, out, "# header\n")
+    summary = reproduce.report(list(reproduce.FAMILIES), runs, out, "# header\n")  # families without runs: no row
     vit = next(line for line in summary.splitlines() if line.startswith("| ViT"))
     cells = [c.strip() for c in vit.split("|")[1:-1]]
     assert cells[2:7] == ["81.0 ± 1.4", "79.0 ± 1.4", "82.0 ± 1.4", "-2.0", "+1.0"]
@@ -133,6 +133,7 @@ def test_report_puts_seed_means_beside_the_paper_row(tmp_path):
     table1 = (out / "table1.md").read_text()
     assert "| cpu/vit_digits | 10 | val/top1 | layernorm | 81.000 ± 1.414 | 79.000 ± 1.414 |" in table1
     assert (out / "table4.md").exists() and not (out / "table2.md").exists()
+    assert len(summary.splitlines()) == 2 + 2
 
 
 def test_bad_arguments_name_what_is_allowed(capsys):
@@ -170,3 +171,27 @@ def test_cpu_recipes_keep_their_demos_settings_except_what_they_say():
     ]:
         a, b = _compose(cpu, "dyt", 0), _compose(original, "dyt", 0)
         assert (a.model, a.optim, a.trainer, a.task) == (b.model, b.optim, b.trainer, b.task)
+
+
+def test_every_invocation_is_recorded_and_listed_in_the_report(tmp_path, monkeypatch):
+    """Two invocations (the second skips what the first finished) both appear in results/cpu/README.md,
+    with their wall time; --report-only adds none. Stand-in training: a finished run is faked."""
+    monkeypatch.chdir(tmp_path)
+    invocations = []
+
+    def fake_execute(jobs, workers, threads):
+        invocations.append(len(jobs))
+        for job in jobs:  # the first invocation trains everything, the second finds it finished
+            job.status, job.seconds = ("ok", 30.0) if len(invocations) == 1 else ("skipped", 0.0)
+
+    monkeypatch.setattr(reproduce, "execute", fake_execute)
+    assert reproduce.main(["--only", "vit", "--seeds", "0", "--norms", "dyt"]) == 0
+    assert reproduce.main(["--only", "vit", "--seeds", "0", "--norms", "dyt"]) == 0
+    assert reproduce.main(["--report-only"]) == 0
+    assert invocations == [2, 2]  # layernorm and dyt; --report-only runs nothing
+    text = (tmp_path / "results/cpu/README.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("- `python scripts/reproduce_cpu.py --only vit")]
+    assert len(lines) == 2
+    assert "2 runs (1 run-minutes), 0 finished earlier, 0 failed" in lines[0]
+    assert "0 runs (0 run-minutes), 2 finished earlier, 0 failed" in lines[1]
+    assert "Machine: " in text and "CPU cores" in text
