@@ -26,7 +26,7 @@ from torch import nn
 from dyt.nn import NormFactory, build_norm_factory
 from dyt.nn.normfree import check_normfree_options, fixup_init_, reset_sigma_reparam_, sigma_reparam_
 from models import deferred_init, register_model
-from models.vit import HF_VIT_NAMES, Block, from_hf, norm_hints, to_hf
+from models.vit import HF_VIT_NAMES, LN_EPS, Block, from_hf, to_hf
 
 
 def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
@@ -118,7 +118,7 @@ class MaskedAutoencoder(nn.Module):
             self.blocks = nn.ModuleList(
                 [Block(embed_dim, num_heads, mlp_ratio, True, 0.0, None, norm, residual_init) for _ in range(depth)]
             )
-            self.norm = norm(embed_dim, site="final", **norm_hints(embed_dim))
+            self.norm = norm(embed_dim, site="final", eps=LN_EPS)
 
             # ---- decoder: mask tokens at the removed positions, predicts every patch's pixels
             decoder_norm = with_site_prefix(norm, "decoder_")
@@ -131,7 +131,7 @@ class MaskedAutoencoder(nn.Module):
                     for _ in range(decoder_depth)
                 ]
             )
-            self.decoder_norm = decoder_norm(decoder_embed_dim, site="final", **norm_hints(decoder_embed_dim))
+            self.decoder_norm = decoder_norm(decoder_embed_dim, site="final", eps=LN_EPS)
             self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
             if sigma_reparam:
                 sigma_reparam_(self)

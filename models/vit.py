@@ -26,20 +26,6 @@ from models import deferred_init, register_model
 
 GLOBAL_POOLS = ("avg", "token")
 LN_EPS = 1e-6  # timm's ViT LayerNorm eps; a hint, so DyT ignores it
-# DyT's alpha_init for narrow ViTs. The paper's non-LLM default, 0.5 (Sec. 7), comes from models at
-# least 384 wide (ViT-S, Table 7); it gives no value below that (its Table 11 does so for LLaMA only). Our
-# CPU study of the quickstart ViT at widths 32-256 (results/alpha_init_small_width.md; 6 and 30 epochs,
-# 2-3 seeds) found 0.5 trailing LayerNorm by 4-23 points and 2.0 within about a point of it, in the
-# direction of the paper's rule for LLaMA (the narrower, the larger). So every point-wise norm of a ViT,
-# MAE or DINO model of width <= 256 is hinted alpha_init 2.0; a norm.alpha_init in the config still wins.
-SMALL_WIDTH = 256
-SMALL_WIDTH_ALPHA_INIT = 2.0
-
-
-def norm_hints(dim: int) -> dict[str, float]:
-    """The hints of a ViT-family norm of width ``dim``: timm's LayerNorm eps, and alpha_init 2.0 at width
-    <= 256 (see above). A norm drops the hints it does not take (LayerNorm: alpha_init; DyT: eps)."""
-    return {"eps": LN_EPS, **({"alpha_init": SMALL_WIDTH_ALPHA_INIT} if dim <= SMALL_WIDTH else {})}
 
 
 class Block(nn.Module):
@@ -57,11 +43,11 @@ class Block(nn.Module):
         residual_init: str | None = None,
     ) -> None:
         super().__init__()
-        self.norm1 = norm(dim, site="attn", **norm_hints(dim))
+        self.norm1 = norm(dim, site="attn", eps=LN_EPS)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
         self.ls1 = self._branch_scale(dim, init_values, residual_init)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = norm(dim, site="ffn", **norm_hints(dim))
+        self.norm2 = norm(dim, site="ffn", eps=LN_EPS)
         self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio))
         self.ls2 = self._branch_scale(dim, init_values, residual_init)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -154,8 +140,8 @@ class VisionTransformer(nn.Module):
                 ]
             )
             pool_first = global_pool == "avg"
-            self.norm = nn.Identity() if pool_first else norm(embed_dim, site="final", **norm_hints(embed_dim))
-            self.fc_norm = norm(embed_dim, site="final", **norm_hints(embed_dim)) if pool_first else nn.Identity()
+            self.norm = nn.Identity() if pool_first else norm(embed_dim, site="final", eps=LN_EPS)
+            self.fc_norm = norm(embed_dim, site="final", eps=LN_EPS) if pool_first else nn.Identity()
             self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
             if sigma_reparam:
                 sigma_reparam_(self)

@@ -52,10 +52,10 @@ def test_fixed_alpha_is_reported():
 
 
 def test_vit_reports_every_norm_site():
-    model = models.create_model("vit_test", norm={"name": "dyt", "impl": "eager", "sites": {"attn": {"alpha_init": 3}}})
+    model = models.create_model("vit_test", norm={"name": "dyt", "impl": "eager", "sites": {"attn": {"alpha_init": 2}}})
     stats = alpha_stats(model)
-    assert stats["alpha/blocks.0.norm1"] == 3.0 and stats["alpha/fc_norm"] == 2.0  # vit_test is narrow: 2.0
-    assert stats["alpha/mean"] == pytest.approx((2 * 3.0 + 2 * 2.0 + 2.0) / 5)
+    assert stats["alpha/blocks.0.norm1"] == 2.0 and stats["alpha/fc_norm"] == 0.5
+    assert stats["alpha/mean"] == pytest.approx((2 * 2.0 + 2 * 0.5 + 0.5) / 5)
 
 
 def test_fsdp2_sharded_alpha_gives_the_same_stats():
