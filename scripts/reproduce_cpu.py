@@ -334,6 +334,7 @@ def header() -> str:
     history = "\n".join(
         f"- `{r['command']}`: finished {r['finished']}, {r['wall_min']} min wall, {r['runs']} runs "
         f"({r['run_min']} run-minutes), {r['skipped']} finished earlier, {r['failed']} failed"
+        + (f"; {r['note']}" if r.get("note") else "")  # e.g. what else the machine ran (added by hand)
         for r in lines
     )
     return (
