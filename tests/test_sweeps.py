@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -266,3 +267,25 @@ def test_two_point_llama_study_through_the_script(tmp_path):
     table = (tmp_path / "study.md").read_text()
     assert "| llama_cpu@32 |" in table and "rmsnorm" in table and "best DyT - rmsnorm" in table
     assert (tmp_path / "study_gap.png").exists() and (tmp_path / "study_curves_lr0.001.png").exists()
+
+
+def test_alpha_report_family_table_compares_the_two_alpha_inits(tmp_path, monkeypatch):
+    """scripts/analysis/alpha_init_report.py's ViT-family table: per recipe, LN and each norm at
+    alpha_init 0.5 (runs/cpu) and 2.0 (runs/cpu_alpha2.0), mean +- std over the seeds present."""
+    spec = importlib.util.spec_from_file_location("alpha_init_report", ROOT / "scripts/analysis/alpha_init_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    monkeypatch.chdir(tmp_path)
+    for root, norm, values in [
+        ("cpu", "layernorm", (96.0, 98.0)),
+        ("cpu", "dyt", (89.0,)),
+        ("cpu_alpha2.0", "dyt", (95.0, 96.0)),
+    ]:
+        for seed, value in enumerate(values):
+            path = tmp_path / "runs" / root / "vit_digits" / norm / f"seed{seed}"
+            path.mkdir(parents=True)
+            (path / "results.json").write_text(json.dumps({"val/top1": value}))
+    row = next(line for line in report.family_table().splitlines() if line.startswith("| ViT, supervised"))
+    assert [c.strip() for c in row.split("|")[3:-1]] == [
+        "97.0 +- 1.4 (n=2)", "89.0 +- 0.0 (n=1)", "95.5 +- 0.7 (n=2)", "-", "-",
+    ]  # fmt: skip
