@@ -212,45 +212,43 @@ def diff(a: list[float], b: list[float], digits: int) -> str:
     return "–" if round(d, digits) == 0 else f"{d:+.{digits}f}"
 
 
-def family_rows(fam: Family, paper: dict, runs_root: Path) -> tuple[list[str], list[str]]:
+def family_rows(fam: Family, paper: dict, runs_root: Path) -> tuple[str, list[str]]:
     """(the family's row of the summary table, the rows of its per-stage table)."""
-    ours = {n: final_values(fam.stages[-1], n, fam.metric, runs_root) for n in (fam.baseline, *NORMS)}
-    published = paper[fam.table]["rows"][fam.row].get(fam.paper_values, {})
-    pd = fam.digits if fam.paper_values == "values" else 2
+    from dyt.results.runs import find_runs
+
+    norms = (fam.baseline, *NORMS)
+    ours = {n: final_values(fam.stages[-1], n, fam.metric, runs_root) for n in norms}
+    row = paper[fam.table]["rows"][fam.row]
+    published = row.get(fam.paper_values, {})
+    pd = fam.digits if fam.paper_values == "values" else 2  # Table 4's losses have 2 decimals
 
     def p(norm: str) -> list[float]:
         return [published[norm]] if norm in published else []
 
-    seeds = max((len(v) for v in ours.values()), default=0)
     better = "higher" if fam.higher_is_better else "lower"
-    norms = (fam.baseline, *NORMS)
-    paper_row = paper[fam.table]["rows"][fam.row]["label"]
     cells = [
         fam.label,
         f"{fam.metric} ({better} is better)",
         *(fmt(ours[n], fam.digits) for n in norms),
         *(diff(ours[n], ours[fam.baseline], fam.digits) for n in NORMS),
-        f"{paper_row}: {fam.baseline} " + " / ".join(fmt(p(n), pd).replace(" (n=1)", "") for n in norms),
+        f"{row['label']}: {fam.baseline} " + " / ".join(fmt(p(n), pd).replace(" (n=1)", "") for n in norms),
         diff(p("dyt"), p(fam.baseline), pd),
-        str(seeds),
+        str(max(len(v) for v in ours.values())),
     ]
-    summary = "| " + " | ".join(cells) + " |"
     stage_rows = []
     for experiment in fam.stages:
-        from dyt.results.runs import find_runs
-
         runs = [r for r in find_runs(runs_root / experiment) if r.experiment == experiment]
         metric = fam.metric if experiment == fam.stages[-1] else headline(runs)
         if metric is None:
             continue
-        cells = [final_values(experiment, n, metric, runs_root) for n in (fam.baseline, *NORMS)]
+        values = [final_values(experiment, n, metric, runs_root) for n in norms]
         steps = sorted({int(r.results["steps"]) for r in runs if "steps" in r.results})
         stage_rows.append(
             f"| {experiment} | {'/'.join(map(str, steps)) or '–'} | {metric} | {fam.baseline} | "
-            + " | ".join(fmt(c, 3) for c in cells)
-            + f" | {diff(cells[1], cells[0], 3)} | {diff(cells[2], cells[0], 3)} |"
+            + " | ".join(fmt(v, 3) for v in values)
+            + f" | {diff(values[1], values[0], 3)} | {diff(values[2], values[0], 3)} |"
         )
-    return [summary], stage_rows
+    return "| " + " | ".join(cells) + " |", stage_rows
 
 
 def headline(runs) -> str | None:
@@ -285,9 +283,9 @@ def report(families: list[Family], runs_root: Path, out: Path, header: str) -> s
     for table, fams in by_table.items():
         rows, stage_rows = [], []
         for fam in fams:
-            s, st = family_rows(fam, paper, runs_root)
-            rows += s
-            stage_rows += st
+            row, stages = family_rows(fam, paper, runs_root)
+            rows.append(row)
+            stage_rows += stages
         summary += rows
         source = paper[table].get("source", "")
         text = (
