@@ -195,17 +195,26 @@ def _sbatch_array(script_args: list[str], *, norms: str, log_dir: Path, job_name
     return out.stdout.strip().split(";")[0]
 
 
+# Job states after which SLURM may still run the task (a requeued task goes back to PENDING).
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "COMPLETING", "CONFIGURING", "SUSPENDED", "RESIZING"}
+
+
 def _wait_for_array(array_id: str, timeout: float = SWEEP_TIMEOUT_S) -> dict[str, str]:
-    """Wait until no task of ``array_id`` is queued or running; each task's final state from sacct."""
+    """Wait until no task of ``array_id`` is queued, running or requeued, by squeue *and* by accounting
+    (a requeued task can be missing from one of them for a moment); each task's final state from sacct."""
     deadline = time.monotonic() + timeout
-    while subprocess.run(["squeue", "-h", "-j", array_id], capture_output=True, text=True, timeout=30).stdout.strip():
+    while True:
+        queue = subprocess.run(["squeue", "-h", "-j", array_id], capture_output=True, text=True, timeout=30)
+        rows = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,State"], capture_output=True, text=True, timeout=30
+        ).stdout.split("\n")
+        states = dict(row.split("|", 1) for row in rows if "|" in row)
+        active = {state.split()[0] for state in states.values()} & ACTIVE_STATES
+        if queue.returncode == 0 and not queue.stdout.strip() and states and not active:
+            return states
         if time.monotonic() > deadline:
-            pytest.fail(f"array job {array_id} still in the queue after {timeout} s")
+            pytest.fail(f"array job {array_id} not finished after {timeout} s (sacct: {states})")
         time.sleep(0.5)
-    rows = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,State"], capture_output=True, text=True, timeout=30
-    ).stdout.split()
-    return dict(row.split("|") for row in rows)
 
 
 # ---- tests ------------------------------------------------------------------------------------------
