@@ -215,6 +215,7 @@ def diff(a: list[float], b: list[float], digits: int) -> str:
 def family_rows(fam: Family, paper: dict, runs_root: Path) -> tuple[str, list[str]]:
     """(the family's row of the summary table, the rows of its per-stage table)."""
     from dyt.results.runs import find_runs
+    from dyt.results.tables import headline_metric
 
     norms = (fam.baseline, *NORMS)
     ours = {n: final_values(fam.stages[-1], n, fam.metric, runs_root) for n in norms}
@@ -238,7 +239,7 @@ def family_rows(fam: Family, paper: dict, runs_root: Path) -> tuple[str, list[st
     stage_rows = []
     for experiment in fam.stages:
         runs = [r for r in find_runs(runs_root / experiment) if r.experiment == experiment]
-        metric = fam.metric if experiment == fam.stages[-1] else headline(runs)
+        metric = fam.metric if experiment == fam.stages[-1] else headline_metric(runs)
         if metric is None:
             continue
         values = [final_values(experiment, n, metric, runs_root) for n in norms]
@@ -249,11 +250,6 @@ def family_rows(fam: Family, paper: dict, runs_root: Path) -> tuple[str, list[st
             + f" | {diff(values[1], values[0], 3)} | {diff(values[2], values[0], 3)} |"
         )
     return "| " + " | ".join(cells) + " |", stage_rows
-
-
-def headline(runs) -> str | None:
-    declared = [r.results["headline_metric"] for r in runs if r.results.get("headline_metric")]
-    return max(set(declared), key=declared.count) if declared else None
 
 
 SUMMARY_HEAD = (

@@ -143,6 +143,9 @@ def test_bad_arguments_name_what_is_allowed(capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["--seeds", "0,one"])
     assert "--seeds takes comma-separated integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        reproduce.main(["--norms", "dyt,tanhnorm"])
+    assert "unknown norm tanhnorm; choose from " in capsys.readouterr().err
 
 
 def test_cpu_recipes_keep_their_demos_settings_except_what_they_say():

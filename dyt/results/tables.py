@@ -39,6 +39,11 @@ def _metric_of(runs: list[Run], paper_table: dict[str, Any] | None) -> str | Non
     """The paper table's metric, else the headline metric the runs' task declared (``results.json``)."""
     if paper_table and paper_table.get("metric"):
         return paper_table["metric"]
+    return headline_metric(runs)
+
+
+def headline_metric(runs: list[Run]) -> str | None:
+    """The headline metric most of ``runs`` declared in ``results.json`` (None if none did)."""
     declared = [r.results["headline_metric"] for r in runs if r.results.get("headline_metric")]
     return max(set(declared), key=declared.count) if declared else None
 
