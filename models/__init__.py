@@ -38,6 +38,10 @@ every registered preset x every ``configs/norm`` file) rely on nothing else.
     the run dir: ``norms``, every norm built, per site, with every option it was built with (the
     ``alpha_init`` actually used; ``NormFactory.resolved()``), and family quirks such as LLaMA's
     ``embed_scale`` or DiT's ``zero_init_adaln``.
+``norm_scale_sensitive: bool`` (optional class attribute, default True)
+    False where every norm output feeds a linear layer or convolution (ConvNets): the trainer's
+    start-up check then never warns about a point-wise norm reading a small input (ConvNeXt-B reads
+    its inputs at ``alpha x std`` 2e-5 to 0.07 with the paper's alpha and matches LayerNorm, paper Table 1).
 ``no_weight_decay() -> set[str]`` (optional)
     Names of parameters the optimizer must not decay, beyond the 1-D ones (biases, norm weights,
     alpha) that ``Task.param_groups`` never decays.
@@ -65,6 +69,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -78,6 +83,19 @@ FAMILIES = ("vit", "convnext", "dit", "llama", "wav2vec2", "hyena", "caduceus", 
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _loaded = False
+
+
+EMBED_SCALES = ("none", "sqrt_d", "unit")
+
+
+def embed_scale_init(kind: str, dim: int, init_std: float) -> float | None:
+    """The initial value of the learnable scalar that multiplies a token embedding, by ``kind``: ``none``
+    (no scalar: None), ``sqrt_d`` (sqrt(dim): the paper's LLaMA with DyT, App. A) or ``unit``
+    (1 / the embedding's init std, so the embedding enters with std about 1, as LayerNorm would hand it
+    to the first block: what a DyT model needs below the paper's scale; docs/analysis.md)."""
+    if kind not in EMBED_SCALES:
+        raise ValueError(f"unknown embed_scale {kind!r}; valid values are: {', '.join(EMBED_SCALES)}")
+    return {"none": None, "sqrt_d": math.sqrt(dim), "unit": 1.0 / init_std}[kind]
 
 
 @contextlib.contextmanager

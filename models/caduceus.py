@@ -32,7 +32,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from dyt.data.dna import VOCAB_SIZE, complement_ids
 from dyt.nn import NormFactory, build_norm_factory
-from models import deferred_init, register_model
+from models import deferred_init, embed_scale_init, register_model
 from models.hyena import backbone_state, masked_mean, random_bases
 
 try:  # optional CUDA kernel
@@ -240,6 +240,10 @@ class Caduceus(nn.Module):
             strands' features separately and averages (upstream ``conjoin_train``), so the class logits
             are reverse-complement invariant.
         chunk_size, use_fast_path: pure-PyTorch scan chunk; use mamba_ssm's CUDA kernel when installed.
+        init_std: std of the embedding's (and, upstream, the linears') normal init (0.02).
+        embed_scale: ``none`` (upstream), ``sqrt_d`` or ``unit``: a learnable scalar after the embedding,
+            initialised to sqrt(d_model) or 1 / init_std (``models.embed_scale_init``; not upstream's: for
+            DyT, which does not rescale the std-0.02 embedding as LayerNorm does; docs/analysis.md).
         norm: the norm factory, a norm name or a ``configs/norm`` mapping (default RMSNorm, as upstream).
     """
 
@@ -259,6 +263,7 @@ class Caduceus(nn.Module):
         chunk_size: int | None = None,
         use_fast_path: bool = True,
         init_std: float = 0.02,
+        embed_scale: str = "none",
         norm="rmsnorm",
     ) -> None:
         super().__init__()
@@ -267,6 +272,7 @@ class Caduceus(nn.Module):
         # Output t depends on later tokens through the reversed scan or the reverse-complement strand.
         self.causal = not (bidirectional or rcps)
         self.vocab_size, self.num_classes, self.init_std = vocab_size, num_classes, init_std
+        self.embed_scale_kind, self.embed_scale_init = embed_scale, embed_scale_init(embed_scale, d_model, init_std)
         mamba_kwargs = dict(
             d_state=d_state,
             d_conv=d_conv,
@@ -278,6 +284,7 @@ class Caduceus(nn.Module):
         )
         with deferred_init(self):
             self.embed = nn.Embedding(vocab_size, d_model)
+            self.embed_scale = nn.Parameter(torch.empty(1)) if self.embed_scale_init is not None else None
             self.register_buffer("complement", torch.empty(vocab_size, dtype=torch.long), persistent=False)
             self.layers = nn.ModuleList(Block(d_model, mamba_kwargs, rcps, norm) for _ in range(n_layer))
             self.norm_f = norm(d_model, site="final", eps=NORM_EPS)
@@ -292,6 +299,8 @@ class Caduceus(nn.Module):
         (classifier bias zero)."""
         self.complement.copy_(complement_ids(self.vocab_size))
         nn.init.normal_(self.embed.weight, std=self.init_std)
+        if self.embed_scale is not None:
+            self.embed_scale.fill_(self.embed_scale_init)
         for module in self.modules():
             if isinstance(module, Mamba):
                 module.in_proj.reset_parameters()
@@ -315,7 +324,12 @@ class Caduceus(nn.Module):
 
     def resolved_options(self) -> dict:
         """The norms as built, per site, and the Caduceus variant (see the model protocol in ``models``)."""
-        return {"norms": self.norm_options, "rcps": self.rcps, "causal": self.causal}
+        return {
+            "norms": self.norm_options,
+            "rcps": self.rcps,
+            "causal": self.causal,
+            "embed_scale": self.embed_scale_kind,
+        }
 
     def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor | None]:
         """A pretrained Caduceus's weights for this model: all but a classifier head (``backbone_state``)."""
@@ -328,7 +342,7 @@ class Caduceus(nn.Module):
         if self.rcps:
             rc_tokens = self.complement[tokens.flip(-1)]
             x = torch.cat([x, rc_features(self.embed(rc_tokens))], dim=-1)
-        return x
+        return x if self.embed_scale is None else x * self.embed_scale  # a scalar: RC-equivariance holds
 
     def forward_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (B, L) -> final normalized features (B, L, d_model or 2 d_model)."""

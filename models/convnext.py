@@ -42,6 +42,8 @@ class ConvNeXt(nn.Module):
         head_init_scale: multiplies the classifier's initial weight and bias (ConvNeXt fine-tuning).
     """
 
+    norm_scale_sensitive = False  # every norm feeds a linear layer or a convolution (models/__init__.py)
+
     def __init__(
         self,
         norm: NormFactory | str | None = None,

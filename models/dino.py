@@ -163,6 +163,12 @@ class DINO(nn.Module):
         """DINO's init of the student (the ViT's and the head's), copied into the teacher."""
         self.student.backbone.reset_parameters()
         self.student.head.reset_parameters()
+        self.copy_student_to_teacher()
+
+    @torch.no_grad()
+    def copy_student_to_teacher(self) -> None:
+        """The teacher's weights become the student's (at init, and after the student's alphas are
+        calibrated: ``norm.alpha_init=calibrate``)."""
         teacher = [*self.teacher.parameters(), *self.teacher.buffers()]
         student = [*self.student.parameters(), *self.student.buffers()]
         for t, s in zip(teacher, student, strict=True):

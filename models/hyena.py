@@ -32,7 +32,7 @@ from torch import nn
 
 from dyt.data.dna import BASE_IDS, PAD, VOCAB_SIZE
 from dyt.nn import NormFactory, build_norm_factory
-from models import deferred_init, register_model
+from models import deferred_init, embed_scale_init, register_model
 
 LN_EPS = 1e-5  # upstream layer_norm_epsilon; a hint, so DyT ignores it
 
@@ -216,6 +216,10 @@ class HyenaDNA(nn.Module):
             (upstream 0.1 and 0.0).
         num_classes: 0 for the language model; > 0 puts a linear classifier on the mean of the final
             features over the non-padding positions (GenomicBenchmarks fine-tuning).
+        init_std: std of the embedding's (and, upstream, the linears') normal init (0.02).
+        embed_scale: ``none`` (upstream), ``sqrt_d`` or ``unit``: a learnable scalar after the embedding,
+            initialised to sqrt(d_model) or 1 / init_std (``models.embed_scale_init``; not upstream's: for
+            DyT, which does not rescale the std-0.02 embedding as LayerNorm does; docs/analysis.md).
         norm: the norm factory, a norm name or a ``configs/norm`` mapping.
     """
 
@@ -238,6 +242,7 @@ class HyenaDNA(nn.Module):
         resid_dropout: float = 0.0,
         num_classes: int = 0,
         init_std: float = 0.02,
+        embed_scale: str = "none",
         norm=None,
     ) -> None:
         super().__init__()
@@ -246,10 +251,12 @@ class HyenaDNA(nn.Module):
         norm = build_norm_factory(norm)
         self.d_model, self.n_layer, self.l_max = d_model, n_layer, l_max
         self.vocab_size, self.num_classes, self.init_std = vocab_size, num_classes, init_std
+        self.embed_scale_kind, self.embed_scale_init = embed_scale, embed_scale_init(embed_scale, d_model, init_std)
         d_inner = d_inner or 4 * d_model
 
         with deferred_init(self):
             self.embed = nn.Embedding(vocab_size, d_model)
+            self.embed_scale = nn.Parameter(torch.empty(1)) if self.embed_scale_init is not None else None
             self.embed_dropout = nn.Dropout(embed_dropout)
             self.layers = nn.ModuleList(
                 Block(
@@ -285,6 +292,8 @@ class HyenaDNA(nn.Module):
                 nn.init.normal_(module.bias)
             elif module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()  # short conv, Sin, norms
+        if self.embed_scale is not None:
+            self.embed_scale.fill_(self.embed_scale_init)
 
     def wrap_units(self) -> list[nn.Module]:
         """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
@@ -300,7 +309,7 @@ class HyenaDNA(nn.Module):
 
     def resolved_options(self) -> dict:
         """The norms as built, per site (see the model protocol in ``models``)."""
-        return {"norms": self.norm_options}
+        return {"norms": self.norm_options, "embed_scale": self.embed_scale_kind}
 
     def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor | None]:
         """A pretrained HyenaDNA's weights for this model: all but a classifier head (``backbone_state``;
@@ -314,7 +323,8 @@ class HyenaDNA(nn.Module):
                 f"input of {tokens.shape[1]} tokens is longer than this HyenaDNA allows (l_max={self.l_max}); "
                 f"shorten the sequences (data max_length) or use a preset with a longer l_max"
             )
-        x = self.embed_dropout(self.embed(tokens))
+        x = self.embed(tokens)
+        x = self.embed_dropout(x if self.embed_scale is None else x * self.embed_scale)
         for layer in self.layers:
             x = layer(x)
         return self.norm_f(x)

@@ -24,14 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dyt.nn import NormFactory, build_norm_factory
-from models import deferred_init, register_model
+from models import deferred_init, embed_scale_init, register_model
 
 # Paper Table 11 (alpha_init against width; depth does not matter): width -> (attention, other).
 # 5120 is LLaMA 13B's Table 10 row. A width between rows takes the row of the nearest width below it,
 # a width under 1024 takes the 1024 row: both keep alpha_init at or above the tuned value for the
 # next wider model, the direction in which the paper found training still stable.
 ALPHA_INIT_BY_WIDTH = {1024: (1.0, 1.0), 2048: (1.0, 0.5), 4096: (0.8, 0.2), 5120: (0.6, 0.15), 8192: (0.2, 0.05)}
-EMBED_SCALES = ("auto", "sqrt_d", "none")
 
 
 def alpha_init_for_width(dim: int) -> tuple[float, float]:
@@ -137,7 +136,9 @@ class Llama(nn.Module):
         rope_theta: RoPE base (LLaMA-2: 10000).
         eps: the RMSNorm epsilon hint (LLaMA-2: 1e-5); a norm without eps ignores it.
         embed_scale: ``auto`` (``sqrt_d`` with a point-wise norm, ``none`` otherwise), ``sqrt_d``
-            (a learnable scalar after the embedding, initialised to sqrt(dim); paper App. A) or ``none``.
+            (a learnable scalar after the embedding, initialised to sqrt(dim); paper App. A), ``unit``
+            (the same scalar initialised to 1 / init_std: unit-std embeddings, for DyT below the paper's
+            widths; not the paper's) or ``none``.
         init_std: std of the truncated-normal init of every linear and embedding weight (0.02, the
             value the official fms-fsdp code checks in ``validate_reset_parameters``).
         norm: the norm factory, a norm name or a ``configs/norm`` mapping.
@@ -161,10 +162,9 @@ class Llama(nn.Module):
     ) -> None:
         super().__init__()
         norm = build_norm_factory(norm)
-        if embed_scale not in EMBED_SCALES:
-            raise ValueError(f"unknown embed_scale {embed_scale!r}; valid values are: {', '.join(EMBED_SCALES)}")
         if embed_scale == "auto":
             embed_scale = "sqrt_d" if norm.pointwise else "none"
+        self.embed_scale_kind, self.embed_scale_init = embed_scale, embed_scale_init(embed_scale, dim, init_std)
         self.dim, self.n_heads, self.vocab_size = dim, n_heads, vocab_size
         self.n_kv_heads = n_kv_heads or n_heads
         self.hidden_dim = hidden_dim or ffn_hidden_dim(dim, multiple_of)
@@ -179,7 +179,7 @@ class Llama(nn.Module):
 
         with deferred_init(self):
             self.tok_embeddings = nn.Embedding(vocab_size, dim)
-            self.embed_scale = nn.Parameter(torch.empty(1)) if embed_scale == "sqrt_d" else None
+            self.embed_scale = nn.Parameter(torch.empty(1)) if self.embed_scale_init is not None else None
             self.layers = nn.ModuleList(
                 TransformerBlock(dim, n_heads, self.n_kv_heads, self.hidden_dim, norm, hints) for _ in range(n_layers)
             )
@@ -190,14 +190,14 @@ class Llama(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """(Re-)initialise every parameter: truncated normal linears and embedding, norms reset
-        themselves, ``embed_scale`` at sqrt(dim)."""
+        themselves, ``embed_scale`` at sqrt(dim) (or 1 / init_std for ``unit``)."""
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.trunc_normal_(module.weight, std=self.init_std, a=-3 * self.init_std, b=3 * self.init_std)
             elif module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()  # the norms
         if self.embed_scale is not None:
-            self.embed_scale.fill_(math.sqrt(self.dim))
+            self.embed_scale.fill_(self.embed_scale_init)
 
     def wrap_units(self) -> list[nn.Module]:
         """The decoder layers: FSDP2 shards and activation checkpointing wrap each of them."""
@@ -206,7 +206,7 @@ class Llama(nn.Module):
     def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor | None]:
         """Weights of another model -> ours, for ``init_from`` (dyt/weights.py): Hugging Face
         ``LlamaForCausalLM`` names are renamed (``from_hf_state_dict``); a source without ``embed_scale``
-        (Hugging Face, or an RMSNorm run) leaves ours at its init, sqrt(dim) (paper App. A; ``None`` =
+        (Hugging Face, or an RMSNorm run) leaves ours at its init, e.g. sqrt(dim) (paper App. A; ``None`` =
         keep the model's own value)."""
         if any(k.startswith(("model.layers.", "model.embed_tokens.", "lm_head.")) for k in state):
             state = from_hf_state_dict(state)
@@ -221,7 +221,7 @@ class Llama(nn.Module):
     def resolved_options(self) -> dict:
         """The norms as built, per site (the width-dependent ``alpha_init`` of paper Table 11 included),
         and the embedding scale ``embed_scale="auto"`` resolved to."""
-        return {"norms": self.norm_options, "embed_scale": "none" if self.embed_scale is None else "sqrt_d"}
+        return {"norms": self.norm_options, "embed_scale": self.embed_scale_kind}
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.tok_embeddings(tokens)

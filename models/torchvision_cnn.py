@@ -45,6 +45,8 @@ class TorchvisionCNN(nn.Module):
         norm: the norm factory (or a norm name / ``configs/norm`` mapping); ``batchnorm`` is the baseline.
     """
 
+    norm_scale_sensitive = False  # every norm feeds a linear layer or a convolution (models/__init__.py)
+
     def __init__(
         self,
         arch: str,

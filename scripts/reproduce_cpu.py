@@ -5,8 +5,19 @@ needs no download, with its baseline norm, DyT and Derf, 3 seeds each.
     python scripts/reproduce_cpu.py --launcher slurm      # one SLURM job per run (hydra/launcher=slurm)
     python scripts/reproduce_cpu.py --only vit,llama --seeds 0
     python scripts/reproduce_cpu.py --report-only         # tables and figures from the runs already there
+    python scripts/reproduce_cpu.py --protocol lr_grid    # the paper's Table 12 protocol at small scale
+    python scripts/reproduce_cpu.py --protocol calibrated # DyT/Derf with norm.alpha_init=calibrate
 
-Runs go to ``runs/cpu/<experiment>/<norm>/seed<k>`` (the recipes are ``configs/experiment/cpu/``), their
+Three protocols (``--protocol``), each in its own runs root:
+
+- ``paper`` (``runs/cpu``): every norm at the recipe's hyperparameters, DyT at the paper's alpha_init.
+- ``lr_grid`` (``runs/cpu_lr<m>``): the paper's Table 12 protocol (each norm at the best learning rate of a
+  grid) at small scale. The grid, fixed before any run, multiplies every stage's recipe lr by
+  ``LR_GRID`` = 1 and 3; the point 1 is the ``paper`` protocol's runs. Each norm reports its best point.
+- ``calibrated`` (``runs/cpu_calibrated``): DyT and Derf at the baseline's hyperparameters with
+  ``norm.alpha_init=calibrate`` (alpha per site from the input std on one training batch at init).
+
+Runs go to ``<root>/<experiment>/<norm>/seed<k>`` (the recipes are ``configs/experiment/cpu/``), their
 logs to ``runs/cpu/_logs/``. A run that finished before is not run again, so an interrupted
 reproduction continues where it stopped. Two-stage families (MAE, DINO, HyenaDNA, Caduceus) fine-tune
 each norm's and seed's own pretraining; a failed run skips what depends on it and is listed at the end.
@@ -37,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 NORMS = ("dyt", "derf")  # beside each family's baseline
+LR_GRID = (1.0, 3.0)  # lr_grid protocol: multiples of each recipe's lr, chosen before the runs
+PROTOCOLS = ("paper", "lr_grid", "calibrated")
 
 
 @dataclass(frozen=True)
@@ -94,44 +107,93 @@ class Job:
     seconds: float = 0.0
 
 
-def run_dir(experiment: str, norm: str, seed: int) -> Path:
-    """Every run's dir, given to train.py: where it puts a CPU recipe's run with no other override, and
-    where the fine-tuning recipes look for their pretraining (``init_from``)."""
-    return Path("runs") / experiment / norm / f"seed{seed}"
+def runs_root(protocol: str, lr_mult: float = 1.0) -> Path:
+    """Where one protocol's runs live; the recipes' own run dirs (``runs/cpu/...``) for the paper's."""
+    if protocol == "calibrated":
+        return Path("runs/cpu_calibrated")
+    if protocol == "lr_grid" and lr_mult != 1.0:
+        return Path(f"runs/cpu_lr{lr_mult:g}")
+    return Path("runs")
+
+
+def run_dir(experiment: str, norm: str, seed: int, root: Path = Path("runs")) -> Path:
+    """Every run's dir, given to train.py. Under ``runs/`` it is where a CPU recipe puts its run with no
+    other override, and where the fine-tuning recipes look for their pretraining (``init_from``)."""
+    return root / experiment / norm / f"seed{seed}"
+
+
+def recipe_lr(experiment: str) -> float:
+    """The ``optim.lr`` of a recipe, as composed (the lr grid multiplies it)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return float(compose("train", overrides=[f"experiment={experiment}"]).optim.lr)
+
+
+def protocol_variants(protocol: str, families: list[Family], norms: tuple[str, ...]) -> list[dict]:
+    """The run sets a protocol adds: ``root``, the ``norms`` it runs, and ``overrides`` per experiment."""
+    if protocol == "paper":
+        return [{"root": runs_root("paper"), "norms": None, "overrides": {}}]
+    if protocol == "calibrated":
+        return [{"root": runs_root("calibrated"), "norms": norms, "overrides": {"*": ["norm.alpha_init=calibrate"]}}]
+    variants = []
+    for mult in LR_GRID:
+        if mult == 1.0:
+            continue  # the paper protocol's runs
+        lrs = {e: recipe_lr(e) * mult for f in families for e in f.stages}
+        overrides = {e: [f"optim.lr={lr:.6g}"] for e, lr in lrs.items()}
+        variants.append({"root": runs_root("lr_grid", mult), "norms": None, "overrides": overrides})
+    return variants
 
 
 def plan(
-    families: list[Family], seeds: list[int], launcher: str, overrides: list[str], norms: tuple[str, ...] = NORMS
+    families: list[Family],
+    seeds: list[int],
+    launcher: str,
+    overrides: list[str],
+    norms: tuple[str, ...] = NORMS,
+    root: Path = Path("runs"),
+    only_norms: tuple[str, ...] | None = None,
+    stage_overrides: dict[str, list[str]] | None = None,
 ) -> list[Job]:
-    """Every job of the reproduction (each family's baseline and ``norms``), each stage after the one
-    it starts from."""
+    """Every job of the reproduction (each family's baseline and ``norms``, or ``only_norms``), each stage
+    after the one it starts from, in ``root``; ``stage_overrides`` adds overrides per experiment (``*``:
+    every experiment)."""
+    stage_overrides = stage_overrides or {}
     train = [sys.executable, str(ROOT / "train.py")]
     if launcher == "slurm":  # a one-run multirun: submitit submits it and waits for it (requeues included)
         train += ["-m", "hydra/launcher=slurm"]
     logs = Path("runs/cpu/_logs")
+    tag = "" if root == Path("runs") else f"{root.name}_"
     jobs = []
     for fam in families:
-        for norm in dict.fromkeys((fam.baseline, *norms)):
+        for norm in only_norms or dict.fromkeys((fam.baseline, *norms)):
             for seed in seeds:
                 before: list[Job] = []
+                previous: Path | None = None  # the earlier stage's run dir
                 for experiment in fam.stages:
-                    name = f"{experiment} {norm} seed{seed}"
-                    stem = f"{experiment.replace('/', '_')}_{norm}_seed{seed}"
-                    where = run_dir(experiment, norm, seed)
+                    name = f"{tag}{experiment} {norm} seed{seed}"
+                    stem = f"{tag}{experiment.replace('/', '_')}_{norm}_seed{seed}"
+                    where = run_dir(experiment, norm, seed, root)
+                    # Outside runs/ a fine-tune names its own protocol's pretraining (the recipes name runs/).
+                    chained = [f"init_from.source={previous}"] if previous and root != Path("runs") else []
                     argv = [
                         *train,
                         f"experiment={experiment}",
                         f"norm={norm}",
                         f"seed={seed}",
                         f"run_dir={where}",
+                        *chained,
+                        *stage_overrides.get("*", []),
+                        *stage_overrides.get(experiment, []),
                         *overrides,
                     ]
                     done = None if overrides else where / "results.json"
                     job = Job(name, argv, logs / f"{stem}.log", list(before), done)
                     jobs.append(job)
-                    before = [job]
+                    before, previous = [job], where
                 if fam.eval_extra:
-                    target = run_dir(fam.stages[-1], norm, seed)
+                    target = run_dir(fam.stages[-1], norm, seed, root)
                     argv = [sys.executable, str(ROOT / "eval.py"), f"run={target}", "figures=false"]
                     jobs.append(Job(f"eval {name}", argv, logs / f"{stem}_eval.log", list(before)))
     return jobs
@@ -350,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--norms", default=",".join(NORMS), help="norms beside each baseline (default dyt,derf)")
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="paper", help="which protocol's runs to make (module doc)"
+    )
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
     parser.add_argument(
         "--jobs", type=int, default=None, help="runs at once (default: the CPU count locally, 64 on SLURM)"
@@ -386,7 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     failed: list[Job] = []
     if not args.report_only:
-        jobs = plan(families, seeds, args.launcher, args.overrides, norms)
+        jobs = [
+            job
+            for v in protocol_variants(args.protocol, families, norms)
+            for job in plan(
+                families, seeds, args.launcher, args.overrides, norms, v["root"], v["norms"], v["overrides"]
+            )
+        ]
         workers = args.jobs or (64 if args.launcher == "slurm" else os.cpu_count() or 1)
         print(f"{len(jobs)} jobs, {workers} at a time; logs in runs/cpu/_logs/", flush=True)
         execute(jobs, workers, args.threads)

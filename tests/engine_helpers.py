@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dyt.engine.sampler import derive_seed
-from dyt.nn import DyT
+from dyt.nn import DyT, build_norm_factory
 from dyt.tasks.base import StepInfo, Task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -62,11 +62,12 @@ def make_cfg(run_dir: str | os.PathLike, overrides: list[str] | None = None) -> 
 
 
 class Block(nn.Module):
-    """Pre-norm residual MLP block with DyT as its norm."""
+    """Pre-norm residual MLP block with DyT (or the configured norm) as its norm."""
 
-    def __init__(self, width: int, dropout: float) -> None:
+    def __init__(self, width: int, dropout: float, norm: Any = None) -> None:
         super().__init__()
-        self.norm = DyT(width, impl="eager")  # the fused CPU kernel would torch.compile (seconds)
+        # impl="eager": the fused CPU kernel would torch.compile (seconds)
+        self.norm = norm(width, site="block", impl="eager") if norm is not None else DyT(width, impl="eager")
         self.fc = nn.Linear(width, width)
         self.drop = nn.Dropout(dropout)
 
@@ -78,10 +79,10 @@ class TinyNet(nn.Module):
     """64 pixels -> ``depth`` residual blocks -> 10 classes. Without ``reset_parameters`` it is built whole
     also under FSDP2, so FSDP2 and DDP runs start from the same weights and can be compared."""
 
-    def __init__(self, width: int, depth: int, dropout: float) -> None:
+    def __init__(self, width: int, depth: int, dropout: float, norm: Any = None) -> None:
         super().__init__()
         self.embed = nn.Linear(64, width)
-        self.blocks = nn.ModuleList(Block(width, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, dropout, norm) for _ in range(depth))
         self.head = nn.Linear(width, 10)
 
     def wrap_units(self) -> list[nn.Module]:
@@ -119,7 +120,7 @@ class DigitsTask(Task):
 
     def build_model(self) -> nn.Module:
         m = self.cfg.model
-        return TinyNet(m.width, m.depth, m.dropout)
+        return TinyNet(m.width, m.depth, m.dropout, build_norm_factory(self.cfg.norm))
 
     def train_data(self) -> Dataset:
         return Digits(self.x[:N_TRAIN], self.y[:N_TRAIN], self.cfg.task.noise)

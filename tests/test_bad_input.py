@@ -22,7 +22,9 @@ BAD = [
     ("optim.lr=0", "optim.lr=0 is not allowed: it must be a positive number"),
     ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1 is not allowed"),
     ("optim.betas=[0.9]", "optim.betas=[0.9] is not allowed: it must be two numbers in [0, 1)"),
-    ("norm.alpha_init=abc", "norm.alpha_init='abc' is not allowed: it must be a number"),
+    ("norm.alpha_init=abc", "norm.alpha_init='abc' is not allowed: it must be a positive number or 'calibrate'"),
+    ("norm.alpha_init=-1", "norm.alpha_init=-1 is not allowed: it must be a positive number"),
+    ("norm.calibrate_to=0", "norm.calibrate_to=0 is not allowed: it must be a positive number"),
     ("+norm.sites.attn.alpha_init=x", "norm.sites.attn.alpha_init='x' is not allowed"),
     ("trainer.ema_decay=1.5", "trainer.ema_decay=1.5 is not allowed: it must be a number in [0, 1) or null"),
 ]

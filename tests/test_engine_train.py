@@ -296,12 +296,21 @@ def test_sigterm_to_the_process_group_with_workers_checkpoints_and_resumes_exact
     assert [_strip_rate(r) for r in rows(run)] == [_strip_rate(r) for r in rows(reference)]
 
 
-def test_input_std_probe_and_a_diverged_run_are_recorded(tmp_path):
+def test_scale_probes_and_a_diverged_run_are_recorded(tmp_path):
     run = tmp_path / "run"
-    fit(run, "trainer.max_steps=4", "trainer.probe_every_steps=2")
+    fit(run, "trainer.max_steps=4", "trainer.probe_every_steps=2", "trainer.log_every_steps=4")
     probed = [r for r in rows(run) if any(k.startswith("input_std/") for k in r)]
-    assert [r["step"] for r in probed] == [1, 3]  # recorded on steps 0 and 2, logged after them
-    assert all("alpha/mean" in r and len([k for k in r if k.startswith("input_std/")]) == 2 for r in probed)
+    assert [r["step"] for r in probed] == [2, 4]  # on steps 2 and 4; step 4's probes join its log row
+    assert "train/loss" in probed[1] and "train/loss" not in probed[0]
+    for key in ("input_std/", "scale/", "saturated/"):
+        assert all(len([k for k in r if k.startswith(key)]) == 2 for r in probed), key  # two DyT layers
+    assert all("alpha/mean" in r for r in probed)
+    default = tmp_path / "default"  # probe_every_steps null: at the logging cadence
+    fit(default, "trainer.max_steps=4", "trainer.log_every_steps=2")
+    assert [r["step"] for r in rows(default) if any(k.startswith("scale/") for k in r)] == [2, 4]
+    off = tmp_path / "off"
+    fit(off, "trainer.max_steps=2", "trainer.log_every_steps=1", "trainer.probe_every_steps=0")
+    assert not [k for r in rows(off) for k in r if k.startswith("scale/")]
     with pytest.raises(NonFiniteLossError):
         fit(tmp_path / "nan", "trainer.max_steps=6", "task.nan_at_step=4")
     results = json.loads((tmp_path / "nan" / "results.json").read_text())

@@ -41,6 +41,12 @@ class ModelEMA:
                 yield shadow, self._live[k].detach()
 
     @torch.no_grad()
+    def reset(self) -> None:
+        """Restart the average from the model's current weights (after a change made before training)."""
+        for shadow, live in self._pairs():
+            shadow.copy_(live)
+
+    @torch.no_grad()
     def update(self, step: int) -> None:
         """Fold the current weights in; ``step`` is the number of optimizer steps taken so far."""
         if step % self.every:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -38,7 +39,6 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dyt.analysis import InputStdProbe
 from dyt.engine import checkpoint as ckpt
 from dyt.engine.distributed import (
     DistEnv,
@@ -62,7 +62,8 @@ from dyt.engine.signals import PreemptionHandler, ignore_preemption_signals
 from dyt.engine.state import TrainState
 from dyt.io import atomic_write_json, atomic_write_text
 from dyt.nn import norm_tag
-from dyt.nn.probes import alpha_stats
+from dyt.nn.calibrate import calibrate_alpha, calibration_targets
+from dyt.nn.probes import ScaleProbe, alpha_stats, pointwise_norms, scale_message
 from dyt.tasks.base import StepInfo
 from dyt.weights import load_init_weights, parse_init_from, record_init
 
@@ -137,9 +138,6 @@ class Trainer:
         self.fsdp = tc.distributed == "fsdp" and env.is_distributed
         model = self._new_model(task, env)
         self.model = model  # unwrapped; FSDP2 shards it in place
-        if env.is_main and callable(getattr(model, "resolved_options", None)):
-            # What the recipe resolved to: per-site alpha_init actually used, embed_scale, zero_init_adaln...
-            atomic_write_json(self.run_dir / "resolved.json", model.resolved_options())
         if tc.compile:
             model.compile()  # in place: state_dict keys stay free of "_orig_mod."
 
@@ -167,7 +165,11 @@ class Trainer:
         )
         self.ckpt_step = -1
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", env.is_main)
-        self.input_std = InputStdProbe(model, tc.get("probe_every_steps"))  # paper Fig. 8: alpha vs 1/std
+        # Input scale of the point-wise norms (paper Fig. 8's 1/std, alpha x std, saturation): every
+        # trainer.probe_every_steps steps (null: at the logging cadence; 0: never).
+        every = tc.get("probe_every_steps")
+        self.probe_every = tc.log_every_steps if every is None else int(every)
+        self.probe = ScaleProbe(model) if self.probe_every and pointwise_norms(model) else None
 
     def _new_model(self, task: Any, env: DistEnv) -> nn.Module:
         """The task's model on this rank's device, wrapped for DDP / FSDP2 (``self.wrapped``), started
@@ -181,6 +183,7 @@ class Trainer:
         init = parse_init_from(self.cfg.get("init_from"))
         if init is not None and self.resume_from is not None:
             init = None  # resuming: the checkpoint holds the weights
+        self.init_from = init
         model = None
         if self.fsdp and init is None:
             with torch.device("meta"):
@@ -239,6 +242,8 @@ class Trainer:
             throughput_unit=task.throughput_unit,
         )
         self.last_ckpt_time = time.time()
+        if self.resume_from is None:
+            self._startup_scale()
         while st.step < self.total_steps:
             self.dataset.set_epoch(st.epoch)
             self.sampler.set_epoch(st.epoch, st.step_in_epoch * self.accum)
@@ -274,6 +279,51 @@ class Trainer:
             atomic_write_json(self.run_dir / "results.json", results)
         barrier()
         return results
+
+    def _startup_scale(self) -> None:
+        """On a fresh start: calibrate the alphas (``norm.alpha_init=calibrate``; not with ``init_from``,
+        whose weights hold them), print the input scale of every point-wise norm on the first training
+        micro-batch with a warning when it is far from order 1, and write ``resolved.json``: what the
+        recipe resolved to, the calibrated alphas and the probes at init (``scale_at_init``)."""
+        env, model = self.env, self.model
+        resolved = model.resolved_options() if callable(getattr(model, "resolved_options", None)) else {}
+        targets = calibration_targets(model)
+        calibrate = bool(targets) and self.init_from is None
+        if targets and not calibrate:
+            self.progress.write("norm.alpha_init=calibrate: skipped, the alphas come with the init_from weights")
+        if calibrate and self.fsdp:
+            raise ValueError(
+                "norm.alpha_init=calibrate does not support trainer.distributed=fsdp yet (a sharded alpha cannot be "
+                "set inside the forward pass); use trainer.distributed=ddp, or give alpha_init numbers per site"
+            )
+        if pointwise_norms(model):
+            self.dataset.set_epoch(0)
+            self.sampler.set_epoch(0, 0)
+            loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=self.task.collate_fn())
+            batch = to_device(next(iter(loader)), env.device)
+            probe = ScaleProbe(model)
+            scalars = {k: float(f(0)) for k, f in self.task_schedules.items()}
+            seed_all(self.cfg.seed, 0, EVAL_STREAM + 1, env.rank)
+
+            def forward() -> None:
+                with torch.no_grad(), autocast(self.precision, env.device), probe.recording():
+                    self.task.probe_forward(model, batch, self._info(scalars=scalars))
+
+            if calibrate:
+                resolved["calibrated_alpha"] = calibrate_alpha(model, forward)
+                self.task.after_calibration(model)
+                if self.state.ema is not None:
+                    self.state.ema.reset()
+            else:
+                forward()
+            row = probe.collect()
+            line, warning = scale_message(row, calibrate, getattr(model, "norm_scale_sensitive", True))
+            self.progress.write(line)
+            if warning and env.is_main:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
+            resolved["scale_at_init"] = {**row, **alpha_stats(model)}  # step 0 of the probes' curves
+        if env.is_main and resolved:
+            atomic_write_json(self.run_dir / "resolved.json", resolved)
 
     def _grad_sync(self, enabled: bool) -> contextlib.AbstractContextManager[Any]:
         """Skip the gradient all-reduce on non-final micro-batches (DDP ``no_sync`` / FSDP2's switch)."""
@@ -317,7 +367,8 @@ class Trainer:
         scalars = {k: float(f(st.step)) for k, f in self.task_schedules.items()}
         sched.update({f"sched/{k}": v for k, v in scalars.items()})
 
-        with self.input_std.recording(st.step):
+        probing = self.probe is not None and (st.step + 1) % self.probe_every == 0
+        with self.probe.recording(probing) if self.probe is not None else contextlib.nullcontext():
             loss_sum, task_logs = self._forward_backward(batches, scalars)
         minutes = tc.ckpt_every_minutes
         time_due = minutes is not None and env.is_main and time.time() - self.last_ckpt_time >= 60 * minutes
@@ -357,17 +408,18 @@ class Trainer:
             self.task.after_optimizer_step(self.model, info)
 
         row = {"train/loss": loss_mean, "train/lr": lr, **({"train/skipped": 1} if bad else {})}
+        probed = self.probe.collect() if probing else {}
         if st.step % tc.log_every_steps == 0 or st.step == self.total_steps or bad:
             unit = f"train/{self.task.throughput_unit}_per_s"
             rate = self.plan.global_batch * self.task.units_per_sample / max(time.time() - t0, 1e-9)
             logs = {f"train/{k}": v for k, v in task_logs.items()}
-            row.update({"train/grad_norm": grad_norm, unit: rate, **sched, **logs})
+            row.update({"train/grad_norm": grad_norm, unit: rate, **sched, **logs, **probed})
             row.update(alpha_stats(self.model))  # collective under FSDP2: every rank calls it
             self._log(row)
-        probed = self.input_std.collect()
-        if probed:
+        elif probed:
             self._log({**probed, **alpha_stats(self.model)})
-        shown = {k: v for k, v in row.items() if not k.startswith("alpha/") or k == "alpha/mean"}  # not per layer
+        per_layer = ("alpha/", *(f"{key}/" for key in ScaleProbe.KEYS))
+        shown = {k: v for k, v in row.items() if k == "alpha/mean" or not k.startswith(per_layer)}
         self.progress.update(st.step, st.epoch, shown)
         return stop
 

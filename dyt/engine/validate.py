@@ -60,7 +60,7 @@ CHECKS: dict[str, tuple[str, bool]] = {
     "trainer.nonfinite_skips": ("whole number >= 0", True),
     "trainer.num_workers": ("whole number >= 0", False),
     "trainer.log_every_steps": ("positive whole number", False),
-    "trainer.probe_every_steps": ("positive whole number", True),
+    "trainer.probe_every_steps": ("whole number >= 0", True),
     "trainer.eval_every_epochs": ("positive whole number", True),
     "trainer.eval_every_steps": ("positive whole number", True),
     "trainer.ckpt_every_steps": ("positive whole number", True),
@@ -92,12 +92,13 @@ def _get(cfg: Any, key: str) -> tuple[bool, Any]:
 
 
 def _norm_values(norm: Any) -> Iterator[tuple[str, Any]]:
-    """``norm.alpha_init``, ``norm.shift_init`` and their per-site overrides."""
-    for key in ("alpha_init", "shift_init", "eps"):
+    """``norm.alpha_init``, ``shift_init``, ``eps``, ``calibrate_to`` and their per-site overrides."""
+    keys = ("alpha_init", "shift_init", "eps", "calibrate_to")
+    for key in keys:
         if key in norm and norm[key] is not None:
             yield f"norm.{key}", norm[key]
     for site, opts in (norm.get("sites") or {}).items():
-        for key in ("alpha_init", "shift_init", "eps"):
+        for key in keys:
             if opts is not None and key in opts and opts[key] is not None:
                 yield f"norm.sites.{site}.{key}", opts[key]
 
@@ -126,5 +127,10 @@ def validate_config(cfg: Any) -> None:
     if betas is not None and (len(betas) != 2 or not all(KINDS["fraction"][1](b) for b in betas)):
         raise ConfigError(f"optim.betas={list(betas)!r} is not allowed: it must be two numbers in [0, 1)")
     for key, value in _norm_values(cfg.get("norm") or {}):
+        if key.endswith("alpha_init") and value == "calibrate":
+            continue
+        if key.endswith(("alpha_init", "calibrate_to")) and not KINDS["positive number"][1](value):
+            also = " or 'calibrate' (alpha from the input std on the first training batch)" * key.endswith("alpha_init")
+            raise ConfigError(f"{key}={value!r} is not allowed: it must be a positive number{also}")
         if not KINDS["number"][1](value):
             raise ConfigError(f"{key}={value!r} is not allowed: it must be a number")

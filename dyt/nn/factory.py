@@ -9,6 +9,10 @@ Settings are merged, later winning:
     class defaults  <  model hints  <  config options  <  config ``sites.<site>`` options
 Config options are strict: an option the chosen norm does not accept is an error that lists the
 accepted ones. A ``null`` config option means "not set" (the model's hint or the class default).
+
+``alpha_init: calibrate`` (at the top or for a site) builds the layer with the alpha it would otherwise
+get and marks it with ``calibrate_to`` (the ``calibrate_to`` option, default :data:`CALIBRATE_TO`): the
+trainer then sets its alpha from its input's std on the first training batch (``dyt.nn.calibrate``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ from dyt.nn.registry import get_norm_class
 
 # Arguments the factory itself supplies; never config options.
 _RESERVED = {"dim", "layout", "device", "dtype"}
+CALIBRATE = "calibrate"
+# Target of alpha * input std for alpha_init=calibrate: what alpha 0.5 gives at init at the DyT layers of
+# the paper's ViT-B (median 0.26 over its 25 layers, 0.19-0.30; scripts/analysis/scale_probe.py vit_b), where
+# the paper's constant is known to work (Table 1).
+CALIBRATE_TO = 0.3
 
 
 def _options_of(cls: type[nn.Module]) -> set[str]:
@@ -53,9 +62,19 @@ class NormFactory:
         self.name = name
         self.cls = get_norm_class(name)
         self._accepted = _options_of(self.cls)
-        self.options = self._checked({k: v for k, v in (options or {}).items() if v is not None}, "norm")
+        options = {k: v for k, v in (options or {}).items() if v is not None}
+        if "alpha_init" not in self._accepted and (
+            "calibrate_to" in options or any((o or {}).get("calibrate_to") is not None for o in (sites or {}).values())
+        ):
+            raise ValueError(f"calibrate_to: norm {self.name!r} has no alpha to calibrate (dyt and derf have)")
+        self.calibrate_to = {None: _target(options.pop("calibrate_to", CALIBRATE_TO), "norm.calibrate_to")}
+        for site, opts in (sites or {}).items():
+            if opts and opts.get("calibrate_to") is not None:
+                self.calibrate_to[site] = _target(opts["calibrate_to"], f"norm.sites.{site}.calibrate_to")
+        self.options = self._checked(options, "norm")
         self.sites = {
-            site: self._checked(dict(opts or {}), f"norm.sites.{site}") for site, opts in (sites or {}).items()
+            site: self._checked({k: v for k, v in (opts or {}).items() if k != "calibrate_to"}, f"norm.sites.{site}")
+            for site, opts in (sites or {}).items()
         }
         self.used_sites: set[str] = set()
         self._built: dict[str, dict[str, Any]] = {}  # JSON of one build -> its record (see resolved())
@@ -67,6 +86,17 @@ class NormFactory:
                 f"{where}: option(s) {unknown} are not accepted by norm {self.name!r}; "
                 f"valid options are: {', '.join(sorted(self._accepted))}"
             )
+        alpha = options.get("alpha_init")
+        if alpha is not None and alpha != CALIBRATE:
+            try:
+                ok = float(alpha) > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"{where}.alpha_init={alpha!r}: give a positive number (the paper's default is 0.5) or "
+                    f"'{CALIBRATE}' (alpha from the input std on the first training batch)"
+                )
         return options
 
     @property
@@ -86,14 +116,25 @@ class NormFactory:
     ) -> nn.Module:
         self.used_sites.add(site)
         settings = self.settings(site, **hints)
+        calibrate = settings.get("alpha_init") == CALIBRATE
+        if calibrate:  # built with the alpha it would have had, until the trainer calibrates it
+            settings.pop("alpha_init")
+            for source in (self.options, hints):
+                if source.get("alpha_init") not in (None, CALIBRATE):
+                    settings["alpha_init"] = source["alpha_init"]
+                    break
         module = self.cls(dim, layout=check_layout(layout), device=device, dtype=dtype, **settings)
+        if calibrate:
+            module.calibrate_to = self.calibrate_to.get(site, self.calibrate_to[None])
+            settings = {**settings, "alpha_init": CALIBRATE, "calibrate_to": module.calibrate_to}
         self._record(site, layout, settings)
         return module
 
     def _record(self, site: str, layout: str, settings: dict[str, Any]) -> None:
+        extra = {k: settings.pop(k) for k in ("calibrate_to",) if k in settings}
         bound = inspect.signature(self.cls.__init__).bind_partial(None, 0, **settings)
         bound.apply_defaults()
-        options = {k: v for k, v in bound.arguments.items() if k in self._accepted}
+        options = {k: v for k, v in bound.arguments.items() if k in self._accepted} | extra
         record = {"site": site, "norm": self.name, "class": self.cls.__name__, "layout": layout, **options}
         key = json.dumps(record, sort_keys=True, default=str)
         self._built.setdefault(key, {**record, "count": 0})["count"] += 1
@@ -115,6 +156,16 @@ class NormFactory:
 
     def __repr__(self) -> str:
         return f"NormFactory({self.name!r}, options={self.options}, sites={self.sites})"
+
+
+def _target(value: Any, where: str) -> float:
+    try:
+        target = float(value)
+    except (TypeError, ValueError):
+        target = -1.0
+    if not target > 0:
+        raise ValueError(f"{where}={value!r}: give a positive number, the alpha x input std to calibrate to")
+    return target
 
 
 def build_norm_factory(cfg: NormFactory | str | Mapping[str, Any] | None = None) -> NormFactory:

@@ -133,6 +133,16 @@ class Task:
         :func:`dyt.engine.schedule.build_scalar_schedule`. Default: none."""
         return {}
 
+    def probe_forward(self, model: nn.Module, batch: Any, info: StepInfo) -> None:
+        """One forward pass on a training batch that changes no state, for the trainer's start-up probes
+        of the norms' input scale and for ``norm.alpha_init=calibrate``. Default: :meth:`training_step`,
+        its loss discarded; a task whose ``training_step`` updates its own state overrides it."""
+        self.training_step(model, batch, info)
+
+    def after_calibration(self, model: nn.Module) -> None:
+        """After ``norm.alpha_init=calibrate`` set the alphas, before training (e.g. a teacher that must
+        start as a copy of the student). Default: nothing."""
+
     def before_optimizer_step(self, model: nn.Module, info: StepInfo) -> None:
         """After the step's gradients are accumulated, unscaled and clipped; before the optimizer step."""
 

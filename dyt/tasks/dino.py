@@ -162,6 +162,13 @@ class DINOTask(Task):
         self._teacher_count += len(teacher_out)
         return loss, {}
 
+    def probe_forward(self, model: nn.Module, batch: Any, info: StepInfo) -> None:
+        """The student on every crop (``training_step`` would also update the center's running sums)."""
+        unwrap(model).student(batch[0])
+
+    def after_calibration(self, model: nn.Module) -> None:
+        unwrap(model).copy_student_to_teacher()  # DINO's teacher starts as the student
+
     def before_optimizer_step(self, model: nn.Module, info: StepInfo) -> None:
         student = unwrap(model).student
         if self.cfg.task.clip_grad is not None:
