@@ -22,8 +22,9 @@ logs to ``runs/cpu/_logs/``. A run that finished before is not run again, so an 
 reproduction continues where it stopped. Two-stage families (MAE, DINO, HyenaDNA, Caduceus) fine-tune
 each norm's and seed's own pretraining; a failed run skips what depends on it and is listed at the end.
 
-Results: ``results/cpu/<table>.md`` per paper table and ``results/cpu/README.md`` with the summary,
-the command, the machine and the wall time; curves in ``results/cpu/figures/``. Each row puts our
+Results: ``results/cpu/<protocol>/<table>.md`` per run set and paper table, ``results/cpu/summary.json`` and
+``results/cpu/README.md`` with the three protocols side by side,
+the commands, the machine and the wall time; curves in ``results/cpu/<protocol>/figures/``. Each row puts our
 mean +- std over seeds beside the paper's number for the full-scale row it stands for, with DyT minus
 the baseline on both sides. The CPU runs are minutes long on tiny models: they test that every family
 trains with every norm and show the direction of the differences at this scale, not the paper's numbers.
@@ -364,6 +365,116 @@ def report(families: list[Family], runs_root: Path, out: Path, header: str) -> s
     return table
 
 
+SUMMARY_JSON = "summary.json"  # <out>/summary.json: every protocol's final values, per family and norm
+
+
+def protocol_key(protocol: str, lr_mult: float = 1.0) -> str:
+    """The key of one set of runs in ``summary.json``: ``paper``, ``lr3`` (a grid point), ``calibrated``."""
+    return f"lr{lr_mult:g}" if protocol == "lr_grid" else protocol
+
+
+def collect(families: list[Family], root: Path, norms: tuple[str, ...] = NORMS) -> dict:
+    """``{family: {norm: {"values", "mean", "std", "n"}}}`` of the last stage of every family with runs
+    under ``root``."""
+    from dyt.results.runs import mean_std
+
+    out: dict = {}
+    for fam in families:
+        for norm in (fam.baseline, *norms):
+            values = final_values(fam.stages[-1], norm, fam.metric, root)
+            if values:
+                mean, std = mean_std(values)
+                out.setdefault(fam.name, {})[norm] = {"values": values, "mean": mean, "std": std, "n": len(values)}
+    return out
+
+
+def update_summary(out: Path, key: str, values: dict) -> dict:
+    """Merge one protocol's values into ``<out>/summary.json`` (families without runs here keep what an
+    earlier run of the reproduction recorded there); return the whole summary."""
+    from dyt.io import atomic_write_json
+
+    path = out / SUMMARY_JSON
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary.setdefault(key, {}).update(values)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, summary)
+    return summary
+
+
+def gap(entries: dict, norm: str, baseline: str, digits: int) -> str:
+    """The difference of two mean values in ``entries`` (``–`` when either is missing)."""
+    a, b = entries.get(norm), entries.get(baseline)
+    return "–" if not a or not b else f"{a['mean'] - b['mean']:+.{digits}f}"
+
+
+def cell(entry: dict | None, digits: int, note: str = "") -> str:
+    if not entry:
+        return "–"
+    text = (
+        f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}" if entry["n"] > 1 else f"{entry['mean']:.{digits}f}"
+    )
+    return text + (f" {note}" if note else "")
+
+
+def best_of_grid(summary: dict, fam: Family, norm: str) -> tuple[dict | None, float | None]:
+    """The lr-grid point with the best mean final value for one family and norm, and its multiplier."""
+    points = [
+        (m, summary.get("paper" if m == 1.0 else protocol_key("lr_grid", m), {}).get(fam.name, {}).get(norm))
+        for m in LR_GRID
+    ]
+    points = [(m, e) for m, e in points if e]
+    if not points:
+        return None, None
+    m, entry = (max if fam.higher_is_better else min)(points, key=lambda p: p[1]["mean"])
+    return entry, m
+
+
+COMBINED_HEAD = (
+    "| CPU run | metric | protocol | baseline | DyT | Derf | DyT − baseline | Derf − baseline |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+
+
+def combined_table(summary: dict, paper: dict, families: tuple[Family, ...] = FAMILIES) -> str:
+    """Three protocols side by side with the paper's row, one block of rows per family."""
+    lines = [COMBINED_HEAD]
+    for fam in families:
+        d = fam.digits
+        norms = (fam.baseline, *NORMS)
+        paper_protocol = {n: summary.get("paper", {}).get(fam.name, {}).get(n) for n in norms}
+        grid = {n: best_of_grid(summary, fam, n) for n in norms}
+        calibrated = {n: summary.get("calibrated", {}).get(fam.name, {}).get(n) for n in NORMS}
+        calibrated[fam.baseline] = paper_protocol[fam.baseline]  # the baseline's hyperparameters
+        row = paper[fam.table]["rows"][fam.row]
+        published = row.get(fam.paper_values, {})
+        pd = fam.digits if fam.paper_values == "values" else 2
+
+        better = "higher" if fam.higher_is_better else "lower"
+        blocks = [
+            ("paper's protocol (recipe lr, paper alpha_init)", paper_protocol, {}),
+            (
+                "best of lr grid ×" + "/".join(f"{m:g}" for m in LR_GRID),
+                {n: e for n, (e, _) in grid.items()},
+                {n: f"(×{m:g})" for n, (_, m) in grid.items() if m is not None},
+            ),
+            ("calibrated (norm.alpha_init=calibrate)", calibrated, {fam.baseline: "(as above)"}),
+        ]
+        for i, (label, entries, notes) in enumerate(blocks):
+            first = i == 0
+            lines.append(
+                f"| {fam.label if first else ''} | {f'{fam.metric} ({better} is better)' if first else ''} | {label} | "
+                + " | ".join(cell(entries.get(n), d, notes.get(n, "")) for n in norms)
+                + f" | {gap(entries, 'dyt', fam.baseline, d)} | {gap(entries, 'derf', fam.baseline, d)} |"
+            )
+        values = {n: {"mean": published[n], "std": 0.0, "n": 1} for n in norms if n in published}
+        lines.append(
+            f"| | | paper, full scale ({row['label']}) | "
+            + " | ".join(cell(values.get(n), pd) for n in norms)
+            + f" | {gap(values, 'dyt', fam.baseline, pd)} | {gap(values, 'derf', fam.baseline, pd)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def machine() -> str:
     import torch
 
@@ -381,12 +492,13 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {versions}, no GPU used"
 
 
-INVOCATIONS = Path("runs/cpu/_logs/invocations.jsonl")  # one line per reproduction run: what, when, how long
+INVOCATIONS = "invocations.jsonl"  # <out>/invocations.jsonl: one line per reproduction run (what, when, how long)
 
 
-def header() -> str:
-    """The report's preamble: the machine and every invocation that produced the runs."""
-    lines = [json.loads(line) for line in INVOCATIONS.read_text().splitlines()] if INVOCATIONS.exists() else []
+def header(out: Path, title: str = "CPU mini-reproduction of every table") -> str:
+    """A report's preamble: the machine and every invocation recorded in ``<out>/invocations.jsonl``."""
+    path = out / INVOCATIONS
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     history = "\n".join(
         f"- `{r['command']}`: finished {r['finished']}, {r['wall_min']} min wall, {r['runs']} runs "
         f"({r['run_min']} run-minutes), {r['skipped']} finished earlier, {r['failed']} failed"
@@ -394,13 +506,49 @@ def header() -> str:
         for r in lines
     )
     return (
-        "# CPU mini-reproduction of every table\n\n"
+        f"# {title}\n\n"
         f"Machine: {machine()}\n\n"
         f"Invocations that produced these runs:\n\n{history or '- none recorded'}\n\n"
         "Ours: the final value of each run, mean ± std over seeds, on minutes-long CPU runs of tiny models; "
-        "the paper's: the full-scale row each CPU run stands for. Per-stage numbers in the table files "
-        "beside this one.\n"
+        "the paper's: the full-scale row each CPU run stands for.\n"
     )
+
+
+PROTOCOLS_TEXT = """Three protocols, each run set in a folder beside this file with its per-stage tables:
+
+- **paper's protocol** (`paper/`): every norm at the recipe's hyperparameters, DyT and Derf at the paper's
+  alpha_init (0.5; LLaMA by width, paper Table 11): what the paper's recipes prescribe.
+- **best of lr grid** (`lr_grid/`): the paper's Table 12 protocol at small scale. The grid, fixed before any
+  run, multiplies every stage's recipe lr by 1 and 3; each norm gets the point with its best mean. Point
+  ×1 is the paper's protocol (3 seeds), point ×3 has 2 seeds (0, 1) to fit the budget.
+- **calibrated** (`calibrated/`): DyT and Derf at the baseline's hyperparameters with
+  `norm.alpha_init=calibrate` (each layer's alpha set so that alpha x input std = 0.3 on the first training
+  batch); the baseline is the paper's protocol's.
+
+What the gaps mean, and what remains unexplained: docs/analysis.md, "DyT below the paper's scale".
+"""
+
+
+def run_sets() -> list[tuple[str, Path, str]]:
+    """(summary key, runs root, report folder) of every protocol's run set."""
+    grid = [(protocol_key("lr_grid", m), runs_root("lr_grid", m), f"lr_grid/x{m:g}") for m in LR_GRID if m != 1.0]
+    return [("paper", runs_root("paper"), "paper"), *grid, ("calibrated", runs_root("calibrated"), "calibrated")]
+
+
+def write_reports(out: Path) -> str:
+    """Per-protocol tables for every run set present here, ``<out>/summary.json`` and the combined
+    ``<out>/README.md``; return the combined table."""
+    from dyt.results.tables import load_paper
+
+    for key, root, folder in run_sets():
+        if any((root / stage).exists() for fam in FAMILIES for stage in fam.stages):
+            report(FAMILIES, root, out / folder, header(out, f"CPU reproduction, {key} run set"))
+            update_summary(out, key, collect(list(FAMILIES), root))
+    path = out / SUMMARY_JSON
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    table = combined_table(summary, load_paper(ROOT / "results/paper.yaml"))
+    (out / "README.md").write_text(header(out) + "\n" + PROTOCOLS_TEXT + "\n" + table)
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -472,10 +620,10 @@ def main(argv: list[str] | None = None) -> int:
             "skipped": sum(j.status == "skipped" for j in jobs),
             "failed": len(failed),
         }
-        INVOCATIONS.parent.mkdir(parents=True, exist_ok=True)
-        with open(INVOCATIONS, "a") as f:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        with open(Path(args.out) / INVOCATIONS, "a") as f:
             f.write(json.dumps(record) + "\n")
-    print(report(FAMILIES, Path("runs"), Path(args.out), header()))  # every family with runs, not only --only
+    print(write_reports(Path(args.out)))  # every run set and family with runs, not only --only
     if failed:
         print(f"{len(failed)} of {len(jobs)} jobs did not finish:", file=sys.stderr)
         for job in failed:

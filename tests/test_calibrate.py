@@ -200,3 +200,34 @@ def test_scale_probe_reports_std_scale_and_saturation():
     line, warning = scale_message({"scale/a": LOW / 2, "input_std/a": 1.0, "saturated/a": 0.0})
     assert "min 0.01 (a)" in line and warning and "100x weaker" in warning
     assert scale_message({"scale/a": LOW / 2, "input_std/a": 1.0, "saturated/a": 0.0}, sensitive=False)[1] is None
+
+
+def test_log_alpha_learns_relative_steps_and_keeps_the_paper_form_by_default():
+    from dyt.nn import Derf, DyT
+
+    assert [n for n, _ in DyT(4).named_parameters()] == ["weight", "bias", "alpha"]  # the official names
+    layer = DyT(4, alpha_init=25.0, alpha_param="log", alpha_gain=10.0, impl="eager")
+    assert [n for n, _ in layer.named_parameters()] == ["weight", "bias", "log_alpha"]
+    assert layer.alpha.item() == pytest.approx(25.0)
+    x = torch.randn(3, 4)
+    layer(x).sum().backward()
+    # d out / d log_alpha = gain * alpha * d out / d alpha
+    reference = DyT(4, alpha_init=25.0, impl="eager")
+    reference(x).sum().backward()
+    assert layer.log_alpha.grad.item() == pytest.approx(10.0 * 25.0 * reference.alpha.grad.item(), rel=1e-5)
+    # One Adam step moves log_alpha by about lr, so alpha by a factor exp(gain * lr), at any size.
+    opt = torch.optim.Adam([layer.log_alpha], lr=1e-3)
+    opt.step()
+    assert layer.alpha.item() / 25.0 == pytest.approx(torch.tensor(-10e-3).exp().item(), rel=1e-3)
+    layer.set_alpha(0.5)
+    assert layer.alpha.item() == pytest.approx(0.5) and Derf(4, alpha_param="log").alpha.item() == pytest.approx(0.5)
+    model = models.create_model(
+        "hyenadna_cpu", norm={"name": "dyt", "alpha_init": "calibrate", "alpha_param": "log", "alpha_gain": 10}
+    ).eval()
+    inputs = model.example_inputs(2)
+    calibrate_alpha(model, lambda: model(*inputs))
+    assert all(s == pytest.approx(CALIBRATE_TO, rel=1e-4) for s in measured_scales(model, inputs).values())
+    with pytest.raises(ValueError, match="needs a learned alpha"):
+        DyT(4, alpha_param="log", learn_alpha=False)
+    with pytest.raises(ValueError, match="valid choices are: linear, log"):
+        DyT(4, alpha_param="exp")

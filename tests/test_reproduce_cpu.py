@@ -198,3 +198,36 @@ def test_every_invocation_is_recorded_and_listed_in_the_report(tmp_path, monkeyp
     assert "2 runs (1 run-minutes), 0 finished earlier, 0 failed" in lines[0]
     assert "0 runs (0 run-minutes), 2 finished earlier, 0 failed" in lines[1]
     assert "Machine: " in text and "CPU cores" in text
+
+
+def test_protocols_run_in_their_own_roots_and_chain_their_own_stages(monkeypatch):
+    calibrated = reproduce.protocol_variants("calibrated", [FAMILIES["hyena"]], reproduce.NORMS)
+    assert len(calibrated) == 1 and calibrated[0]["norms"] == reproduce.NORMS  # no baseline runs: it is the paper's
+    v = calibrated[0]
+    jobs = reproduce.plan([FAMILIES["hyena"]], [1], "local", [], reproduce.NORMS, v["root"], v["norms"], v["overrides"])
+    assert [j.name for j in jobs][:2] == [
+        "cpu_calibrated_cpu/hyena_pretrain dyt seed1",
+        "cpu_calibrated_cpu/hyena_finetune dyt seed1",
+    ]
+    finetune = jobs[1]
+    assert "norm.alpha_init=calibrate" in finetune.argv
+    assert "init_from.source=runs/cpu_calibrated/cpu/hyena_pretrain/dyt/seed1" in finetune.argv
+    assert finetune.done_if == Path("runs/cpu_calibrated/cpu/hyena_finetune/dyt/seed1/results.json")
+    monkeypatch.setattr(reproduce, "recipe_lr", lambda experiment: 2e-3)
+    (grid,) = reproduce.protocol_variants("lr_grid", [FAMILIES["vit"]], reproduce.NORMS)  # x1 is the paper's runs
+    assert grid["root"] == Path("runs/cpu_lr3") and grid["overrides"] == {"cpu/vit_digits": ["optim.lr=0.006"]}
+
+
+def test_the_combined_table_takes_each_norms_best_grid_point_and_the_calibrated_runs(tmp_path):
+    stat = lambda mean, n=2: {"values": None, "mean": mean, "std": 0.5, "n": n}  # noqa: E731
+    reproduce.update_summary(tmp_path, "paper", {"vit": {"layernorm": stat(96.0, 3), "dyt": stat(89.0, 3)}})
+    reproduce.update_summary(tmp_path, "lr3", {"vit": {"layernorm": stat(94.0), "dyt": stat(95.0)}})
+    summary = reproduce.update_summary(tmp_path, "calibrated", {"vit": {"dyt": stat(90.0)}})
+    assert set(summary) == {"paper", "lr3", "calibrated"}  # merged, not replaced
+    paper = yaml.safe_load((ROOT / "results/paper.yaml").read_text())
+    table = reproduce.combined_table(summary, paper, (FAMILIES["vit"],))
+    rows = table.splitlines()[2:]
+    assert "96.0 ± 0.5 | 89.0 ± 0.5 | – | -7.0 |" in rows[0]
+    assert "96.0 ± 0.5 (×1) | 95.0 ± 0.5 (×3) | – | -1.0 |" in rows[1]  # each norm's own best point
+    assert "96.0 ± 0.5 (as above) | 90.0 ± 0.5 | – | -6.0 |" in rows[2]
+    assert rows[3].startswith("| | | paper, full scale (ViT-B) | 82.3 | 82.5 | 82.8 | +0.2 |")

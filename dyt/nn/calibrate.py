@@ -70,7 +70,7 @@ def calibrate_alpha(model: nn.Module, forward: Callable[[], Any]) -> dict[str, d
                     f"(norm.sites.<site>.alpha_init) or check the model's initialisation"
                 )
             alpha = targets[name] / std
-            module.alpha.fill_(alpha)
+            module.set_alpha(alpha)
             done[name] = {"input_std": std, "alpha": alpha, "target": targets[name]}
 
         return hook

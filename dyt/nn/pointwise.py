@@ -10,9 +10,17 @@ Derf (Chen et al. 2025, Eq. 10): ``Derf(x) = weight * erf(alpha * x + shift) + b
 
 Parameter names (``alpha``, ``weight``, ``bias``; ``alpha`` of shape (1,)) match the official code,
 so its checkpoints load unchanged.
+
+``alpha_param="log"`` (not the paper's) learns ``log_alpha`` with ``alpha = exp(alpha_gain * log_alpha)``
+instead of ``alpha`` itself. Adam moves a scalar parameter by about the learning rate per step whatever
+its size, so a plain alpha of 25 changes by 0.1% per step and cannot follow an input whose std grows
+100-fold within a short run; in log form alpha changes by about ``alpha_gain * lr`` *relatively* per
+step, at any size (docs/analysis.md, 'DyT below the paper's scale').
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -23,6 +31,8 @@ from dyt.nn.registry import register_norm
 
 # Table 7 of the paper. sigmoid is used as is (not re-centred): the paper attributes tanh's lead over it
 # to tanh being zero-centred.
+ALPHA_PARAMS = ("linear", "log")
+
 SQUASH = {
     "tanh": torch.tanh,
     "hardtanh": nn.functional.hardtanh,
@@ -33,7 +43,10 @@ SQUASH = {
 
 class PointwiseNorm(nn.Module):
     """Per-channel ``weight``/``bias`` around a function of ``alpha * x`` with a learnable (or fixed)
-    scalar ``alpha``: the base class of every point-wise norm (``dyt.nn.probes`` finds them by it)."""
+    scalar ``alpha``: the base class of every point-wise norm (``dyt.nn.probes`` finds them by it).
+
+    ``alpha`` is a parameter (or, fixed, a buffer) of shape (1,); with ``alpha_param="log"`` the parameter
+    is ``log_alpha`` and ``alpha`` the tensor ``exp(alpha_gain * log_alpha)``. Set it with :meth:`set_alpha`."""
 
     pointwise = True  # no statistics: models key recipe quirks (DiT zero-init, LLaMA embed scale) on this
 
@@ -43,6 +56,35 @@ class PointwiseNorm(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(dim, **factory)) if affine else None
         self.bias = nn.Parameter(torch.empty(dim, **factory)) if affine and bias else None
+
+    def _make_alpha(self, learn: bool, param: str, gain: float, device, dtype) -> None:
+        if param not in ALPHA_PARAMS:
+            raise ValueError(f"unknown alpha_param {param!r}; valid choices are: {', '.join(ALPHA_PARAMS)}")
+        if param == "log" and not learn:
+            raise ValueError("alpha_param='log' needs a learned alpha (learn_alpha=True)")
+        if not gain > 0:
+            raise ValueError(f"alpha_gain must be a positive number, got {gain!r}")
+        self.alpha_param, self.alpha_gain = param, float(gain)
+        value = torch.empty(1, device=device, dtype=dtype)
+        if param == "log":
+            self.log_alpha = nn.Parameter(value)
+        elif learn:
+            self.alpha = nn.Parameter(value)
+        else:
+            self.register_buffer("alpha", value)
+
+    def __getattr__(self, name: str):
+        if name == "alpha" and "log_alpha" in self._parameters:
+            return torch.exp(self.alpha_gain * self._parameters["log_alpha"])
+        return super().__getattr__(name)
+
+    @torch.no_grad()
+    def set_alpha(self, value: float) -> None:
+        """Set alpha (in either parameterisation) to ``value``."""
+        if self.alpha_param == "log":
+            self.log_alpha.fill_(math.log(value) / self.alpha_gain)
+        else:
+            self.alpha.fill_(value)
 
     def reset_parameters(self) -> None:
         if self.weight is not None:
@@ -58,6 +100,9 @@ class PointwiseNorm(nn.Module):
             y = y + self.bias.view(shape)
         return y
 
+    def _alpha_repr(self) -> str:
+        return "" if self.alpha_param == "linear" else f", alpha_param=log, alpha_gain={self.alpha_gain}"
+
 
 @register_norm("dyt")
 class DyT(PointwiseNorm):
@@ -68,6 +113,8 @@ class DyT(PointwiseNorm):
         alpha_init: initial value of the scalar ``alpha`` (paper default 0.5; LLaMA per Table 10).
         squash: ``tanh`` (DyT), or the Table 7 ablations ``hardtanh``, ``sigmoid``, ``identity``.
         learn_alpha: ``False`` keeps ``alpha`` fixed at ``alpha_init`` (Table 8's "without alpha").
+        alpha_param, alpha_gain: ``linear`` (the paper: learn ``alpha``) or ``log`` (learn ``log_alpha``,
+            ``alpha = exp(alpha_gain * log_alpha)``; module docstring).
         layout: ``channels_last`` (..., C) or ``channels_first`` (N, C, ...).
         affine: per-channel ``weight`` (and ``bias``); DiT's norms have none, adaLN supplies them.
         bias: per-channel ``bias``; LLaMA's DyT has none, as its RMSNorm had none.
@@ -85,6 +132,8 @@ class DyT(PointwiseNorm):
         alpha_init: float = 0.5,
         squash: str = "tanh",
         learn_alpha: bool = True,
+        alpha_param: str = "linear",
+        alpha_gain: float = 1.0,
         layout: str = "channels_last",
         affine: bool = True,
         bias: bool = True,
@@ -99,17 +148,12 @@ class DyT(PointwiseNorm):
             raise ValueError(f"impl='fused' needs squash='tanh' (got {squash!r}); use impl='auto' or 'eager'")
         self.impl = impl
         self.alpha_init, self.squash, self.learn_alpha = float(alpha_init), squash, learn_alpha
-        alpha = torch.empty(1, device=device, dtype=dtype)
-        if learn_alpha:
-            self.alpha = nn.Parameter(alpha)
-        else:
-            self.register_buffer("alpha", alpha)
+        self._make_alpha(learn_alpha, alpha_param, alpha_gain, device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        with torch.no_grad():
-            self.alpha.fill_(self.alpha_init)
+        self.set_alpha(self.alpha_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.squash == "tanh":
@@ -125,7 +169,7 @@ class DyT(PointwiseNorm):
         return (
             f"{self.dim}, alpha_init={self.alpha_init}, squash={self.squash}, "
             f"learn_alpha={self.learn_alpha}, layout={self.layout}, affine={self.affine}, "
-            f"bias={self.bias is not None}"
+            f"bias={self.bias is not None}{self._alpha_repr()}"
         )
 
 
@@ -139,6 +183,8 @@ class Derf(PointwiseNorm):
         *,
         alpha_init: float = 0.5,
         shift_init: float = 0.0,
+        alpha_param: str = "linear",
+        alpha_gain: float = 1.0,
         layout: str = "channels_last",
         affine: bool = True,
         bias: bool = True,
@@ -149,14 +195,14 @@ class Derf(PointwiseNorm):
         super().__init__(dim, layout=layout, affine=affine, bias=bias, device=device, dtype=dtype)
         self.impl = check_impl(impl)  # as DyT's: auto | fused | eager
         self.alpha_init, self.shift_init = float(alpha_init), float(shift_init)
-        self.alpha = nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self._make_alpha(True, alpha_param, alpha_gain, device, dtype)
         self.shift = nn.Parameter(torch.empty(1, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
+        self.set_alpha(self.alpha_init)
         with torch.no_grad():
-            self.alpha.fill_(self.alpha_init)
             self.shift.fill_(self.shift_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,5 +214,5 @@ class Derf(PointwiseNorm):
     def extra_repr(self) -> str:
         return (
             f"{self.dim}, alpha_init={self.alpha_init}, shift_init={self.shift_init}, "
-            f"layout={self.layout}, affine={self.affine}, bias={self.bias is not None}"
+            f"layout={self.layout}, affine={self.affine}, bias={self.bias is not None}{self._alpha_repr()}"
         )
