@@ -350,7 +350,8 @@ def report(families: list[Family], runs_root: Path, out: Path, header: str) -> s
         text = (
             f"# CPU reproduction of {table.replace('table', 'Table ')}: {paper[table]['title']}\n\n"
             f"Paper numbers: {source}. Ours: final value of each run (results.json), mean ± std over seeds.\n\n"
-            f"{SUMMARY_HEAD}\n"
+            + (f"Caveat: {paper[table]['caveat']}.\n\n" if paper[table].get("caveat") else "")
+            + f"{SUMMARY_HEAD}\n"
             + "\n".join(rows)
             + "\n\n## Every stage\n\n"
             + f"{STAGE_HEAD}\n"
@@ -523,7 +524,7 @@ PROTOCOLS_TEXT = """Three protocols, each run set in a folder beside this file w
   ×1 is the paper's protocol (3 seeds), point ×3 has 2 seeds (0, 1) to fit the budget.
 - **calibrated** (`calibrated/`): DyT and Derf at the baseline's hyperparameters with
   `norm.alpha_init=calibrate` (each layer's alpha set so that alpha x input std = 0.3 on the first training
-  batch); the baseline is the paper's protocol's.
+  batch), 2 seeds (0, 1); the baseline is the paper's protocol's.
 
 What the gaps mean, and what remains unexplained: docs/analysis.md, "DyT below the paper's scale".
 """

@@ -212,6 +212,7 @@ def test_table6_caduceus_differences_are_against_rmsnorm_as_in_the_paper(tmp_pat
     table = build_tables(find_runs(tmp_path), load_paper(PAPER))["table6"]
     assert _cells(table, "| Caduceus")["dyt − baseline (ours / paper)"] == "n/a / –"
     assert _cells(table, "| HyenaDNA (vs layernorm)")["dyt − baseline (ours / paper)"] == "n/a / –"
+    assert "Caveat: Caduceus's DyT 86.9 cannot have come from the released DyT code" in table  # beside the row
 
 
 def test_table8_is_filled_by_norm_tags_and_reuses_table7_vit_b_runs(tmp_path):

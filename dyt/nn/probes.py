@@ -144,7 +144,9 @@ def scale_summary(row: dict[str, float], sensitive: bool = True) -> dict[str, An
     }
 
 
-def scale_message(row: dict[str, float], calibrated: bool = False, sensitive: bool = True) -> tuple[str, str | None]:
+def scale_message(
+    row: dict[str, float], calibrated: bool = False, sensitive: bool = True, batch: str = "one training batch"
+) -> tuple[str, str | None]:
     """(the start-up line describing the scale at every point-wise norm, a warning or None) from one
     :meth:`ScaleProbe.collect` row taken on a training batch at init. ``sensitive=False`` (a model whose
     ``norm_scale_sensitive`` is False: ConvNets, where every norm output feeds a linear layer) never
@@ -154,7 +156,7 @@ def scale_message(row: dict[str, float], calibrated: bool = False, sensitive: bo
         return "", None
     name, lowest = s["min"]
     line = (
-        f"point-wise norm scale at init ({s['layers']} layers, one training batch): alpha x input std "
+        f"point-wise norm scale at init ({s['layers']} layers, {batch}): alpha x input std "
         f"min {lowest:.3g} ({name}), median {s['median']:.3g}, max {s['max']:.3g}; "
         f"inputs saturated (|alpha x| > {SATURATION:g}) at most {100 * s['saturated_max']:.1f}%"
         + (" [norm.alpha_init=calibrate]" if calibrated else "")

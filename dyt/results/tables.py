@@ -250,6 +250,8 @@ def build_tables(runs: list[Run], paper: dict[str, Any]) -> dict[str, str]:
             rows.append((_label(label, group), dict(ours), paper_row))
         title = spec["title"] + f" — {spec['source']}" if spec else "Our experiments (no paper counterpart)"
         text = _table(title, metric, rows, spec)
+        if spec and spec.get("caveat"):  # a doubt about the paper's own numbers, beside them
+            text += f"\nCaveat: {spec['caveat']}.\n"
         second = (spec or {}).get("second_metric")
         if second:
             text += "\n" + _table(

@@ -24,8 +24,9 @@ sys.path.insert(0, str(ROOT))
 MAX_COLUMNS = 6
 
 
-def probes(run: Path) -> tuple[list[int], dict[str, dict[str, list[float]]]]:
-    """(steps, {key: {layer: values}}) of one run dir, step 0 from ``resolved.json`` when present."""
+def probes(run: Path) -> tuple[list[int], dict[str, dict[str, list[float]]]] | None:
+    """(steps, {key: {layer: values}}) of one run dir, step 0 from ``resolved.json`` when present; None
+    for a run without probes (a model without DyT/Derf, e.g. the LayerNorm reference)."""
     rows = []
     resolved = run / "resolved.json"
     if resolved.exists() and "scale_at_init" in json.loads(resolved.read_text()):
@@ -36,9 +37,7 @@ def probes(run: Path) -> tuple[list[int], dict[str, dict[str, list[float]]]]:
     logged = [json.loads(line) for line in metrics.read_text().splitlines()]
     rows += [r for r in logged if any(k.startswith("scale/") for k in r)]
     if not rows:
-        raise SystemExit(
-            f"error: {run} logged no scale probes (a model without DyT/Derf, or trainer.probe_every_steps=0)"
-        )
+        return None
     layers = [k.removeprefix("scale/") for k in rows[-1] if k.startswith("scale/")]
     curves = {
         key: {layer: [r.get(f"{key}/{layer}", float("nan")) for r in rows] for layer in layers}
@@ -75,7 +74,10 @@ def main(argv: list[str] | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     data = [probes(run) for run in args.runs]
-    layers = list(data[0][1]["scale"])
+    probed = [(d, label) for d, label in zip(data, labels, strict=True) if d is not None]
+    if not probed:
+        raise SystemExit("error: none of these runs logged scale probes (no DyT/Derf, or trainer.probe_every_steps=0)")
+    layers = list(probed[0][0][1]["scale"])
     if len(layers) > MAX_COLUMNS:
         layers = [layers[round(i * (len(layers) - 1) / (MAX_COLUMNS - 1))] for i in range(MAX_COLUMNS)]
     rows = (
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> Path:
         ("alpha", "alpha", True),
     )
     fig, axes = plt.subplots(len(rows), len(layers), figsize=(3.2 * len(layers), 2.6 * len(rows)), squeeze=False)
-    for (steps, curves), label in zip(data, labels, strict=True):
+    for (steps, curves), label in probed:
         for col, layer in enumerate(layers):
             for row, (key, _, _) in enumerate(rows):
                 axes[row][col].plot(steps, curves[key].get(layer, [float("nan")] * len(steps)), label=label)
@@ -105,14 +107,17 @@ def main(argv: list[str] | None = None) -> Path:
 
     first, last = layers[0], layers[-1]
     table = [
-        f"| run | headline metric | first step with a layer > 50% saturated | {first}: alpha x std, saturated (last) "
+        f"| run | final metrics | first step with a layer > 50% saturated | {first}: alpha x std, saturated (last) "
         f"| {last}: alpha x std, saturated (last) |",
         "|---|---|---|---|---|",
     ]
-    for run, (steps, curves), label in zip(args.runs, data, labels, strict=True):
+    for run, found, label in zip(args.runs, data, labels, strict=True):
         results = json.loads((run / "results.json").read_text()) if (run / "results.json").exists() else {}
-        metric = results.get("headline_metric")
-        value = f"{metric} {results[metric]:.4g}" if metric in results else "–"
+        value = ", ".join(f"{k} {v:.4g}" for k, v in results.items() if k.startswith("val/")) or "–"
+        if found is None:
+            table.append(f"| {label} (`{run}`) | {value} | no DyT/Derf | – | – |")
+            continue
+        steps, curves = found
         step = first_saturated(steps, curves["saturated"])
         cells = [
             f"{curves['scale'][layer][-1]:.3g}, {100 * curves['saturated'][layer][-1]:.0f}%" for layer in (first, last)

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"{layer:40s} {row[f'input_std/{layer}']:10.4g} {row[f'alpha/{layer}']:8.4g} "
             f"{row[f'scale/{layer}']:12.4g} {100 * row[f'saturated/{layer}']:9.1f}%"
         )
-    line, warning = scale_message(row, calibrated, sensitive)
+    line, warning = scale_message(row, calibrated, sensitive, batch=f"{args.batch} random example inputs")
     print(line)
     if warning:
         print(f"warning: {warning}")
