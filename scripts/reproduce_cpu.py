@@ -419,15 +419,22 @@ def cell(entry: dict | None, digits: int, note: str = "") -> str:
 
 def best_of_grid(summary: dict, fam: Family, norm: str) -> tuple[dict | None, float | None]:
     """The lr-grid point with the best mean final value for one family and norm, and its multiplier."""
-    points = [
-        (m, summary.get("paper" if m == 1.0 else protocol_key("lr_grid", m), {}).get(fam.name, {}).get(norm))
-        for m in LR_GRID
-    ]
-    points = [(m, e) for m, e in points if e]
+    points = [(m, e) for m in LR_GRID if (e := best_point(summary, fam, norm, m))]
     if not points:
         return None, None
     m, entry = (max if fam.higher_is_better else min)(points, key=lambda p: p[1]["mean"])
     return entry, m
+
+
+def grid_note(summary: dict, fam: Family, norm: str, chosen: float) -> str:
+    """``(×m)`` for the chosen grid point, naming the points that were not run."""
+    missing = [m for m in LR_GRID if not best_point(summary, fam, norm, m)]
+    return f"(×{chosen:g}" + (f"; ×{'/'.join(f'{m:g}' for m in missing)} not run" if missing else "") + ")"
+
+
+def best_point(summary: dict, fam: Family, norm: str, mult: float) -> dict | None:
+    """One lr-grid point's entry for a family and norm (×1 is the paper's protocol)."""
+    return summary.get("paper" if mult == 1.0 else protocol_key("lr_grid", mult), {}).get(fam.name, {}).get(norm)
 
 
 COMBINED_HEAD = (
@@ -456,7 +463,7 @@ def combined_table(summary: dict, paper: dict, families: tuple[Family, ...] = FA
             (
                 "best of lr grid ×" + "/".join(f"{m:g}" for m in LR_GRID),
                 {n: e for n, (e, _) in grid.items()},
-                {n: f"(×{m:g})" for n, (_, m) in grid.items() if m is not None},
+                {n: grid_note(summary, fam, n, m) for n, (_, m) in grid.items() if m is not None},
             ),
             ("calibrated (norm.alpha_init=calibrate)", calibrated, {fam.baseline: "(as above)"}),
         ]

@@ -185,3 +185,21 @@ def test_kill_9_mid_pretraining_then_same_command_is_bit_identical(tmp_path):
         ]
 
     assert rows(run) == rows(reference)
+
+
+def test_hyenadna_with_dyt_warns_about_its_scale_at_start_up_and_calibration_fixes_it(tmp_path, capsys):
+    """DyT reads HyenaDNA's std-0.02 embedding at alpha x std = 0.01 (LayerNorm would hand on std 1):
+    the start-up probe warns once, naming the layer and the option; calibrated, the scale is 0.3."""
+    cfg = pretrain_cfg(tmp_path, "norm=dyt", "trainer.max_steps=1", "trainer.progress=log")
+    Trainer(cfg).fit(DNAPretrainTask(cfg))
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "alpha x std < 0.02" in warnings[0] and "norm.alpha_init=calibrate" in warnings[0]
+    assert "point-wise norm scale at init (5 layers, one training batch): alpha x input std min 0.01" in out
+    calibrated = tmp_path / "calibrated"
+    calibrated.mkdir()
+    cfg = pretrain_cfg(calibrated, "norm=dyt", "norm.alpha_init=calibrate", "trainer.max_steps=1")
+    Trainer(cfg).fit(DNAPretrainTask(cfg))
+    assert "warning:" not in capsys.readouterr().err
+    scales = json.loads((calibrated / "run" / "resolved.json").read_text())["scale_at_init"]
+    assert [round(v, 4) for k, v in scales.items() if k.startswith("scale/")] == [0.3] * 5

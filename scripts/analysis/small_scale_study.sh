@@ -7,6 +7,8 @@
 #   STUDY=llama   the CPU LLaMA (width 128, experiment=cpu/llama_stdlib): unit-scale embedding
 #                 (model.embed_scale=unit) alone, with the per-site alpha_init of paper Table 10 (attention
 #                 0.8, other 0.2), and with calibration (RMSNorm and calibration alone: the CPU reproduction)
+#   STUDY=dino    the DINO digits fine-tune from random init (no DINO pretraining), LayerNorm and DyT: is
+#                 the DINO gap the pretraining's or the fine-tune's?
 #
 #   STUDY=length scripts/analysis/small_scale_study.sh      # SEEDS=0,1 by default
 #
@@ -31,7 +33,11 @@ case $STUDY in
       [dyt_unit_embed_calibrated]="norm=dyt model.embed_scale=unit norm.alpha_init=calibrate"
     )
     ORDER=(dyt_unit_embed dyt_unit_embed_table10 dyt_unit_embed_calibrated) ;;
-  *) echo "STUDY must be length or llama, got '$STUDY'" >&2; exit 2 ;;
+  dino)
+    EXPERIMENT=cpu/dino_digits_finetune METRIC=val/top1
+    declare -A VARIANTS=([layernorm_scratch]="norm=layernorm init_from=null" [dyt_scratch]="norm=dyt init_from=null")
+    ORDER=(layernorm_scratch dyt_scratch) ;;
+  *) echo "STUDY must be length, llama or dino, got '$STUDY'" >&2; exit 2 ;;
 esac
 
 for variant in "${ORDER[@]}"; do
