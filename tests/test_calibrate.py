@@ -200,6 +200,9 @@ def test_scale_probe_reports_std_scale_and_saturation():
     line, warning = scale_message({"scale/a": LOW / 2, "input_std/a": 1.0, "saturated/a": 0.0})
     assert "min 0.01 (a)" in line and warning and "100x weaker" in warning
     assert scale_message({"scale/a": LOW / 2, "input_std/a": 1.0, "saturated/a": 0.0}, sensitive=False)[1] is None
+    saturated = {"scale/a": 50.0, "input_std/a": 5.0, "saturated/a": 1.0}
+    assert "norm.alpha_init=calibrate" in scale_message(saturated)[1]
+    assert "come from init_from" in scale_message(saturated, pretrained=True)[1]  # calibration cannot help
 
 
 def test_log_alpha_learns_relative_steps_and_keeps_the_paper_form_by_default():

@@ -92,3 +92,17 @@ def test_unknown_norm_option_fails_at_build_time():
 def test_ablation_norms_get_their_own_run_dir():
     assert "/dyt_hardtanh/" in _compose("norm=dyt_hardtanh").run_dir
     assert _compose("norm=dyt_hardtanh").norm.squash == "hardtanh"
+
+
+PAPER_RECIPES = [e for e in EXPERIMENTS if e.startswith("paper/")]
+
+
+@pytest.mark.parametrize("experiment", PAPER_RECIPES)
+def test_paper_recipes_keep_the_papers_alpha_and_embedding(experiment):
+    """Calibration, log-form alpha and the unit-scale embedding are ours, opt-in: no paper recipe uses them."""
+    cfg = _compose(f"experiment={experiment}", "norm=dyt")
+    OmegaConf.resolve(cfg)
+    norm = cfg.norm
+    for opts in [norm, *(norm.get("sites") or {}).values()]:
+        assert opts.get("alpha_init") != "calibrate" and opts.get("alpha_param") in (None, "linear")
+    assert cfg.model.get("embed_scale") in (None, "auto", "none", "sqrt_d")

@@ -317,7 +317,8 @@ class Trainer:
             else:
                 forward()
             row = probe.collect()
-            line, warning = scale_message(row, calibrate, getattr(model, "norm_scale_sensitive", True))
+            sensitive = getattr(model, "norm_scale_sensitive", True)
+            line, warning = scale_message(row, calibrate, sensitive, pretrained=self.init_from is not None)
             self.progress.write(line)
             if warning and env.is_main:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)

@@ -145,12 +145,17 @@ def scale_summary(row: dict[str, float], sensitive: bool = True) -> dict[str, An
 
 
 def scale_message(
-    row: dict[str, float], calibrated: bool = False, sensitive: bool = True, batch: str = "one training batch"
+    row: dict[str, float],
+    calibrated: bool = False,
+    sensitive: bool = True,
+    batch: str = "one training batch",
+    pretrained: bool = False,
 ) -> tuple[str, str | None]:
     """(the start-up line describing the scale at every point-wise norm, a warning or None) from one
     :meth:`ScaleProbe.collect` row taken on a training batch at init. ``sensitive=False`` (a model whose
     ``norm_scale_sensitive`` is False: ConvNets, where every norm output feeds a linear layer) never
-    warns about a small scale."""
+    warns about a small scale. ``pretrained``: the weights came from ``init_from``, whose training set the
+    scales (calibration only runs on fresh starts), and the warning says so."""
     s = scale_summary(row, sensitive)
     if not s:
         return "", None
@@ -176,6 +181,11 @@ def scale_message(
         parts.append(
             f"{len(s['high'])} layer(s) read their input at alpha x std > {HIGH:g} (up to {s['max']:.3g}; "
             f"up to {100 * s['saturated_max']:.0f}% of inputs saturated): tanh keeps little more than the sign"
+        )
+    if pretrained:
+        return line, "; ".join(parts) + (
+            "; these weights come from init_from, so the scale was set by the run that made them (calibration "
+            "runs on fresh starts only); docs/analysis.md, 'DyT below the paper's scale'"
         )
     fix = (
         "set norm.alpha_init=calibrate (alpha per layer so that alpha x input std = norm.calibrate_to on the "

@@ -7,6 +7,8 @@
 #   STUDY=llama   the CPU LLaMA (width 128, experiment=cpu/llama_stdlib): unit-scale embedding
 #                 (model.embed_scale=unit) alone, with the per-site alpha_init of paper Table 10 (attention
 #                 0.8, other 0.2), and with calibration (RMSNorm and calibration alone: the CPU reproduction)
+#   STUDY=logalpha  the quickstart ViT with alpha learned in log form (norm.alpha_param=log, gain 1) at the
+#                 paper's alpha_init: does the option change anything where the paper's init works?
 #   STUDY=dino    the DINO digits fine-tune from random init (no DINO pretraining), LayerNorm and DyT: is
 #                 the DINO gap the pretraining's or the fine-tune's?
 #
@@ -37,7 +39,11 @@ case $STUDY in
     EXPERIMENT=cpu/dino_digits_finetune METRIC=val/top1
     declare -A VARIANTS=([layernorm_scratch]="norm=layernorm init_from=null" [dyt_scratch]="norm=dyt init_from=null")
     ORDER=(layernorm_scratch dyt_scratch) ;;
-  *) echo "STUDY must be length, llama or dino, got '$STUDY'" >&2; exit 2 ;;
+  logalpha)
+    EXPERIMENT=cpu/vit_digits METRIC=val/top1
+    declare -A VARIANTS=([dyt_log_alpha]="norm=dyt norm.alpha_param=log")
+    ORDER=(dyt_log_alpha) ;;
+  *) echo "STUDY must be length, llama, logalpha or dino, got '$STUDY'" >&2; exit 2 ;;
 esac
 
 for variant in "${ORDER[@]}"; do
