@@ -408,13 +408,17 @@ def gap(entries: dict, norm: str, baseline: str, digits: int) -> str:
     return "–" if not a or not b else f"{a['mean'] - b['mean']:+.{digits}f}"
 
 
-def cell(entry: dict | None, digits: int, note: str = "") -> str:
+def cell(entry: dict | None, digits: int, note: str = "", seeds: bool = True) -> str:
+    """``mean ± std``, or the one value with ``1 seed`` (unless ``seeds`` is off, as for the paper's row),
+    then any note, in one pair of brackets."""
     if not entry:
         return "–"
-    text = (
-        f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}" if entry["n"] > 1 else f"{entry['mean']:.{digits}f}"
-    )
-    return text + (f" {note}" if note else "")
+    one = entry["n"] == 1
+    text = f"{entry['mean']:.{digits}f}" + ("" if one else f" ± {entry['std']:.{digits}f}")
+    notes = [note] if note else []
+    if one and seeds:
+        notes.append("1 seed")
+    return text + (f" ({', '.join(notes)})" if notes else "")
 
 
 def best_of_grid(summary: dict, fam: Family, norm: str) -> tuple[dict | None, float | None]:
@@ -427,9 +431,9 @@ def best_of_grid(summary: dict, fam: Family, norm: str) -> tuple[dict | None, fl
 
 
 def grid_note(summary: dict, fam: Family, norm: str, chosen: float) -> str:
-    """``(×m)`` for the chosen grid point, naming the points that were not run."""
+    """``×m`` for the chosen grid point, naming the points that were not run."""
     missing = [m for m in LR_GRID if not best_point(summary, fam, norm, m)]
-    return f"(×{chosen:g}" + (f"; ×{'/'.join(f'{m:g}' for m in missing)} not run" if missing else "") + ")"
+    return f"×{chosen:g}" + (f"; ×{'/'.join(f'{m:g}' for m in missing)} not run" if missing else "")
 
 
 def best_point(summary: dict, fam: Family, norm: str, mult: float) -> dict | None:
@@ -465,7 +469,7 @@ def combined_table(summary: dict, paper: dict, families: tuple[Family, ...] = FA
                 {n: e for n, (e, _) in grid.items()},
                 {n: grid_note(summary, fam, n, m) for n, (_, m) in grid.items() if m is not None},
             ),
-            ("calibrated (norm.alpha_init=calibrate)", calibrated, {fam.baseline: "(as above)"}),
+            ("calibrated (norm.alpha_init=calibrate)", calibrated, {fam.baseline: "as above"}),
         ]
         for i, (label, entries, notes) in enumerate(blocks):
             first = i == 0
@@ -477,7 +481,7 @@ def combined_table(summary: dict, paper: dict, families: tuple[Family, ...] = FA
         values = {n: {"mean": published[n], "std": 0.0, "n": 1} for n in norms if n in published}
         lines.append(
             f"| | | paper, full scale ({row['label']}) | "
-            + " | ".join(cell(values.get(n), pd) for n in norms)
+            + " | ".join(cell(values.get(n), pd, seeds=False) for n in norms)
             + f" | {gap(values, 'dyt', fam.baseline, pd)} | {gap(values, 'derf', fam.baseline, pd)} |"
         )
     return "\n".join(lines) + "\n"

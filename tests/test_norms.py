@@ -237,6 +237,7 @@ def test_resolved_lists_every_built_norm_with_the_options_actually_used():
     norm(C, site="ffn", bias=False)
     norm(C, site="stem", layout="channels_first")
     common = {"norm": "dyt", "class": "DyT", "squash": "tanh", "learn_alpha": True, "affine": True, "impl": "auto"}
+    common |= {"alpha_param": "linear", "alpha_gain": 1.0}
     assert norm.resolved() == [
         {**common, "site": "attn", "layout": "channels_last", "alpha_init": 0.8, "bias": True, "count": 2},
         {**common, "site": "ffn", "layout": "channels_last", "alpha_init": 0.5, "bias": False, "count": 1},

@@ -222,12 +222,12 @@ def test_the_combined_table_takes_each_norms_best_grid_point_and_the_calibrated_
     stat = lambda mean, n=2: {"values": None, "mean": mean, "std": 0.5, "n": n}  # noqa: E731
     reproduce.update_summary(tmp_path, "paper", {"vit": {"layernorm": stat(96.0, 3), "dyt": stat(89.0, 3)}})
     reproduce.update_summary(tmp_path, "lr3", {"vit": {"layernorm": stat(94.0), "dyt": stat(95.0)}})
-    summary = reproduce.update_summary(tmp_path, "calibrated", {"vit": {"dyt": stat(90.0)}})
+    summary = reproduce.update_summary(tmp_path, "calibrated", {"vit": {"dyt": stat(90.0), "derf": stat(91.0, 1)}})
     assert set(summary) == {"paper", "lr3", "calibrated"}  # merged, not replaced
     paper = yaml.safe_load((ROOT / "results/paper.yaml").read_text())
     table = reproduce.combined_table(summary, paper, (FAMILIES["vit"],))
     rows = table.splitlines()[2:]
     assert "96.0 ± 0.5 | 89.0 ± 0.5 | – | -7.0 |" in rows[0]
     assert "96.0 ± 0.5 (×1) | 95.0 ± 0.5 (×3) | – | -1.0 |" in rows[1]  # each norm's own best point
-    assert "96.0 ± 0.5 (as above) | 90.0 ± 0.5 | – | -6.0 |" in rows[2]
+    assert "96.0 ± 0.5 (as above) | 90.0 ± 0.5 | 91.0 (1 seed) | -6.0 | -5.0 |" in rows[2]  # one seed says so
     assert rows[3].startswith("| | | paper, full scale (ViT-B) | 82.3 | 82.5 | 82.8 | +0.2 |")
