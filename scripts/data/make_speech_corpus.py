@@ -1,7 +1,7 @@
 """Build an offline speech corpus in LibriSpeech's layout: espeak-ng reading sentences from the docstrings
 of the Python standard library, resampled to 16 kHz flac.
 
-    python scripts/data/make_speech_corpus.py --out ~/.cache/dyt/speech_demo
+    python scripts/data/make_speech_corpus.py     # into $DYT_DATA_DIR/speech_demo or ~/.cache/dyt/speech_demo
 
 writes ``<out>/{train,dev}/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac`` with a
 ``<speaker>-<chapter>.trans.txt`` per chapter, as LibriSpeech does; a speaker is one espeak-ng voice
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ast
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -99,7 +100,13 @@ def write_split(out: Path, split: str, sentences: list[tuple[str, str]], first_s
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="corpus directory (train/ and dev/ go under it)")
+    default_out = Path(os.environ.get("DYT_DATA_DIR") or "~/.cache/dyt").expanduser() / "speech_demo"
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=default_out,
+        help=f"corpus directory (train/ and dev/ go under it; default {default_out}: where data=speech_demo reads)",
+    )
     parser.add_argument("--train", type=int, default=400, help="training utterances")
     parser.add_argument("--dev", type=int, default=60, help="validation utterances (other sentences)")
     parser.add_argument("--min-words", type=int, default=6)
