@@ -529,13 +529,16 @@ def header(out: Path, title: str = "CPU mini-reproduction of every table") -> st
 PROTOCOLS_TEXT = """Three protocols, each run set in a folder beside this file with its per-stage tables:
 
 - **paper's protocol** (`paper/`): every norm at the recipe's hyperparameters, DyT and Derf at the paper's
-  alpha_init (0.5; LLaMA by width, paper Table 11): what the paper's recipes prescribe.
+  alpha_init (0.5; LLaMA by width, paper Table 11), 3 seeds: what the paper's recipes prescribe.
 - **best of lr grid** (`lr_grid/`): the paper's Table 12 protocol at small scale. The grid, fixed before any
   run, multiplies every stage's recipe lr by 1 and 3; each norm gets the point with its best mean. Point
-  ×1 is the paper's protocol (3 seeds), point ×3 has 2 seeds (0, 1) to fit the budget.
+  ×1 is the paper's protocol; point ×3 was cut to fit the budget: 3 seeds for wav2vec 2.0, 2 seeds (0, 1)
+  for ViT, ConvNeXt, MAE, DINO, DiT and LLaMA, seed 0 for HyenaDNA and Caduceus, and no Derf runs for DiT
+  and LLaMA. Cells from one seed, or whose other point was not run, say so.
 - **calibrated** (`calibrated/`): DyT and Derf at the baseline's hyperparameters with
   `norm.alpha_init=calibrate` (each layer's alpha set so that alpha x input std = 0.3 on the first training
-  batch), 2 seeds (0, 1); the baseline is the paper's protocol's.
+  batch), 3 seeds for MAE, DINO and wav2vec 2.0, 2 seeds (0, 1) for the rest; the baseline is the paper's
+  protocol's. The scale probes of seed 0 over training: `calibrated/scale/`.
 
 What the gaps mean, and what remains unexplained: docs/analysis.md, "DyT below the paper's scale".
 """
