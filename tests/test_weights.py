@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import huggingface_hub
@@ -45,6 +47,8 @@ TIMM_NAME = "vit_tiny_patch16_224"
 _SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "export_llama.py"
 export_llama = importlib.util.module_from_spec(importlib.util.spec_from_file_location("export_llama", _SCRIPT))
 export_llama.__spec__.loader.exec_module(export_llama)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -300,3 +304,12 @@ def test_a_named_entry_of_a_checkpoint_dict(tmp_path, vit_run):
         load_init_weights(model, tmp_path / "dino.pth")
     assert load_init_weights(model, tmp_path / "dino.pth", key="teacher").entry == "teacher"
     assert torch.equal(model.pos_embed, source.pos_embed)
+
+
+@pytest.mark.parametrize("module", ["dyt.weights", "dyt.engine.checkpoint"])
+def test_each_public_module_imports_first_in_a_fresh_interpreter(module):
+    """The documented ``from dyt.weights import load_exported`` once failed with a circular import unless
+    ``dyt.engine`` had been imported first; each module must load on its own."""
+    code = f"import {module}; from dyt.weights import load_exported, load_init_weights"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

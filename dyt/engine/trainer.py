@@ -39,6 +39,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dyt import weights  # a module, not its names: dyt.weights imports dyt.engine.checkpoint, so either may load first
 from dyt.engine import checkpoint as ckpt
 from dyt.engine.distributed import (
     DistEnv,
@@ -65,7 +66,6 @@ from dyt.nn import norm_tag
 from dyt.nn.calibrate import calibrate_alpha, calibration_targets
 from dyt.nn.probes import ScaleProbe, alpha_stats, pointwise_norms, scale_message
 from dyt.tasks.base import StepInfo
-from dyt.weights import load_init_weights, parse_init_from, record_init
 
 EVAL_STREAM = 1 << 20  # seeds evaluation apart from any training micro-batch
 
@@ -180,7 +180,7 @@ class Trainer:
         model (LLaMA-2 70B is ~276 GB in fp32). Other models, and models started from ``init_from``
         weights, are built whole, then sharded."""
         tc = self.tc
-        init = parse_init_from(self.cfg.get("init_from"))
+        init = weights.parse_init_from(self.cfg.get("init_from"))
         if init is not None and self.resume_from is not None:
             init = None  # resuming: the checkpoint holds the weights
         self.init_from = init
@@ -193,9 +193,9 @@ class Trainer:
         if model is None:
             model = task.build_model()
             if init is not None:
-                report = load_init_weights(model, init)  # every rank reads the same weights
+                report = weights.load_init_weights(model, init)  # every rank reads the same weights
                 if env.is_main:
-                    record_init(report, self.run_dir)
+                    weights.record_init(report, self.run_dir)
                     print(report, flush=True)
             model.to(env.device)
         if tc.activation_checkpointing:
