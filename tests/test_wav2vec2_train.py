@@ -207,12 +207,12 @@ def test_corpus_script_names_the_install_command_without_espeak(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install -y espeak-ng)")
-def test_corpus_script_writes_librispeech_layout_at_16k(tmp_path):
-    out = tmp_path / "corpus"
+def test_corpus_script_writes_librispeech_layout_at_16k_where_data_speech_demo_reads(tmp_path):
+    out = tmp_path / "speech_demo"  # no --out: $DYT_DATA_DIR/speech_demo, configs/data/speech_demo.yaml's root
     subprocess.run(
-        [sys.executable, "scripts/data/make_speech_corpus.py", "--out", str(out), "--train", "3", "--dev", "1"],
+        [sys.executable, "scripts/data/make_speech_corpus.py", "--train", "3", "--dev", "1"],
         cwd=ROOT,
-        env=ENV,
+        env={**ENV, "DYT_DATA_DIR": str(tmp_path)},
         check=True,
         capture_output=True,
     )

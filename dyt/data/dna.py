@@ -40,6 +40,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
+from dyt.data import data_root
+
 # ---- vocabulary --------------------------------------------------------------------------------
 
 SPECIALS = ("[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]")
@@ -221,10 +223,9 @@ class Genome:
 
 
 def _cache_dir(cfg: Any, paths: list[Path]) -> Path:
-    root = cfg.get("cache_dir") or os.environ.get("DYT_DATA_DIR") or "~/.cache/dyt"
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     key = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
-    return Path(root).expanduser() / "dna" / key
+    return data_root(cfg.get("cache_dir")) / "dna" / key
 
 
 def load_genome(cfg: Any) -> Genome:

@@ -38,6 +38,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
+from dyt.data import data_root
+
 FORMAT_VERSION = 1
 EOS = "<|endoftext|>"
 SPLITS = ("train", "val")
@@ -166,8 +168,7 @@ def load_tokenizer(name_or_path: str | os.PathLike):
 
 
 def _cache_root(cfg: Any) -> Path:
-    root = cfg.get("cache_dir") or os.environ.get("DYT_DATA_DIR") or "~/.cache/dyt"
-    return Path(root).expanduser() / "text"
+    return data_root(cfg.get("cache_dir")) / "text"
 
 
 def corpus_key(cfg: Any) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import ast
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -28,6 +27,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from dyt.data import data_root  # noqa: E402
 
 SAMPLE_RATE = 16_000
 # One espeak-ng voice per speaker: an English accent and a voice variant (espeak-ng --voices=variant).
@@ -100,7 +102,7 @@ def write_split(out: Path, split: str, sentences: list[tuple[str, str]], first_s
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default_out = Path(os.environ.get("DYT_DATA_DIR") or "~/.cache/dyt").expanduser() / "speech_demo"
+    default_out = data_root() / "speech_demo"
     parser.add_argument(
         "--out",
         type=Path,
