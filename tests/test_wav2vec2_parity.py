@@ -1,6 +1,7 @@
 """wav2vec 2.0 with norm=layernorm equals Hugging Face Wav2Vec2ForPreTraining given the same weights, mask,
-negatives and Gumbel noise, in both encoder modes (Base: GroupNorm conv + post-norm; Large: LayerNorm conv
-+ pre-norm), and weights convert both ways; parameter counts of the presets equal Hugging Face's."""
+negatives and Gumbel noise, in every encoder layout (Base: GroupNorm conv + post-norm; Large: LayerNorm
+conv + pre-norm; paper Table 5's Large: GroupNorm conv + pre-norm), and weights convert both ways;
+parameter counts of the presets equal Hugging Face's."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ SMALL = {
 MODES = {
     "base": {"extractor_mode": "default", "conv_bias": False, "layer_norm_first": False},
     "large": {"extractor_mode": "layer_norm", "conv_bias": True, "layer_norm_first": True},
+    # paper Table 5's Large (the authors' wav2vec2_large_librispeech.yaml): fairseq's default extractor (one
+    # GroupNorm, no conv bias) under a pre-norm Transformer; Hugging Face: feat_extract_norm "group" with
+    # do_stable_layer_norm
+    "large_librispeech": {"extractor_mode": "default", "conv_bias": False, "layer_norm_first": True},
 }
 HF_NO_DROPOUT = {
     "hidden_dropout": 0.0,

@@ -18,6 +18,7 @@ import soundfile
 import torch
 from hydra import compose, initialize_config_dir
 
+import models
 from dyt.cli import build_task
 from dyt.engine import Trainer, load_checkpoint
 from dyt.engine.checkpoint import latest_checkpoint
@@ -56,20 +57,85 @@ def test_base_recipe_is_the_papers():
 
 
 def test_large_recipe_is_the_papers():
-    """paper App. A and fairseq wav2vec2_large_librivox.yaml."""
+    """Every field of the authors' other_tasks/wav2vec2/wav2vec2_large_librispeech.yaml (github.com/
+    jiachenzhu/DyT, paper App. A), and fairseq's Wav2Vec2Config defaults where that file sets none."""
     cfg = _compose("experiment=paper/wav2vec2_large", "norm=layernorm")
-    assert cfg.model.name == "wav2vec2_large"
-    assert (cfg.optim.lr, cfg.optim.schedule.warmup_steps, cfg.trainer.max_steps) == (3e-4, 20_000, 250_000)
+    assert cfg.model.name == "wav2vec2_large" and list(cfg.model.keep_norms) == ["conv"]
+    assert (cfg.optim.name, cfg.optim.lr, tuple(cfg.optim.betas), cfg.optim.eps) == ("adam", 3e-4, (0.9, 0.98), 1e-6)
+    assert (cfg.optim.weight_decay, cfg.task.decay_all_params, cfg.optim.lr_batch_size) == (0.01, True, None)
+    assert (cfg.optim.schedule.name, cfg.optim.schedule.power, cfg.optim.schedule.min_lr) == ("polynomial", 1.0, 0.0)
+    assert (cfg.optim.schedule.warmup_steps, cfg.trainer.max_steps) == (20_000, 250_000)
     assert (cfg.trainer.global_batch, cfg.trainer.micro_batch) == (1_200_000 * 128, 1_200_000)
-    assert (cfg.model.layerdrop, cfg.model.dropout, cfg.model.feature_grad_mult) == (0.2, 0.1, 1.0)
-    assert (cfg.model.final_dim, cfg.model.conv_bias) == (768, True)
-    assert (cfg.task.diversity_weight, cfg.task.feature_penalty_weight) == (0.1, 0.0)
+    assert (cfg.trainer.precision, cfg.trainer.clip_grad, cfg.trainer.num_workers) == ("fp16", None, 6)
+    assert (cfg.trainer.log_every_steps, cfg.trainer.ckpt_every_steps) == (200, 25_000)
+    # task: normalize false, min/max sample size
+    assert (cfg.data.max_sample_size, cfg.data.min_sample_size, cfg.data.normalize) == (320_000, 32_000, False)
+    # criterion.loss_weights [0.1, 10]: the feature penalty is on (and so in val/loss)
+    assert (cfg.task.diversity_weight, cfg.task.feature_penalty_weight) == (0.1, 10.0)
     assert dict(cfg.task.quantizer_temp) == {"shape": "exponential", "start": 2.0, "end": 0.1, "decay": 0.999995}
-    assert (cfg.data.max_sample_size, cfg.data.normalize) == (320_000, True)
+    m = cfg.model
+    assert (m.extractor_mode, m.conv_bias, m.feature_grad_mult, m.final_dim) == ("default", False, 0.1, 768)
+    assert (m.layerdrop, m.dropout, m.attention_dropout, m.activation_dropout) == (0.2, 0.1, 0.0, 0.0)
+    assert (m.dropout_input, m.dropout_features) == (0.1, 0.1)
     assert (cfg.paper_ref.table, cfg.paper_ref.row) == ("table5", "w2v2_large")
+    with torch.device("meta"):
+        model = build_task(cfg).build_model()
+    layer = model.encoder.layers[0]
+    assert (len(model.encoder.layers), layer.fc1.in_features, layer.fc1.out_features, layer.self_attn.num_heads) == (
+        24, 1024, 4096, 16,
+    )  # fmt: skip
+    assert layer.layer_norm_first and layer.self_attn.dropout == 0.0 and model.feature_grad_mult == 0.1
+    conv = model.feature_extractor.conv_layers
+    assert isinstance(conv[0].norm, torch.nn.GroupNorm) and all(c.norm is None for c in conv[1:])
+    assert all(c.conv.bias is None for c in conv)
+    assert (model.quantizer.groups, model.quantizer.num_vars, model.num_negatives) == (2, 320, 100)
+    assert (model.mask_prob, model.mask_length, model.logit_temp) == (0.65, 10, 0.1)
 
 
-@pytest.mark.parametrize("experiment, params", [("wav2vec2_base", 95_044_608), ("wav2vec2_large", 317_390_592)])
+def test_large_feature_penalty_enters_val_loss():
+    """loss_weights [0.1, 10]: the Large task's loss, which evaluate() sums into val/loss, holds 10 x the
+    feature penalty that the model computes (fairseq's features_pen, the mean squared encoder output)."""
+    torch.manual_seed(0)
+    task = build_task(_compose("experiment=paper/wav2vec2_large", "norm=layernorm"))
+    out = models.create_model("wav2vec2_tiny")(torch.randn(2, 8000))
+    features = out.features_pen
+    loss, m = task._loss(out)
+    assert features > 0 and m == out.num_masked
+    torch.testing.assert_close(loss, out.contrastive_loss + m * (0.1 * out.diversity + 10.0 * features))
+
+
+@pytest.mark.parametrize("size", ["base", "large"])
+def test_derf_recipes_follow_derfs_patch(size):
+    """The Derf column of Table 5 (Derf paper Table 10): github.com/zlab-princeton/Derf "speech model/
+    dynamic_erf.patch" and its wav2vec2_large_librispeech.yaml. They differ from our DyT-paper recipe in
+    exactly Derf's changes: fp32, the post-extractor LayerNorm kept, and Base made pre-norm."""
+    from omegaconf import OmegaConf
+
+    from dyt.engine.identity import ABSENT, config_diff
+
+    def resolved(experiment):
+        cfg = _compose(f"experiment=paper/{experiment}", "norm=derf")
+        return OmegaConf.to_container(cfg, resolve=True)
+
+    ours, derf = resolved(f"wav2vec2_{size}"), resolved(f"wav2vec2_{size}_derf")
+    expected = {
+        "experiment_name": (f"paper/wav2vec2_{size}", f"paper/wav2vec2_{size}_derf"),
+        "paper_ref.row": (f"w2v2_{size}", f"w2v2_{size}_derf"),
+        "model.keep_norms": (["conv"], ["conv", "post_extract"]),
+        "trainer.precision": ("fp16", "fp32"),
+    }
+    if size == "base":
+        expected["model.layer_norm_first"] = (ABSENT, True)
+    assert config_diff(ours, derf, ("run_dir", "hydra*")) == expected
+    assert _compose(f"experiment=paper/wav2vec2_{size}_derf").norm.name == "derf"  # the recipe's default
+    with torch.device("meta"):
+        model = build_task(_compose(f"experiment=paper/wav2vec2_{size}_derf")).build_model()
+    assert type(model.post_extract_norm).__name__ == "LayerNorm"
+    assert type(model.encoder.layers[0].self_attn_layer_norm).__name__ == "Derf"
+    assert model.encoder.layers[0].layer_norm_first and model.encoder.norm is not None
+
+
+@pytest.mark.parametrize("experiment, params", [("wav2vec2_base", 95_044_608), ("wav2vec2_large", 317_380_864)])
 def test_recipes_build_on_meta_with_the_papers_norm_sites(experiment, params):
     cfg = _compose(f"experiment=paper/{experiment}", "norm=dyt")
     with torch.device("meta"):
