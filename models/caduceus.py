@@ -367,15 +367,16 @@ class Caduceus(nn.Module):
 
 # --------------------------------------------------------------------------------------------------
 # Presets: the released Caduceus checkpoints (Hugging Face kuleshov-group/caduceus-{ps,ph}_seqlen-<n>_
-# d_model-<d>_n_layer-<n>; slurm_scripts/run_pretrain_caduceus.sh: d_model 256, n_layer 16 at 131k), plus a
-# CPU size. Sequence length is data, not a model shape: the presets differ in d_model, n_layer and rcps.
+# d_model-<d>_n_layer-<n>: d_model 256, n_layer 16 at 131k; the paper's runs use 8 layers, see
+# configs/experiment/paper/caduceus_pretrain.yaml), plus a CPU size. Sequence length is data, not a
+# model shape: the presets differ in d_model, n_layer and rcps.
 # --------------------------------------------------------------------------------------------------
 def _caduceus(norm, kwargs, **shape) -> Caduceus:
     return Caduceus(norm="rmsnorm" if norm is None else norm, **{**shape, **kwargs})
 
 
 @register_model
-def caduceus_ps_131k(norm=None, **kwargs) -> Caduceus:  # the paper's (seq 131072)
+def caduceus_ps_131k(norm=None, **kwargs) -> Caduceus:  # the released 131k checkpoint's shape
     return _caduceus(norm, kwargs, d_model=256, n_layer=16, rcps=True)
 
 

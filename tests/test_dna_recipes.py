@@ -46,8 +46,27 @@ def test_caduceus_pretrain_recipe():
     assert (tuple(cfg.optim.betas), cfg.optim.weight_decay, cfg.trainer.clip_grad) == ((0.9, 0.95), 0.1, 1.0)
     assert (cfg.optim.schedule.warmup_steps, cfg.optim.schedule.min_lr) == (5000, 1e-4)
     model = _meta_model(cfg)
-    assert (model.d_model, model.n_layer, model.rcps, model.causal) == (256, 16, True, False)
+    assert (model.d_model, model.rcps, model.causal) == (256, True, False)
     assert model.layers[0].mixer.rev is not None  # bidirectional
+
+
+def test_caduceus_depth_is_the_pretraining_scripts():
+    """8 layers: kuleshov-group/caduceus slurm_scripts/run_pretrain_caduceus.sh N_LAYER=8 (since commit
+    5ba5bfd), the script the DyT and Derf READMEs run unchanged; the caduceus_ps_131k preset keeps the
+    released checkpoint's 16 (kuleshov-group/caduceus-ps_seqlen-131k_d_model-256_n_layer-16). Stage 2
+    builds the same depth, so the stage-1 weights load."""
+    pretrain = _meta_model(_compose("experiment=paper/caduceus_pretrain"))
+    assert len(pretrain.layers) == pretrain.n_layer == 8
+    assert sum(p.numel() for p in pretrain.parameters()) == 3_864_832
+    gb = _meta_model(_compose("experiment=paper/caduceus_gb", "data.dataset=human_ensembl_regulatory"))
+    assert gb.n_layer == 8
+    header = (CONFIGS / "experiment" / "paper" / "caduceus_pretrain.yaml").read_text()
+    assert "N_LAYER=8" in header and "n_layer-16" in header  # the evidence stays with the value
+    with torch.device("meta"):
+        import models
+
+        released = models.create_model("caduceus_ps_131k", norm="rmsnorm")
+    assert released.n_layer == 16 and sum(p.numel() for p in released.parameters()) == 7_725_312
 
 
 @pytest.mark.parametrize(
