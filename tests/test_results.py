@@ -61,6 +61,18 @@ def test_paper_yaml_has_every_main_table_with_its_numbers():
         assert paper[table]["rows"], table
 
 
+def test_caduceus_files_its_869_under_rmsnorm_in_tables_6_12_and_13():
+    """[P2] Table 6's "LN" column for Caduceus is its RMSNorm ([DERF] Tables 11, 25: LN 87.0, RMSNorm
+    86.9); Tables 12 and 13 repeat that run, so they file it the same way."""
+    paper = load_paper(PAPER)
+    assert paper["table6"]["rows"]["caduceus"]["values"]["rmsnorm"] == 86.9
+    assert paper["table6"]["rows"]["caduceus"]["values"]["layernorm"] == 87.0
+    for table in ("table12", "table13"):
+        row = paper[table]["rows"]["caduceus"]
+        assert (row["baseline"], row["rmsnorm"], row["dyt"]) == ("rmsnorm", 86.9, 86.9), table
+        assert "layernorm" not in row and "layernorm_tuned" not in row, table
+
+
 def test_table_puts_ours_beside_the_paper_with_mean_std_and_difference(tmp_path):
     ref = {"table": "table1", "row": "vit_b"}
     _fake_run(tmp_path, "paper/vit_b_in1k", "layernorm", 0, {"val/top1": 82.0}, ref)
