@@ -44,6 +44,8 @@ NON_TRAINING_KEYS: tuple[str, ...] = (
     "trainer.activation_checkpointing",
     "trainer.micro_batch",
     "trainer.distributed",
+    "trainer.sharding",
+    "trainer.shard_group_size",
     "data.root",  # the same data moved to another path
     # evaluation only
     "trainer.eval_every_*",
