@@ -130,3 +130,60 @@ def test_hybrid_sharding_shards_within_groups_and_resumes_bit_identically(hybrid
     for part in ("model", "ema"):
         assert a[part].keys() == b[part].keys()
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+
+
+# ---- selective activation checkpointing --------------------------------------------------------------
+@pytest.mark.parametrize("every_n", [1, 2, 3])
+def test_selective_activation_checkpointing_recomputes_every_nth_block_with_the_same_gradients(every_n):
+    import models
+    from dyt.engine.distributed import apply_activation_checkpointing
+
+    torch.manual_seed(0)
+    plain = models.create_model("llama_tiny", norm={"name": "dyt", "impl": "eager"}, n_layers=6)
+    selective = models.create_model("llama_tiny", norm={"name": "dyt", "impl": "eager"}, n_layers=6)
+    selective.load_state_dict(plain.state_dict())
+    apply_activation_checkpointing(selective, "every_n", every_n)
+    calls = [0] * 6
+    for i, block in enumerate(selective.layers):
+        block.attention.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    tokens = torch.randint(0, 512, (2, 16))
+    losses = [m(tokens).logsumexp(-1).mean() for m in (plain, selective)]
+    for loss in losses:
+        loss.backward()
+    # fms-fsdp's placement: the middle block of each group of n (n = 2: blocks 0, 2, 4)
+    wrapped = {1: [0, 1, 2, 3, 4, 5], 2: [0, 2, 4], 3: [1, 4]}[every_n]
+    assert calls == [2 if i in wrapped else 1 for i in range(6)]  # a wrapped block runs again in backward
+    assert torch.equal(losses[0], losses[1])
+    for (name, a), b in zip(plain.named_parameters(), selective.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-6, msg=name)
+
+
+def test_activation_checkpointing_settings_are_refused_with_the_allowed_values():
+    import models
+    from dyt.engine.distributed import apply_activation_checkpointing
+
+    m = models.create_model("llama_tiny", norm="rmsnorm")
+    with pytest.raises(ValueError, match="must be false, true or every_n"):
+        apply_activation_checkpointing(m, "half")
+    with pytest.raises(ValueError, match="trainer.ac_every_n=0 is not allowed"):
+        apply_activation_checkpointing(m, "every_n", 0)
+    with pytest.raises(ValueError, match="needs a model with wrap_units"):
+        apply_activation_checkpointing(torch.nn.Linear(2, 2), "every_n", 2)
+
+
+def test_llama_recipes_shard_and_checkpoint_as_the_official_commands():
+    """jiachenzhu/DyT other_tasks/LLaMA/README.md: --sharding_strategy, --fsdp_activation_checkpointing and
+    --selective_checkpointing of the four Table 4 commands."""
+    from tests.test_llama_fsdp import compose_cfg
+
+    official = {
+        "7b": ("hybrid", False, None),
+        "13b": ("hybrid", "every_n", 2),
+        "34b": ("full", "every_n", 2),
+        "70b": ("full", True, None),
+    }
+    for size, (sharding, ac, every_n) in official.items():
+        tc = compose_cfg([f"experiment=paper/llama2_{size}", "norm=dyt"]).trainer
+        assert (tc.sharding, tc.activation_checkpointing) == (sharding, ac), size
+        if every_n is not None:
+            assert tc.ac_every_n == every_n, size

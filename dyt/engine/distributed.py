@@ -128,21 +128,35 @@ def block_units(model: nn.Module) -> list[nn.Module]:
     return list(units()) if callable(units) else []
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute activations in backward: through the model's own ``set_grad_checkpointing(True)``
-    (timm convention) when it has one, else around each block of ``model.wrap_units()``. State-dict
-    keys do not change."""
-    if callable(getattr(model, "set_grad_checkpointing", None)):
+def checkpointed_blocks(num_blocks: int, every_n: int) -> list[int]:
+    """Indices of the blocks selective activation checkpointing wraps: one in every ``every_n``, the
+    middle one of each group of ``every_n`` (fms-fsdp ``policies/ac_handler.py``, p = 1/every_n:
+    p = 1/2 wraps blocks 0, 2, 4, ...)."""
+    return [i for i in range(num_blocks) if i % every_n == (every_n - 1) // 2]
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: bool | str = True, every_n: int = 1) -> None:
+    """Recompute activations in backward. ``mode=True``: through the model's own
+    ``set_grad_checkpointing(True)`` (timm convention) when it has one, else around each block of
+    ``model.wrap_units()``; ``mode="every_n"``: around one block in every ``every_n`` of
+    ``model.wrap_units()`` (:func:`checkpointed_blocks`; fms-fsdp's ``selective_checkpointing``).
+    State-dict keys do not change."""
+    if not (mode is True or mode == "every_n"):
+        raise ValueError(f"trainer.activation_checkpointing={mode!r} is not allowed: it must be false, true or every_n")
+    if mode == "every_n" and (isinstance(every_n, bool) or not isinstance(every_n, int) or every_n < 1):
+        raise ValueError(f"trainer.ac_every_n={every_n!r} is not allowed: it must be a positive whole number")
+    if mode is True and callable(getattr(model, "set_grad_checkpointing", None)):
         model.set_grad_checkpointing(True)
         return
     units = block_units(model)
     if not units:
+        need = "set_grad_checkpointing() or wrap_units()" if mode is True else "wrap_units()"
         raise ValueError(
-            f"trainer.activation_checkpointing=true but {type(model).__name__} has neither "
-            "set_grad_checkpointing() nor wrap_units(); add one of them or turn it off"
+            f"trainer.activation_checkpointing={mode} needs a model with {need}, which {type(model).__name__} "
+            "lacks; add it, or set trainer.activation_checkpointing=false"
         )
-    for unit in units:
-        unit.forward = functools.partial(checkpoint, unit.forward, use_reentrant=False)
+    for i in checkpointed_blocks(len(units), every_n if mode == "every_n" else 1):
+        units[i].forward = functools.partial(checkpoint, units[i].forward, use_reentrant=False)
 
 
 def reshard(model: nn.Module) -> None:

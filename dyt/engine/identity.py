@@ -42,6 +42,7 @@ NON_TRAINING_KEYS: tuple[str, ...] = (
     "trainer.num_workers",
     "trainer.compile",
     "trainer.activation_checkpointing",
+    "trainer.ac_every_n",
     "trainer.micro_batch",
     "trainer.distributed",
     "trainer.sharding",

@@ -200,8 +200,8 @@ class Trainer:
                     weights.record_init(report, self.run_dir)
                     print(report, flush=True)
             model.to(env.device)
-        if tc.activation_checkpointing:
-            apply_activation_checkpointing(model)
+        if tc.activation_checkpointing is not False:
+            apply_activation_checkpointing(model, tc.activation_checkpointing, tc.get("ac_every_n", 1))
         self.wrapped = wrap_model(model, env, tc.distributed, self.shard_size)
         if any(p.is_meta for p in model.parameters()):
             model.to_empty(device=env.device)
