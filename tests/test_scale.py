@@ -1,7 +1,15 @@
-"""Training at scale on CPU with gloo: hybrid sharding (HSDP).
+"""Training at scale on CPU with gloo: hybrid sharding (HSDP) and resuming at another world size.
 
 One recipe (the digits MLP, constant lr, dropout 0) is trained for 8 steps by 4 processes as a 2 x 2
-hybrid mesh (the reference); its step-2 checkpoint resumed by the same 4 processes is bit-identical.
+hybrid mesh (the reference). Its checkpoints are then resumed:
+
+- by the same 4 processes: bit-identical to the reference;
+- from step 2 (written by 4) by 2 processes under full FSDP2 (4 -> 2);
+- from step 4 of that run (written by 2) in one process (2 -> 1);
+- from step 6 of that run (written by 1, a single file) by 2 processes under DDP (1 -> 2).
+
+Every continued run's losses equal the reference's to float tolerance (only the order of reductions
+differs), because every step trains on exactly the same samples at any world size.
 """
 
 from __future__ import annotations
@@ -13,11 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dyt.engine import load_checkpoint
+from dyt.engine import Trainer, load_checkpoint
 from dyt.engine.checkpoint import LAST, checkpoint_name
 from dyt.engine.distributed import shard_group_size
 from dyt.engine.sampler import ShardedBatchSampler, plan_batch
 from dyt.io import atomic_write_text
+from tests.engine_helpers import DigitsTask, make_cfg
 from tests.test_engine_distributed import torchrun
 
 STEPS = 8
@@ -130,6 +139,45 @@ def test_hybrid_sharding_shards_within_groups_and_resumes_bit_identically(hybrid
     for part in ("model", "ema"):
         assert a[part].keys() == b[part].keys()
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+
+
+@pytest.fixture(scope="module")
+def on_two(hybrid, tmp_path_factory) -> Path:
+    """4 -> 2: the hybrid run's step-2 checkpoint continued by 2 processes under full FSDP2."""
+    run = rolled_back(hybrid, tmp_path_factory.mktemp("on_two") / "run", 2)
+    torchrun(run, "trainer.distributed=fsdp", *COMMON)
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sharded_checkpoint_of_4_hybrid_processes_resumes_on_2(hybrid, on_two):
+    assert_continues(on_two, losses(hybrid), after=2)
+
+
+@pytest.fixture(scope="module")
+def on_one(on_two, tmp_path_factory) -> Path:
+    """2 -> 1: the step-4 checkpoint of ``on_two`` (written by 2 processes) continued in this process."""
+    run = rolled_back(on_two, tmp_path_factory.mktemp("on_one") / "run", 4)
+    torch.set_num_threads(1)
+    cfg = make_cfg(run, ["trainer.distributed=fsdp", *COMMON])
+    assert Trainer(cfg).fit(DigitsTask(cfg))["world_size"] == 1
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sharded_checkpoint_of_2_processes_resumes_in_one(hybrid, on_one):
+    assert_continues(on_one, losses(hybrid), after=4)
+    assert (on_one / "checkpoints" / checkpoint_name(STEPS, False)).is_file()  # one process writes one file
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_single_file_checkpoint_of_one_process_resumes_on_2(hybrid, on_one, tmp_path):
+    run = rolled_back(on_one, tmp_path / "run", 6)
+    torchrun(run, "trainer.distributed=ddp", *COMMON)
+    assert_continues(run, losses(hybrid), after=6)
 
 
 # ---- selective activation checkpointing --------------------------------------------------------------
