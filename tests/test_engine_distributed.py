@@ -22,14 +22,14 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM
 pytestmark = pytest.mark.distributed
 
 
-def torchrun(run: Path, *overrides: str) -> dict:
-    """Train with ``torchrun --nproc_per_node=2`` and return rank 0's results."""
+def torchrun(run: Path, *overrides: str, nproc: int = 2) -> dict:
+    """Train with ``torchrun --nproc_per_node=<nproc>`` and return rank 0's results."""
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
-        "--nproc_per_node=2",
+        f"--nproc_per_node={nproc}",
         "tests/engine_driver.py",
         str(run),
         "trainer.device=cpu",

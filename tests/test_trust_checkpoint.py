@@ -155,7 +155,8 @@ def test_malicious_dcp_metadata_never_runs(tmp_path, capsys, forged):
     refused = "refusing to read DCP metadata .*global posix.system"
     with pytest.raises(CheckpointError, match=refused if forged else "truncated or damaged: .metadata has"):
         ckpt.load_checkpoint(path)
-    with pytest.raises(CheckpointError, match="no intact checkpoint"):
+    # Damage (a checksum that does not match) is skipped; tampering (it asks for code) stops the run.
+    with pytest.raises(CheckpointError, match=refused if forged else "no intact checkpoint"):
         ckpt.resolve_checkpoint(run_dir)
     with pytest.raises(CheckpointError, match=refused):  # the trainer's path, after resolution
         ckpt.load_sharded_into(path, train_state())
@@ -179,6 +180,23 @@ def test_malicious_single_file_never_runs(tmp_path):
     with pytest.raises(CheckpointError, match="refusing to load .*step_00000002.pt"):
         ckpt.load_checkpoint(tmp_path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["file", "dcp"])
+def test_untrusted_content_is_refused_alike_in_both_formats_never_a_fallback(tmp_path, capsys, sharded):
+    """docs/guarantees.md, "Untrusted content": a newest checkpoint that asks to run code stops the run
+    (one error naming the file), for a single file and DCP metadata alike, even with an intact older one."""
+    run_dir = tmp_path / "run"
+    old, new = save_steps(run_dir / "checkpoints", (2, 4), sharded)
+    marker = tmp_path / "pwned"
+    if sharded:
+        (new / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    else:
+        torch.save({"model": {}, "payload": RunsCode(marker)}, new)
+    forge_manifest(new)
+    with pytest.raises(ckpt.UntrustedContentError, match=rf"refusing to (load|read DCP metadata) {new}"):
+        ckpt.load_checkpoint(ckpt.resolve_checkpoint(run_dir))
+    assert "warning" not in capsys.readouterr().err and not marker.exists()
 
 
 # ---- finiteness --------------------------------------------------------------------------------------

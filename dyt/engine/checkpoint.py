@@ -20,7 +20,8 @@ What a checkpoint guarantees:
   optimizer holds NaN or inf is never written, and pruning never deletes the newest finite checkpoint.
 - **Fallback.** :func:`latest_checkpoint` skips a damaged newest checkpoint (truncated, flipped bytes,
   missing manifest, unreadable DCP metadata; an empty or garbage ``last``) with a one-line warning and
-  returns the newest intact one.
+  returns the newest intact one. A file that asks to run code is not damage: it stops the run
+  (:class:`UntrustedContentError`), the same for single files and DCP metadata.
 - **No code execution.** Single files load with ``torch.load(weights_only=True)``; DCP metadata, which
   DCP itself reads with plain ``pickle``, is read by an unpickler that admits only DCP's metadata
   classes, and DCP's non-tensor entries load with ``weights_only=True``.
@@ -56,6 +57,7 @@ from dyt.engine.safe_read import (  # noqa: F401  (re-exported: the checkpoint A
     CheckpointError,
     SafeFileSystemReader,
     SafeLoadPlanner,
+    UntrustedContentError,
     dcp_load,
     first_failure,
     safe_load,
@@ -252,6 +254,8 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, verify: bool = True) -> Path 
     for ckpt in candidates:
         try:
             verify_checkpoint(ckpt, checksums=verify)
+        except UntrustedContentError:
+            raise  # tampering is not damage: never a fallback (docs/guarantees.md, "Untrusted content")
         except CheckpointError as e:
             problems.append(str(e))
             continue

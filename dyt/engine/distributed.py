@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 DISTRIBUTED_MODES = ("ddp", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
+SHARDINGS = ("full", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -127,21 +128,35 @@ def block_units(model: nn.Module) -> list[nn.Module]:
     return list(units()) if callable(units) else []
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute activations in backward: through the model's own ``set_grad_checkpointing(True)``
-    (timm convention) when it has one, else around each block of ``model.wrap_units()``. State-dict
-    keys do not change."""
-    if callable(getattr(model, "set_grad_checkpointing", None)):
+def checkpointed_blocks(num_blocks: int, every_n: int) -> list[int]:
+    """Indices of the blocks selective activation checkpointing wraps: one in every ``every_n``, the
+    middle one of each group of ``every_n`` (fms-fsdp ``policies/ac_handler.py``, p = 1/every_n:
+    p = 1/2 wraps blocks 0, 2, 4, ...)."""
+    return [i for i in range(num_blocks) if i % every_n == (every_n - 1) // 2]
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: bool | str = True, every_n: int = 1) -> None:
+    """Recompute activations in backward. ``mode=True``: through the model's own
+    ``set_grad_checkpointing(True)`` (timm convention) when it has one, else around each block of
+    ``model.wrap_units()``; ``mode="every_n"``: around one block in every ``every_n`` of
+    ``model.wrap_units()`` (:func:`checkpointed_blocks`; fms-fsdp's ``selective_checkpointing``).
+    State-dict keys do not change."""
+    if not (mode is True or mode == "every_n"):
+        raise ValueError(f"trainer.activation_checkpointing={mode!r} is not allowed: it must be false, true or every_n")
+    if mode == "every_n" and (isinstance(every_n, bool) or not isinstance(every_n, int) or every_n < 1):
+        raise ValueError(f"trainer.ac_every_n={every_n!r} is not allowed: it must be a positive whole number")
+    if mode is True and callable(getattr(model, "set_grad_checkpointing", None)):
         model.set_grad_checkpointing(True)
         return
     units = block_units(model)
     if not units:
+        need = "set_grad_checkpointing() or wrap_units()" if mode is True else "wrap_units()"
         raise ValueError(
-            f"trainer.activation_checkpointing=true but {type(model).__name__} has neither "
-            "set_grad_checkpointing() nor wrap_units(); add one of them or turn it off"
+            f"trainer.activation_checkpointing={mode} needs a model with {need}, which {type(model).__name__} "
+            "lacks; add it, or set trainer.activation_checkpointing=false"
         )
-    for unit in units:
-        unit.forward = functools.partial(checkpoint, unit.forward, use_reentrant=False)
+    for i in checkpointed_blocks(len(units), every_n if mode == "every_n" else 1):
+        units[i].forward = functools.partial(checkpoint, units[i].forward, use_reentrant=False)
 
 
 def reshard(model: nn.Module) -> None:
@@ -155,9 +170,58 @@ def reshard(model: nn.Module) -> None:
             m.reshard()
 
 
-def wrap_model(model: nn.Module, env: DistEnv, mode: str) -> nn.Module:
+def _processes_per_node() -> int | None:
+    """Processes on this node: torchrun's ``LOCAL_WORLD_SIZE``, else SLURM's ``SLURM_NTASKS_PER_NODE``
+    (``8`` or ``8(x16)``); None when neither is set."""
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        return int(os.environ["LOCAL_WORLD_SIZE"])
+    m = re.match(r"\d+", os.environ.get("SLURM_NTASKS_PER_NODE", ""))
+    return int(m.group()) if m else None
+
+
+def shard_group_size(mode: str, sharding: str, group_size: int | None, world_size: int) -> int:
+    """How many processes shard one copy of the model: the world for ``full``; for ``hybrid`` (HSDP:
+    shard within a group, replicate across groups) ``group_size``, else the processes of one node.
+    Refuses a setting that cannot be run, with the fix."""
+    if sharding not in SHARDINGS:
+        raise ValueError(f"unknown trainer.sharding {sharding!r}; valid choices are: {', '.join(SHARDINGS)}")
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
+        raise ValueError(f"trainer.shard_group_size={group_size!r} is not allowed: it must be a positive whole number")
+    if sharding == "full":
+        if group_size is not None:
+            raise ValueError(
+                f"trainer.shard_group_size={group_size} needs trainer.sharding=hybrid (full sharding shards over "
+                "every process)"
+            )
+        return world_size
+    if mode != "fsdp":
+        raise ValueError(
+            f"trainer.sharding=hybrid needs trainer.distributed=fsdp (it is {mode!r}); set trainer.distributed=fsdp "
+            "or trainer.sharding=full"
+        )
+    if world_size == 1:
+        return 1
+    size = group_size or _processes_per_node()
+    if size is None:
+        raise ValueError(
+            "trainer.sharding=hybrid: cannot tell how many processes run per node (neither LOCAL_WORLD_SIZE nor "
+            "SLURM_NTASKS_PER_NODE is set); set trainer.shard_group_size"
+        )
+    if world_size % size:
+        raise ValueError(
+            f"trainer.sharding=hybrid: {world_size} processes do not split into shard groups of {size}; set "
+            f"trainer.shard_group_size to a divisor of {world_size}"
+        )
+    return size
+
+
+def wrap_model(model: nn.Module, env: DistEnv, mode: str, shard_size: int | None = None) -> nn.Module:
     """DDP (default) or FSDP2: ``fully_shard`` on each ``model.wrap_units()`` block, then the root
-    (in place; the returned module is ``model`` itself for FSDP). Identity for one process."""
+    (in place; the returned module is ``model`` itself for FSDP). With ``shard_size`` below the world
+    size, FSDP2 shards over a 2-D device mesh (replicate x shard: HSDP, torchtitan's
+    ``data_parallel_replicate_degree``): parameters are sharded within each group of ``shard_size``
+    consecutive ranks (one node) and replicated across groups, gradients reduce-scattered within a
+    group and all-reduced across groups. Identity for one process."""
     if mode not in DISTRIBUTED_MODES:
         raise ValueError(f"unknown trainer.distributed {mode!r}; valid choices are: {', '.join(DISTRIBUTED_MODES)}")
     if not env.is_distributed:
@@ -165,9 +229,16 @@ def wrap_model(model: nn.Module, env: DistEnv, mode: str) -> nn.Module:
     if mode == "ddp":
         ids = [env.device.index] if env.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    shard = shard_size or env.world_size
+    mesh = (
+        init_device_mesh(env.device.type, (env.world_size // shard, shard), mesh_dim_names=("replicate", "shard"))
+        if shard < env.world_size
+        else None
+    )
     for unit in block_units(model):
-        fully_shard(unit)
-    fully_shard(model)
+        fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model

@@ -42,8 +42,11 @@ NON_TRAINING_KEYS: tuple[str, ...] = (
     "trainer.num_workers",
     "trainer.compile",
     "trainer.activation_checkpointing",
+    "trainer.ac_every_n",
     "trainer.micro_batch",
     "trainer.distributed",
+    "trainer.sharding",
+    "trainer.shard_group_size",
     "data.root",  # the same data moved to another path
     # evaluation only
     "trainer.eval_every_*",

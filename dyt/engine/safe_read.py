@@ -27,6 +27,12 @@ class CheckpointError(RuntimeError):
     model, non-finite, or a failed write."""
 
 
+class UntrustedContentError(CheckpointError):
+    """A file that asks to run code (a pickled global other than tensors, containers and DCP's metadata
+    classes). Never a fallback: damage is skipped for an older checkpoint, tampering stops the run
+    (docs/guarantees.md, "Untrusted content")."""
+
+
 _DCP_METADATA_GLOBALS = {
     ("torch.distributed.checkpoint.metadata", name)
     for name in (
@@ -63,13 +69,13 @@ class _MetadataUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        raise CheckpointError(
+        raise UntrustedContentError(
             f"refusing to read DCP metadata {self.path}: it asks for the global {module}.{name}, which is "
             "not part of DCP's metadata and could execute code. Only load checkpoints from a source you trust"
         )
 
     def persistent_load(self, pid: Any) -> Any:
-        raise CheckpointError(f"refusing to read DCP metadata {self.path}: it holds a persistent reference")
+        raise UntrustedContentError(f"refusing to read DCP metadata {self.path}: it holds a persistent reference")
 
 
 class SafeFileSystemReader(dcp.FileSystemReader):
@@ -124,7 +130,7 @@ def dcp_load(state: dict[str, Any], path: Path, what: str) -> None:
     except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
         cause = first_failure(e) if isinstance(e, CheckpointException) else e
         if isinstance(cause, CheckpointError):
-            raise CheckpointError(str(cause)) from None
+            raise type(cause)(str(cause)) from None
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         raise CheckpointError(f"cannot load DCP checkpoint {path} {what} ({type(cause).__name__}: {first})") from None
 
@@ -139,7 +145,7 @@ def safe_load(path: Path | io.BytesIO, name: str | None = None) -> Any:
         # weights_only names the global it blocked (e.g. "GLOBAL posix.system"); garbage fails otherwise.
         blocked = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "global" in line]
         if blocked:
-            raise CheckpointError(
+            raise UntrustedContentError(
                 f"refusing to load {name}: it holds pickled objects other than tensors and "
                 "plain containers, which could execute code (torch.load with "
                 f"weights_only=True: {blocked[0]})"

@@ -99,20 +99,17 @@ class TrainState:
             ckpt.save_checkpoint({**meta, **tensors}, ckpt_dir, self.step, keep)
 
     def load(self, path: Path, accept: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
-        """Restore everything from the checkpoint at ``path`` (a file, or a DCP directory when sharded),
+        """Restore everything from the checkpoint at ``path`` (a file, or a DCP directory written at any
+        world size: DCP reshards model, EMA and optimizer to this run's processes),
         after checking that it was trained with this config (:func:`~dyt.engine.identity.check_run_identity`:
         keys in ``accept`` may differ). Returns the accepted differences."""
-        if self.sharded != path.is_dir():
-            kind, how = (
-                ("a sharded DCP (FSDP2)", "under torchrun with trainer.distributed=fsdp")
-                if path.is_dir()
-                else ("a single-file (DDP / one process)", "with trainer.distributed=ddp")
-            )
+        if self.sharded and not path.is_dir():
             raise ckpt.CheckpointError(
-                f"{path} is {kind} checkpoint, which this run cannot resume: resume it {how}, "
+                f"{path} is a single-file (DDP / one process) checkpoint, which this run cannot resume with "
+                "trainer.distributed=fsdp: resume it with trainer.distributed=ddp (on any number of processes), "
                 "or read its weights with dyt.engine.load_checkpoint()"
             )
-        if self.sharded:
+        if path.is_dir():  # DCP reshards: written by any number of processes, read by FSDP2, DDP or one process
             from torch.distributed.checkpoint.state_dict import set_state_dict
 
             state = ckpt.safe_load(path / ckpt.META)

@@ -49,6 +49,7 @@ from dyt.engine.distributed import (
     broadcast_object,
     reshard,
     setup_distributed,
+    shard_group_size,
     teardown_distributed,
     wrap_model,
 )
@@ -136,6 +137,7 @@ class Trainer:
         self.resume_from = broadcast_object(ckpt.latest_checkpoint(self.ckpt_dir) if env.is_main else None)
         seed_all(cfg.seed)  # identical initial weights on every rank
         self.fsdp = tc.distributed == "fsdp" and env.is_distributed
+        self.shard_size = shard_group_size(tc.distributed, tc.sharding, tc.get("shard_group_size"), env.world_size)
         model = self._new_model(task, env)
         self.model = model  # unwrapped; FSDP2 shards it in place
         if tc.compile:
@@ -198,9 +200,9 @@ class Trainer:
                     weights.record_init(report, self.run_dir)
                     print(report, flush=True)
             model.to(env.device)
-        if tc.activation_checkpointing:
-            apply_activation_checkpointing(model)
-        self.wrapped = wrap_model(model, env, tc.distributed)
+        if tc.activation_checkpointing is not False:
+            apply_activation_checkpointing(model, tc.activation_checkpointing, tc.get("ac_every_n", 1))
+        self.wrapped = wrap_model(model, env, tc.distributed, self.shard_size)
         if any(p.is_meta for p in model.parameters()):
             model.to_empty(device=env.device)
             with torch.no_grad():
