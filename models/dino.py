@@ -107,6 +107,36 @@ class MultiCropNet(nn.Module):
         return self.head(torch.cat(features))
 
 
+# ---- position embeddings of crops of another size ---------------------------------------------------
+
+
+def dino_interpolate_pos_embed(pos_embed: torch.Tensor, grid: list[int], built: list[int], prefix: int) -> torch.Tensor:
+    """DINO's ``interpolate_pos_encoding`` (facebookresearch/dino vision_transformer.py): the patch
+    embeddings, a ``built`` grid, resized bicubically by ``scale_factor = (g + 0.1) / built`` per axis for
+    a target grid ``g`` (the 0.1 guards the output size against rounding, DINO issue 8), which samples
+    other points than a resize to exactly ``g`` (timm's). The ``prefix`` tokens' embeddings are kept."""
+    dim = pos_embed.shape[-1]
+    patches = pos_embed[:, prefix:].reshape(1, *built, dim).permute(0, 3, 1, 2)
+    scale = tuple((g + 0.1) / b for g, b in zip(grid, built, strict=True))
+    patches = F.interpolate(patches, scale_factor=scale, mode="bicubic")
+    if list(patches.shape[-2:]) != list(grid):
+        raise ValueError(f"DINO's interpolation made a {list(patches.shape[-2:])} grid, not {list(grid)}")
+    return torch.cat([pos_embed[:, :prefix], patches.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+
+
+class DINOVisionTransformer(VisionTransformer):
+    """The ViT of models/vit.py with DINO's position-embedding interpolation for crops of another size
+    (DINO's local crops); crops of the built size use the embeddings as they are."""
+
+    def resample_pos_embed(self, grid: list[int]) -> torch.Tensor:
+        return dino_interpolate_pos_embed(
+            self.pos_embed, grid, list(self.patch_embed.grid_size), self.num_prefix_tokens
+        )
+
+
+POS_EMBED_RESAMPLES = {"dino": DINOVisionTransformer, "timm": VisionTransformer}
+
+
 # ---- student and teacher ------------------------------------------------------------------------------
 
 
@@ -122,6 +152,9 @@ class DINO(nn.Module):
         out_dim, hidden_dim, bottleneck_dim, nlayers, norm_last_layer: the head (DINO: 65536, 2048, 256, 3).
         drop_path_rate: stochastic depth of the student (DINO: 0.1).
         num_global: how many leading crops are global views, the only ones the teacher sees (DINO: 2).
+        pos_embed_resample: how crops of another size than ``img_size`` (the local crops) get position
+            embeddings: ``dino`` (DINO's ``interpolate_pos_encoding``, the default) or ``timm`` (a bicubic
+            resize to exactly their grid, what this model did before; the committed CPU digits numbers).
         **backbone: ``VisionTransformer`` arguments (sizes, ``img_size`` of the global crops, ...).
     """
 
@@ -135,9 +168,14 @@ class DINO(nn.Module):
         norm_last_layer: bool = True,
         drop_path_rate: float = 0.1,
         num_global: int = 2,
+        pos_embed_resample: str = "dino",
         **backbone,
     ) -> None:
         super().__init__()
+        if pos_embed_resample not in POS_EMBED_RESAMPLES:
+            valid = ", ".join(POS_EMBED_RESAMPLES)
+            raise ValueError(f"unknown pos_embed_resample {pos_embed_resample!r}; valid choices are: {valid}")
+        vit_class = POS_EMBED_RESAMPLES[pos_embed_resample]
         norm = build_norm_factory(norm)
         self.num_global = num_global
         head = dict(
@@ -150,7 +188,7 @@ class DINO(nn.Module):
         nets = []
         with deferred_init(self):
             for rate in (drop_path_rate, 0.0):
-                vit = VisionTransformer(
+                vit = vit_class(
                     norm, num_classes=0, global_pool="token", dynamic_img_size=True, drop_path_rate=rate, **backbone
                 )
                 nets.append(MultiCropNet(vit, DINOHead(vit.embed_dim, **head)))

@@ -213,6 +213,12 @@ class VisionTransformer(nn.Module):
         ``models``)."""
         return {"norms": self.norm_options, "residual_init": self.residual_init, "sigma_reparam": self.sigma_reparam}
 
+    def resample_pos_embed(self, grid: list[int]) -> torch.Tensor:
+        """The position embeddings for a patch grid other than the built one: timm's bicubic resize to
+        exactly that grid (``models.dino`` swaps in DINO's own interpolation)."""
+        built = list(self.patch_embed.grid_size)
+        return resample_abs_pos_embed(self.pos_embed, grid, built, self.num_prefix_tokens, antialias=False)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) -> tokens (N, prefix + patches, D) after the blocks (and ``norm`` when
         pooling the class token)."""
@@ -223,9 +229,7 @@ class VisionTransformer(nn.Module):
         pos_embed = self.pos_embed
         # A fixed-size ViT has no shape-dependent branch (torch.fx can trace it: dyt.fold).
         if self.dynamic_img_size and tuple(grid) != tuple(self.patch_embed.grid_size):
-            pos_embed = resample_abs_pos_embed(
-                pos_embed, grid, list(self.patch_embed.grid_size), self.num_prefix_tokens, antialias=False
-            )
+            pos_embed = self.resample_pos_embed(grid)
         x = self.blocks(x + pos_embed)
         return self.norm(x)
 

@@ -29,6 +29,7 @@ import torch
 from transformers import ViTConfig, ViTModel
 
 import models
+import models.vit
 from dyt.data.ssl import MultiCrop
 from dyt.engine import Trainer, load_checkpoint
 from dyt.engine.sampler import seed_all
@@ -166,6 +167,80 @@ def test_loss_centering_and_teacher_update_match_the_formulas():
     ema_update(t_net, s_net, 0.996)
     for b, t, s in zip(before, t_net.parameters(), s_net.parameters(), strict=True):
         assert torch.allclose(t, 0.996 * b + 0.004 * s, atol=1e-15, rtol=0)
+
+
+def dino_pos_encoding(pos_embed, w, h, patch):
+    """facebookresearch/dino vision_transformer.py ``interpolate_pos_encoding`` for an image of w x h
+    pixels (w: the height axis, as DINO unpacks ``B, nc, w, h = x.shape``), transcribed step by step."""
+    npatch, n = (w // patch) * (h // patch), pos_embed.shape[1] - 1
+    if npatch == n and w == h:
+        return pos_embed
+    dim, side = pos_embed.shape[-1], math.sqrt(n)
+    w0, h0 = w // patch + 0.1, h // patch + 0.1
+    grid = pos_embed[:, 1:].reshape(1, int(side), int(side), dim).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, scale_factor=(w0 / side, h0 / side), mode="bicubic")
+    assert (int(w0), int(h0)) == tuple(grid.shape[-2:])
+    return torch.cat([pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+
+
+def dino_backbone_reference(vit, x):
+    """DINO's ``prepare_tokens`` + blocks + norm + class token, on our ViT's weights."""
+    tokens = torch.cat([vit.cls_token.expand(len(x), -1, -1), vit.patch_embed(x)], dim=1)
+    tokens = tokens + dino_pos_encoding(vit.pos_embed, x.shape[-2], x.shape[-1], vit.patch_embed.patch_size[0])
+    return vit.norm(vit.blocks(tokens))[:, 0]
+
+
+@pytest.mark.parametrize("size", [(16, 16), (24, 24), (40, 40), (16, 24)])
+def test_local_crops_get_dinos_position_interpolation(size):
+    """A crop of another size gets DINO's bicubic resample with scale_factor (g + 0.1) / sqrt(N), which
+    differs from timm's resize to exactly g; the built size keeps the embeddings as they are."""
+    torch.manual_seed(0)
+    vit = tiny(drop_path_rate=0.0).student.backbone.double()
+    grid = [size[0] // 8, size[1] // 8]
+    expected = dino_pos_encoding(vit.pos_embed, *size, 8)
+    assert torch.equal(vit.resample_pos_embed(grid), expected)
+    timm = models.vit.VisionTransformer.resample_pos_embed(vit, grid)
+    assert timm.shape == expected.shape and not torch.allclose(timm, expected, atol=1e-6)  # the fix matters
+    assert torch.equal(timm[:, :1], expected[:, :1])  # the class token's embedding is kept by both
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    assert torch.allclose(vit(x), dino_backbone_reference(vit, x), atol=1e-12, rtol=0)
+    glob = torch.randn(2, 3, 32, 32, dtype=torch.float64)  # a global crop: embeddings untouched
+    assert torch.equal(dino_pos_encoding(vit.pos_embed, 32, 32, 8), vit.pos_embed)
+    assert torch.allclose(vit(glob), dino_backbone_reference(vit, glob), atol=1e-12, rtol=0)
+
+
+def test_dino_loss_on_mixed_crop_sizes_equals_dinos_reference():
+    """Student and teacher on 2 global (32 px) and 3 local (16 px) crops: the loss and its gradients equal a
+    reference built with DINO's own interpolation and the published loss, to float64 precision."""
+    torch.manual_seed(0)
+    dino = tiny(drop_path_rate=0.0).double()  # no drop path: the reference draws none
+    crops = [torch.randn(3, 3, 32, 32, dtype=torch.float64) for _ in range(2)]
+    crops += [torch.randn(3, 3, 16, 16, dtype=torch.float64) for _ in range(3)]
+    center = torch.randn(1, 64, dtype=torch.float64) * 0.1
+    student, teacher = dino(crops)
+    loss = dino_loss(student, teacher, center, 0.1, 0.04, num_crops=5)
+    net = dino.student
+    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]  # not the fixed weight_g
+    ours = torch.autograd.grad(loss, [p for _, p in params])
+
+    ref_student = torch.cat([net.head(dino_backbone_reference(net.backbone, c)) for c in crops])
+    with torch.no_grad():
+        t = dino.teacher
+        ref_teacher = torch.cat([t.head(dino_backbone_reference(t.backbone, c)) for c in crops[:2]])
+    ref = reference_loss(ref_student, ref_teacher, center, 0.1, 0.04, num_crops=5)
+    assert abs(loss.item() - ref.item()) < 1e-12
+    grads = torch.autograd.grad(ref, [p for _, p in params])
+    for (name, _), a, b in zip(params, ours, grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-9), name
+    assert ours[[n for n, _ in params].index("backbone.pos_embed")].abs().sum() > 0
+
+
+def test_pos_embed_resample_timm_keeps_the_old_behaviour_and_bad_names_are_refused():
+    torch.manual_seed(0)
+    vit = tiny(pos_embed_resample="timm").student.backbone
+    assert type(vit) is models.vit.VisionTransformer
+    with pytest.raises(ValueError, match="unknown pos_embed_resample 'exact'; valid choices are: dino, timm"):
+        tiny(pos_embed_resample="exact")
 
 
 def test_knn_vote_matches_a_direct_transcription():
