@@ -40,6 +40,13 @@ What happens, in order:
    ``model=vit_b norm=dyt init_from=<timm file>``.
 6. Everything else must match: missing, unexpected and mis-shaped keys are listed in one error.
 
+Published checkpoints of the paper's families load in their released layouts (``PUBLISHED_FORMATS``;
+each module's ``detect`` recognises a file or Hugging Face directory, its ``convert`` renames it to our
+model's names before step 2; docs/finetune.md lists the commands): Hugging Face ``ViTMAEForPreTraining``
+(models/mae_hf.py), DINO's ``.pth`` files (models/dino_official.py), Hugging Face ``Wav2Vec2ForPreTraining``
+(models/wav2vec2_hf.py), fairseq wav2vec 2.0 checkpoints (models/wav2vec2_fairseq.py), HyenaDNA's
+released weights (models/hyena_released.py) and Caduceus's Hugging Face checkpoints (models/caduceus_hf.py).
+
 An FSDP-sharded model cannot be loaded here: apply ``init_from`` to the whole model before sharding it.
 """
 
@@ -66,6 +73,16 @@ INIT_FROM_KEYS = ("source", "ignore", "key", "made_by")
 REPORT_FILE = "init_from.json"
 EXPORT_FORMATS = ("auto", "hf", "dyt")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
+# The published layouts (module docstring); each module has FORMAT, detect(obj, config) and
+# convert(obj, model, config). A file is offered to them only when init_from.key is not set.
+PUBLISHED_FORMATS = (
+    "models.mae_hf",
+    "models.dino_official",
+    "models.wav2vec2_hf",
+    "models.wav2vec2_fairseq",
+    "models.hyena_released",
+    "models.caduceus_hf",
+)
 _HF_WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -222,8 +239,18 @@ def _read_timm(name: str) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def _read_source(spec: InitFrom) -> tuple[dict[str, torch.Tensor], InitReport]:
-    """The source's state dict and the report's description of where it came from."""
+def _published(obj: Any, config: Mapping[str, Any] | None) -> Any:
+    """The ``PUBLISHED_FORMATS`` module whose layout ``obj`` (a loaded file or state dict) has, or None."""
+    import importlib
+
+    if not isinstance(obj, Mapping):
+        return None
+    return next((m for m in map(importlib.import_module, PUBLISHED_FORMATS) if m.detect(obj, config)), None)
+
+
+def _read_source(spec: InitFrom, model: nn.Module) -> tuple[dict[str, torch.Tensor], InitReport]:
+    """The source's state dict (a published layout already in ``model``'s names) and the report's
+    description of where it came from."""
     if spec.source.startswith("timm:"):
         name = spec.source[len("timm:") :]
         return _read_timm(name), InitReport(spec.source, "timm", f"timm:{name}")
@@ -242,7 +269,11 @@ def _read_source(spec: InitFrom) -> tuple[dict[str, torch.Tensor], InitReport]:
             raise InitFromError(
                 f"init_from: {path} has a config.json but no weights; expected one of: {', '.join(_HF_WEIGHT_FILES)}"
             )
-        return _load_weight_file(found), InitReport(spec.source, "dyt" if ours else "huggingface", str(found))
+        state, hf_config = _load_weight_file(found), json.loads(config.read_text())
+        fmt = None if ours else _published(state, hf_config)
+        if fmt is not None:
+            return fmt.convert(state, model, hf_config), InitReport(spec.source, fmt.FORMAT, str(found))
+        return state, InitReport(spec.source, "dyt" if ours else "huggingface", str(found))
     if path.is_dir():  # a run dir, its checkpoints/ or a DCP checkpoint
         try:
             ckpt = load_checkpoint(path)
@@ -251,9 +282,15 @@ def _read_source(spec: InitFrom) -> tuple[dict[str, torch.Tensor], InitReport]:
         key = spec.key or "model"
         state = _checkpoint_weights(ckpt, key)
         return state, InitReport(spec.source, "dyt", ckpt["path"], entry=key, step=ckpt.get("step"))
+    import argparse
+
+    with torch.serialization.safe_globals([argparse.Namespace]):  # DINO's and fairseq's "args"
+        obj = _load_weight_file(path) if path.suffix == ".safetensors" else safe_load(path)
+    fmt = _published(obj, None) if spec.key is None else None
+    if fmt is not None:
+        return fmt.convert(obj, model, None), InitReport(spec.source, fmt.FORMAT, str(path))
     if path.suffix == ".safetensors":
-        return _load_weight_file(path), InitReport(spec.source, "file", str(path))
-    obj = safe_load(path)
+        return obj, InitReport(spec.source, "file", str(path))
     state, entry = _pick_entry(obj, spec.key, path)
     ours = isinstance(obj, Mapping) and {"model", "step", "config"} <= set(obj)
     step = obj.get("step") if ours else None
@@ -373,7 +410,7 @@ def load_init_weights(
         raise InitFromError("init_from: the model is on the meta device; materialise it (to_empty) first")
     if any(isinstance(p, DTensor) for p in model.parameters()):
         raise InitFromError("init_from: the model is already sharded (FSDP2); load the weights before sharding it")
-    state, report = _read_source(spec)
+    state, report = _read_source(spec, model)
     report.model, report.ignore = type(model).__name__, list(spec.ignore)
     if report.kind == "huggingface":
         _check_hf_llama_config(model, Path(report.path).parent)

@@ -1,6 +1,7 @@
 """Hugging Face ``Wav2Vec2ForPreTraining`` names for ``models.wav2vec2``: weights convert both ways
 (``to_hf_state_dict`` / ``from_hf_state_dict``) and ``hf_config`` gives the matching config, for parity
-tests and for ``init_from`` a local Hugging Face directory."""
+tests and for ``init_from`` a local Hugging Face directory (``detect`` / ``convert``: dyt/weights.py
+``PUBLISHED_FORMATS``; e.g. facebook/wav2vec2-base, saved by transformers < 5 with ``weight_g`` / ``weight_v``)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ _HF_PREFIXES = [
     ("project_q.", "project_q."),
     ("final_proj.", "project_hid."),
 ]
+
+
+def _unmapped(keys, pairs) -> list[str]:
+    patterns = [re.compile("^" + re.escape(src).replace(r"\{\}", r"(\d+)")) for src, _ in pairs]
+    return [k for k in keys if not any(p.match(k) for p in patterns)]
 
 
 def _rename_prefixes(state_dict: dict[str, torch.Tensor], pairs, what: str) -> dict[str, torch.Tensor]:
@@ -93,3 +99,58 @@ def hf_config(model: Wav2Vec2, **overrides):
         num_negatives=model.num_negatives,
         **overrides,
     )
+
+
+# ---- init_from (dyt/weights.py PUBLISHED_FORMATS) -------------------------------------------------------
+FORMAT = "hf_wav2vec2"
+NORM_LAYOUT = {"layer_norm_first": False, "extractor_mode": "default", "conv_bias": False}  # fairseq's defaults
+
+
+def check_norm_layout(model: Wav2Vec2, theirs: dict, fmt: str, where: str) -> None:
+    """What the weights do not show (pre- or post-norm blocks, the conv encoder's norms, conv bias) must be
+    ``model``'s: ``theirs`` in fairseq's terms (``NORM_LAYOUT``; absent fields take fairseq's defaults)."""
+    from models.formats import refuse
+
+    theirs = {**NORM_LAYOUT, **theirs}
+    ours = {
+        "layer_norm_first": model.encoder.layer_norm_first,
+        "extractor_mode": "layer_norm" if model.feature_extractor.conv_layers[1].norm is not None else "default",
+        "conv_bias": model.feature_extractor.conv_layers[0].conv.bias is not None,
+    }
+    wrong = [f"{k} {theirs[k]} vs {v} in the model" for k, v in ours.items() if theirs[k] != v]
+    if wrong:
+        refuse(
+            fmt,
+            f"{where} does not match the model: {'; '.join(wrong)}",
+            "set model.layer_norm_first / extractor_mode / conv_bias to the checkpoint's (wav2vec2_base is "
+            "Base's, wav2vec2_large the Large and LV-60 releases')",
+        )
+
+
+def detect(obj, config) -> bool:
+    if config is not None:
+        return config.get("model_type") == "wav2vec2"
+    return any(str(k).startswith("wav2vec2.feature_extractor.") for k in obj)
+
+
+def convert(obj, model: Wav2Vec2, config) -> dict[str, torch.Tensor]:
+    """A ``Wav2Vec2ForPreTraining`` state dict in our names; its config.json's layout (what the weights do not
+    show: pre- or post-norm blocks, the conv encoder's norms) must be ``model``'s."""
+    from models.formats import refuse, show
+    from models.wav2vec2 import Wav2Vec2
+
+    if not isinstance(model, Wav2Vec2):
+        refuse(FORMAT, f"a wav2vec 2.0 checkpoint cannot start a {type(model).__name__}", "use model=wav2vec2_*")
+    unexpected = _unmapped(
+        obj, [(hf, ours) for ours, hf in _HF_PREFIXES] + [("wav2vec2.encoder.pos_conv_embed.conv.weight_", "")]
+    )
+    if unexpected:
+        refuse(FORMAT, f"unexpected key(s) {show(unexpected)}", "only Wav2Vec2ForPreTraining's weights map to ours")
+    if config is not None:
+        theirs = {
+            "layer_norm_first": config.get("do_stable_layer_norm", False),
+            "extractor_mode": "layer_norm" if config.get("feat_extract_norm", "group") == "layer" else "default",
+            "conv_bias": config.get("conv_bias", False),
+        }
+        check_norm_layout(model, theirs, FORMAT, "config.json (do_stable_layer_norm, feat_extract_norm, conv_bias)")
+    return from_hf_state_dict(dict(obj))

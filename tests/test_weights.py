@@ -312,3 +312,17 @@ def test_weights_imports_in_a_fresh_interpreter_whichever_module_comes_first(mod
     code = f"import {module}; from dyt.weights import load_exported, load_init_weights"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_published_layouts_are_registered_once_and_leave_timm_and_our_files_alone(timm_vit, vit_run):
+    """Each PUBLISHED_FORMATS module names its own format; none claims a timm state dict or our checkpoint
+    (those keep their own paths; tests/test_published_weights.py tests each layout)."""
+    import importlib
+
+    from dyt.weights import PUBLISHED_FORMATS
+
+    modules = [importlib.import_module(name) for name in PUBLISHED_FORMATS]
+    assert len({m.FORMAT for m in modules}) == len(modules) == 6
+    run, source = vit_run
+    ours = {"model": source.state_dict(), "step": 7, "config": {}}
+    assert not any(m.detect(obj, None) for m in modules for obj in (timm_vit.state_dict(), ours))
