@@ -8,10 +8,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -248,56 +244,18 @@ def test_wav2vec2_trains_from_a_hub_layout_data_set(hub, tmp_path):
     assert [r["step"] for r in evals] == [2, 4] and np.isfinite(results["val/loss"])
 
 
-# Runs the same composition in a fresh process and SIGKILLs it right after optimizer step argv[4].
-_KILLED = """
-import os, signal, sys
-from pathlib import Path
-sys.path.insert(0, os.getcwd())
-from tests.test_hub_data import hub_w2v_overrides
-from tests.test_wav2vec2_train import _compose
-from dyt.cli import build_task
-from dyt.engine import Trainer
-from dyt.tasks.wav2vec2 import Wav2Vec2PretrainingTask
-
-def die(self, model, info):
-    if info.step + 1 == int(sys.argv[4]):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-Wav2Vec2PretrainingTask.after_optimizer_step = die
-cfg = _compose(*hub_w2v_overrides(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])))
-Trainer(cfg).fit(build_task(cfg))
-"""
-
-
 @pytest.mark.slow  # two tiny runs and a fresh interpreter: ~40 s on 2 loaded cores
 def test_kill_9_on_a_hub_copy_then_the_same_command_is_bit_identical(hub, tmp_path):
     """The batches by total samples resume at the sampler's exact position from the hub copy too."""
     from dyt.cli import build_task
-    from dyt.engine import load_checkpoint
-    from tests.test_wav2vec2_train import _compose, _rows
+    from tests.test_wav2vec2_train import _compose, check_kill_9_then_resume
 
-    def fit(run: Path) -> None:
-        cfg = _compose(*hub_w2v_overrides(hub, tmp_path, run))
-        Trainer(cfg).fit(build_task(cfg))
+    def overrides(run: Path) -> list[str]:
+        return hub_w2v_overrides(hub, tmp_path, run)
 
-    fit(tmp_path / "reference")
-    run = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    died = subprocess.run(
-        [sys.executable, "-c", _KILLED, str(hub), str(tmp_path), str(run), "5"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
-    fit(run)  # the same command again
-    ours, ref = load_checkpoint(run), load_checkpoint(tmp_path / "reference")
-    assert ours["step"] == ref["step"] == 8
-    for k, v in ref["model"].items():
-        assert torch.equal(ours["model"][k], v), f"model.{k} differs from the uninterrupted run"
-    assert _rows(run) == _rows(tmp_path / "reference")
+    cfg = _compose(*overrides(tmp_path / "reference"))
+    Trainer(cfg).fit(build_task(cfg))
+    check_kill_9_then_resume(overrides, tmp_path / "reference", tmp_path / "run")
 
 
 # ---- GenomicBenchmarks as published on the hub ----------------------------------------------------
