@@ -101,21 +101,14 @@ def test_pretraining_learns_the_genome(tmp_path, overrides):
     assert results["headline_metric"] == "val/loss" and results["val/loss"] < 2.0  # uniform over 16 ids: 2.77
 
 
-def test_classification_on_a_benchmark_directory_trains_and_reports_accuracy(tmp_path):
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("test", 8)):
-        for cls, alphabet in (("at_rich", "AATTACGT"), ("gc_rich", "GGCCACGT")):
-            (tmp_path / "gb" / "toy" / split / cls).mkdir(parents=True)
-            for i in range(n):
-                seq = "".join(rng.choice(list(alphabet), int(rng.integers(20, 40))))
-                (tmp_path / "gb" / "toy" / split / cls / f"{i}.txt").write_text(seq)
+def classification_cfg(tmp_path: Path, *overrides: str):
+    """The HyenaDNA GenomicBenchmarks recipe on a tiny model and a toy two-class dataset, a few epochs."""
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        cfg = compose(
+        return compose(
             "train",
             overrides=[
                 "experiment=paper/hyenadna_gb",
                 "model=hyenadna_cpu",
-                f"data.root={tmp_path / 'gb'}",
                 "data.dataset=toy",
                 "data.num_classes=2",
                 "data.max_length=48",
@@ -125,8 +118,20 @@ def test_classification_on_a_benchmark_directory_trains_and_reports_accuracy(tmp
                 "optim.lr=3e-3",
                 "init_from=null",
                 f"run_dir={tmp_path / 'run'}",
+                *overrides,
             ],
         )
+
+
+def test_classification_on_a_benchmark_directory_trains_and_reports_accuracy(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 8)):
+        for cls, alphabet in (("at_rich", "AATTACGT"), ("gc_rich", "GGCCACGT")):
+            (tmp_path / "gb" / "toy" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                seq = "".join(rng.choice(list(alphabet), int(rng.integers(20, 40))))
+                (tmp_path / "gb" / "toy" / split / cls / f"{i}.txt").write_text(seq)
+    cfg = classification_cfg(tmp_path, f"data.root={tmp_path / 'gb'}")
     results = Trainer(cfg).fit(GenomicBenchmarkTask(cfg))
     assert results["headline_metric"] == "val/acc" and results["val/acc"] >= 75.0  # AT- vs GC-rich: easy
 

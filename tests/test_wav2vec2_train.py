@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from dyt.engine import Trainer, load_checkpoint
 from dyt.engine.checkpoint import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -207,24 +208,46 @@ def _rows(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.endswith("_per_s")} for r in lines]
 
 
-# Runs the same composition in a fresh process and SIGKILLs it right after optimizer step argv[2].
+# Runs the composition of the overrides in argv[1] (JSON) in a fresh process and SIGKILLs it right after
+# optimizer step argv[2].
 _KILLED = """
-import os, signal, sys
+import json, os, signal, sys
 sys.path.insert(0, os.getcwd())
-from tests.test_wav2vec2_train import _compose, _overrides
+from tests.test_wav2vec2_train import _compose
 from dyt.cli import build_task
 from dyt.engine import Trainer
 from dyt.tasks.wav2vec2 import Wav2Vec2PretrainingTask
-from pathlib import Path
 
 def die(self, model, info):
-    if info.step + 1 == int(sys.argv[3]):
+    if info.step + 1 == int(sys.argv[2]):
         os.kill(os.getpid(), signal.SIGKILL)
 
 Wav2Vec2PretrainingTask.after_optimizer_step = die
-cfg = _compose(*_overrides(Path(sys.argv[1]), Path(sys.argv[2])))
+cfg = _compose(*json.loads(sys.argv[1]))
 Trainer(cfg).fit(build_task(cfg))
 """
+
+
+def check_kill_9_then_resume(overrides: Callable[[Path], list[str]], reference: Path, run: Path) -> None:
+    """Run ``overrides(run)`` in a fresh process killed with SIGKILL after step 5 (checkpoints every 3),
+    run the same command again, and check it ends bit-identical to the finished run in ``reference``."""
+    died = subprocess.run(
+        [sys.executable, "-c", _KILLED, json.dumps(overrides(run)), "5"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    assert latest_checkpoint(run / "checkpoints").name == "step_00000003.pt"
+    cfg = _compose(*overrides(run))  # the same command again
+    Trainer(cfg).fit(build_task(cfg))
+    ours, ref = load_checkpoint(run), load_checkpoint(reference)
+    assert ours["step"] == ref["step"] == 8
+    for k, v in ref["model"].items():
+        assert torch.equal(ours["model"][k], v), f"model.{k} differs from the uninterrupted run"
+    assert _rows(run) == _rows(reference)
 
 
 def test_tiny_run_logs_fairseqs_val_loss_and_survives_kill_9_bit_identically(corpus, tmp_path):
@@ -237,24 +260,7 @@ def test_tiny_run_logs_fairseqs_val_loss_and_survives_kill_9_bit_identically(cor
     assert results["val/loss"] == evals[-1]["val/loss"] and np.isfinite(results["val/loss"])
     temps = [r["sched/quantizer_temp"] for r in rows if "sched/quantizer_temp" in r]
     assert temps[0] == 2.0 and temps[1] == pytest.approx(2.0 * 0.995) and temps == sorted(temps, reverse=True)
-
-    run = tmp_path / "run"
-    died = subprocess.run(
-        [sys.executable, "-c", _KILLED, str(corpus), str(run), "5"],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
-    assert latest_checkpoint(run / "checkpoints").name == "step_00000003.pt"
-    _fit(corpus, run)  # the same command again
-    ours, ref = load_checkpoint(run), load_checkpoint(reference)
-    assert ours["step"] == ref["step"] == 8
-    for k, v in ref["model"].items():
-        assert torch.equal(ours["model"][k], v), f"model.{k} differs from the uninterrupted run"
-    assert _rows(run) == rows
+    check_kill_9_then_resume(lambda run: _overrides(corpus, run), reference, tmp_path / "run")
 
 
 # ---- demo corpus script ---------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def scan_directory(directory: Path, sample_rate: int) -> list[tuple[Path, int]]:
     return files
 
 
-def check_sample_rate(path: Path, found: int, expected: int) -> None:
+def check_sample_rate(path: str | Path, found: int, expected: int) -> None:
     if found != expected:
         raise ValueError(
             f"{path} is sampled at {found} Hz but data.sample_rate is {expected} Hz (wav2vec 2.0 expects "
@@ -150,13 +150,18 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def _decode(self, index: int) -> tuple[np.ndarray, int, str | Path]:
+        """(samples x channels float32, sample rate, what to name in errors) of utterance ``index``."""
         path, _ = self.files[index]
         try:
             wav, rate = _soundfile().read(str(path), dtype="float32", always_2d=True)
         except Exception as e:
             raise RuntimeError(f"cannot read audio file {path}: {e}; remove it from the corpus or manifest") from e
-        check_sample_rate(path, rate, self.sample_rate)
+        return wav, rate, path
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        wav, rate, where = self._decode(index)
+        check_sample_rate(where, rate, self.sample_rate)
         wav = torch.from_numpy(wav.mean(axis=1))  # fairseq averages multi-channel audio
         if self.normalize:
             wav = torch.nn.functional.layer_norm(wav, wav.shape)
@@ -234,6 +239,10 @@ def build_audio_dataset(cfg, split: str) -> AudioDataset:
     """The ``train`` or ``val`` split of ``configs/data`` audio settings (see the module docstring)."""
     if split not in ("train", "val"):
         raise ValueError(f"unknown split {split!r}; valid splits are: train, val")
+    if cfg.get("hf_dataset"):  # a Hugging Face datasets copy (configs/data/librispeech_hub.yaml)
+        from dyt.data.audio_hub import build_hub_audio_dataset
+
+        return build_hub_audio_dataset(cfg, split)
     if cfg.get("root") is None and any(not Path(str(e)).is_absolute() for e in cfg.train):
         raise ValueError(
             "data.root is not set; point it at the corpus directory, e.g. data.root=/data/LibriSpeech "

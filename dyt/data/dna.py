@@ -170,7 +170,10 @@ def fasta_paths(source: Any) -> list[Path]:
         raise ValueError("data.fasta is not set; give a reference FASTA (e.g. hg38.fa), or 'janggu' for the demo")
     if source == "janggu":
         return janggu_fasta()
-    return [Path(p).expanduser() for p in ([source] if isinstance(source, str | os.PathLike) else source)]
+    from dyt.data.dna_hub import hub_file, is_hub_path  # hf://datasets/<owner>/<repo>/<file>: a hub FASTA
+
+    paths = [source] if isinstance(source, str | os.PathLike) else source
+    return [hub_file(p) if is_hub_path(p) else Path(p).expanduser() for p in paths]
 
 
 # ---- genome cache ------------------------------------------------------------------------------
@@ -464,7 +467,7 @@ class SequenceClassification(Dataset):
         return self.tokens[i].long(), self.labels[i]
 
 
-CLASSIFICATION_SOURCES = ("genomic_benchmarks", "janggu_shuffled")
+CLASSIFICATION_SOURCES = ("genomic_benchmarks", "genomic_benchmarks_hub", "janggu_shuffled")
 # The 8 GenomicBenchmarks datasets HyenaDNA and Caduceus report (hyena-dna / caduceus
 # configs/experiment/hg38/genomic_benchmark.yaml), with their number of classes.
 GENOMIC_BENCHMARKS = {
@@ -483,7 +486,7 @@ def num_classes(cfg: Any) -> int:
     """``data.num_classes``, or for a GenomicBenchmarks dataset its known number of classes."""
     if cfg.get("num_classes"):
         return int(cfg.num_classes)
-    if cfg.source == "genomic_benchmarks" and cfg.dataset in GENOMIC_BENCHMARKS:
+    if cfg.source in ("genomic_benchmarks", "genomic_benchmarks_hub") and cfg.dataset in GENOMIC_BENCHMARKS:
         return GENOMIC_BENCHMARKS[cfg.dataset]
     raise ValueError(
         f"set data.num_classes for data.dataset={cfg.get('dataset')!r} (known GenomicBenchmarks datasets: "
@@ -497,6 +500,11 @@ def build_classification_dataset(cfg: Any, split: str) -> SequenceClassification
     if cfg.source == "genomic_benchmarks":
         seqs, labels, classes = _genomic_benchmark(Path(cfg.root), cfg.dataset, split)
         where = f"GenomicBenchmarks {cfg.dataset}/{split}"
+    elif cfg.source == "genomic_benchmarks_hub":  # as published on the hub (dyt/data/dna_hub.py)
+        from dyt.data.dna_hub import hub_benchmark
+
+        seqs, labels, classes = hub_benchmark(cfg, split)
+        where = f"{cfg.hf_dataset}/{split}"
     elif cfg.source == "janggu_shuffled":
         seqs, labels, classes = _janggu_shuffled(cfg, split, int(cfg.get("shuffle_seed", 0)))
         where = f"janggu real-vs-shuffled/{split}"
