@@ -5,10 +5,13 @@ python eval.py runs_root=/scratch/runs out_dir=results
 python eval.py run=runs/quickstart/dyt/seed0   # re-evaluate a run dir or checkpoint; updates results.json
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from dyt.cli import evaluate
+from dyt.preflight import preflight
 
 
 @hydra.main(config_path="configs", config_name="eval", version_base=None)
@@ -17,4 +20,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = preflight("eval", sys.argv[1:])  # one-line errors for mistyped options and keys
     main()

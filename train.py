@@ -10,10 +10,13 @@ The run dir (``run_dir``, default ``runs/<experiment>/<norm>/seed<k>``) is deter
 command again resumes from its last checkpoint.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from dyt.cli import train
+from dyt.preflight import preflight
 
 
 @hydra.main(config_path="configs", config_name="train", version_base=None)
@@ -22,4 +25,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = preflight("train", sys.argv[1:])  # one-line errors for mistyped options and keys
     main()

@@ -65,7 +65,10 @@ def one_line_errors(fn: Callable[[], Any]) -> Any:
 
 def train(cfg: DictConfig) -> float | None:
     """Train (or resume) the configured run; print and return its final metrics' headline number."""
-    return one_line_errors(lambda: _train(cfg))
+    from dyt.preflight import leave_nothing_on_failure
+
+    with leave_nothing_on_failure(cfg.get("run_dir")):
+        return one_line_errors(lambda: _train(cfg))
 
 
 def _train(cfg: DictConfig) -> float | None:

@@ -53,6 +53,7 @@ An FSDP-sharded model cannot be loaded here: apply ``init_from`` to the whole mo
 from __future__ import annotations
 
 import fnmatch
+import glob
 import json
 import math
 import os
@@ -239,6 +240,20 @@ def _read_timm(name: str) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
+def _variants_hint(path: Path) -> str:
+    """Run dirs of the same experiment trained with other overrides (``runs/mae_digits+trainer.max_steps=5/
+    dyt/seed0`` for ``runs/mae_digits/dyt/seed0``): a shortened stage 1 is named after its overrides."""
+    if len(path.parts) < 3:
+        return ""
+    experiment = path.parents[1]
+    found = sorted(experiment.parent.glob(f"{glob.escape(experiment.name)}+*/{path.parent.name}/{path.name}"))
+    if found:
+        return f"; or start from a run of it with other settings: init_from={found[0]}" + (
+            f" ({len(found)} such run dirs)" if len(found) > 1 else ""
+        )
+    return "; or point init_from= at the run dir (or checkpoint) to start from"
+
+
 def _published(obj: Any, config: Mapping[str, Any] | None) -> Any:
     """The ``PUBLISHED_FORMATS`` module whose layout ``obj`` (a loaded file or state dict) has, or None."""
     import importlib
@@ -259,7 +274,7 @@ def _read_source(spec: InitFrom, model: nn.Module) -> tuple[dict[str, torch.Tens
     if not path.exists():
         raise InitFromError(
             f"init_from: {path} does not exist (expected a run dir, a checkpoint or weight file, a local "
-            f"Hugging Face directory or 'timm:<model name>'){hint}"
+            f"Hugging Face directory or 'timm:<model name>'){hint}{_variants_hint(path)}"
         )
     config = path / "config.json"
     if path.is_dir() and config.is_file():  # Hugging Face, or our export (format "dyt")

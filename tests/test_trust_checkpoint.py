@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -253,9 +254,26 @@ def test_disk_full_is_one_actionable_line_and_leaves_no_temp_file(tmp_path, monk
     message = str(info.value)
     assert "\n" not in message
     assert f"could not write checkpoint {tmp_path / 'step_00000004.pt'}" in message
-    assert "No space left on device" in message and "GiB free there" in message
+    assert "No space left on device" in message and "B free there" in message
     assert f"resumes from {good}" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last", good.name, good.name + ".manifest.json"]
+
+
+def test_torch_zip_writer_failure_reads_as_what_happened_with_free_space_in_human_units(tmp_path, monkeypatch):
+    """torch.save on a full disk raises "[enforce fail at inline_container.cc:672] . unexpected pos ...";
+    the line drops the C++ location and says the real free space (2.2 MB, not 0.0 GiB)."""
+
+    def zip_writer_full(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1216 vs 1114")
+
+    monkeypatch.setattr(ckpt.torch, "save", zip_writer_full)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 2_200_000))
+    with pytest.raises(CheckpointError) as info:
+        ckpt.save_checkpoint(train_state(), tmp_path, 4, keep=1)
+    message = str(info.value)
+    assert "enforce fail" not in message and "inline_container" not in message, message
+    assert "(RuntimeError: unexpected pos 1216 vs 1114; 2.2 MB free there)" in message, message
+    assert [ckpt.human_bytes(n) for n in (512, 2_200_000, 3.5e9, 1.5e12)] == ["512 B", "2.2 MB", "3.5 GB", "1.5 TB"]
 
 
 def test_dcp_write_failure_is_one_line_not_a_checkpoint_exception(tmp_path, monkeypatch):

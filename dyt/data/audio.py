@@ -80,11 +80,16 @@ def scan_directory(directory: Path, sample_rate: int) -> list[tuple[Path, int]]:
         try:
             info = sf.info(str(path))
         except Exception as e:  # soundfile raises its own LibsndfileError / RuntimeError types
-            bad.append(path)
-            log.warning("skipping unreadable audio file %s (%s)", path, e)
+            bad.append((path, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__))
+            log.warning("skipping unreadable audio file %s (%s)", path, bad[-1][1])
             continue
         check_sample_rate(path, info.samplerate, sample_rate)
         files.append((path, int(info.frames)))
+    if bad and not files:  # the warnings above are the reason: they belong in the error
+        raise ValueError(
+            f"none of the {len(bad)} audio file(s) under {directory} is readable (first: {bad[0][0]}: "
+            f"{bad[0][1]}); re-create or re-download them (soundfile reads .flac and PCM .wav)"
+        )
     if bad:
         log.warning("skipped %d unreadable audio file(s) under %s", len(bad), directory)
     return files

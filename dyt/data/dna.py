@@ -179,6 +179,18 @@ def fasta_paths(source: Any) -> list[Path]:
 # ---- genome cache ------------------------------------------------------------------------------
 
 
+def _load_array(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """``np.load`` without pickles; a refused or unreadable cache file is one error naming it."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        why = "it holds pickled objects, which could execute code" if "allow_pickle" in str(e) else f"{e}"
+        raise ValueError(
+            f"refusing to read the genome cache file {path}: {why}. Remove {path.parent} (it is rebuilt "
+            "from data.fasta on the next start)"
+        ) from None
+
+
 class Genome:
     """Every record of one or more FASTA files as one memory-mapped uint8 array of token ids.
 
@@ -190,8 +202,8 @@ class Genome:
         meta = json.loads((directory / "genome.json").read_text())
         self.names: list[str] = meta["names"]
         self.starts = np.asarray(meta["starts"], dtype=np.int64)
-        self.ids = np.load(directory / "ids.npy", mmap_mode="r")
-        self.runs = np.load(directory / "runs.npy")
+        self.ids = _load_array(directory / "ids.npy", mmap_mode="r")
+        self.runs = _load_array(directory / "runs.npy")
         self.index = {name: i for i, name in enumerate(self.names)}
 
     @staticmethod

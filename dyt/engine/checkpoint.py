@@ -353,13 +353,25 @@ def remove_partial(ckpt_dir: str | os.PathLike) -> None:
             _remove(p)
 
 
+def human_bytes(n: float) -> str:
+    """``2.2 MB``, ``512 B``, ``1.5 TB``: decimal units with two significant figures at least."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
 def _write_failed(final: Path, e: BaseException) -> CheckpointError:
     """One actionable line for a checkpoint that could not be written (disk full, quota, I/O error)."""
     if isinstance(e, CheckpointException):
         e = first_failure(e)
     reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+    # torch.save's zip writer says "[enforce fail at inline_container.cc:NNN] . unexpected pos ...": drop
+    # the C++ location, keep what happened.
+    reason = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", reason) or "the write failed"
     try:
-        free = f"{shutil.disk_usage(final.parent).free / 2**30:.1f} GiB free there"
+        free = f"{human_bytes(shutil.disk_usage(final.parent).free)} free there"
     except OSError:
         free = "free space unknown"
     last = latest_finite_checkpoint(final.parent)

@@ -72,6 +72,12 @@ def _ranks_from_env() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+NO_CUDA = (
+    "trainer.device=cuda but this machine has no CUDA GPU that PyTorch can see (torch.cuda.is_available() "
+    "is False); use trainer.device=auto (the GPU when there is one, else the CPU) or trainer.device=cpu"
+)
+
+
 def setup_distributed(device: str = "auto") -> DistEnv:
     """Pick the device and, for more than one process, initialise the default process group."""
     if device not in DEVICES:
@@ -80,7 +86,7 @@ def setup_distributed(device: str = "auto") -> DistEnv:
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda:
         if not torch.cuda.is_available():
-            raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu")
+            raise ValueError(NO_CUDA)
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:

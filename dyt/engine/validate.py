@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 
@@ -103,6 +105,20 @@ def _norm_values(norm: Any) -> Iterator[tuple[str, Any]]:
                 yield f"norm.sites.{site}.{key}", opts[key]
 
 
+def _check_device_and_run_dir(device: Any, run_dir: Any) -> None:
+    from dyt.engine.distributed import DEVICES, NO_CUDA
+
+    if device is not None and device not in DEVICES:
+        raise ConfigError(f"trainer.device={device!r} is not allowed: it must be one of {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(NO_CUDA)
+    if run_dir is not None and Path(str(run_dir)).expanduser().exists() and not Path(str(run_dir)).is_dir():
+        raise ConfigError(
+            f"run_dir={run_dir} is a file, not a directory: a run dir holds the run's checkpoints and metrics; "
+            "give a directory path (new or an existing run dir), or leave run_dir unset for runs/<experiment>/..."
+        )
+
+
 def validate_config(cfg: Any) -> None:
     """Raise :class:`ConfigError` for the first value that cannot work (see the module docstring)."""
     for key, (kind, nullable) in CHECKS.items():
@@ -115,6 +131,7 @@ def validate_config(cfg: Any) -> None:
                 f"{key}={value!r} is not allowed: it must be {allowed}" + (" or null" if nullable else "")
             )
     trainer = cfg.get("trainer") or {}
+    _check_device_and_run_dir(trainer.get("device"), cfg.get("run_dir"))
     if trainer.get("epochs") is None and trainer.get("max_steps") is None:
         raise ConfigError("trainer.epochs and trainer.max_steps are both null: set one of them")
     optim = cfg.get("optim") or {}

@@ -5,17 +5,22 @@ in between and costs ~2x a LayerNorm on CPU; here the forward is one pass and th
 that reads ``x`` and ``grad_y`` once, writes ``grad_x`` once and keeps per-thread partial sums for
 ``alpha``/``shift``/``weight``/``bias`` (finished in fp64 by one small sum over threads).
 
-Build: ``torch.utils.cpp_extension.load`` compiles the file once per machine class (the extension's
-name carries the CPU capability, e.g. ``dyt_pointwise_cpu_avx512``) into ``TORCH_EXTENSIONS_DIR``
-(default ``~/.cache/torch_extensions``); later processes load the cached library in well under a
-second. It needs a C++17 compiler and ninja. ``dyt.nn.kernels`` catches a failed build, warns once and
-falls back.
+Build: ``torch.utils.cpp_extension.load`` compiles the file once per source and build flags into
+``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); later processes load the cached
+library in well under a second. The extension's name carries the CPU capability and a hash of the
+source, the flags and the torch version (:func:`build_key`, e.g. ``dyt_pointwise_cpu_avx2_3f9c...``),
+and it is compiled from a copy of the source inside its own build directory: two checkouts (or an
+installed copy and a clone) with the same source share one build and never rebuild each other's, and
+different sources never share one. Concurrent first builds (several ranks or nodes on a shared file
+system) are serialised by torch's lock file in that directory. It needs a C++17 compiler and ninja.
+``dyt.nn.kernels`` catches a failed build, warns once and falls back.
 
 fp32 and bf16 inputs (computed in fp32, rounded once); other dtypes go to another path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -48,6 +53,26 @@ def _capability() -> str:
     return capability if capability in _ISA_FLAGS else "DEFAULT"
 
 
+def build_key(source: Path, flags: list[str]) -> str:
+    """Hash of the source's bytes, the build flags and the torch version (not of the source's path)."""
+    h = hashlib.sha256(source.read_bytes())
+    h.update("\0".join([*flags, torch.__version__]).encode())
+    return h.hexdigest()[:16]
+
+
+def stage_source(source: Path, directory: Path) -> Path:
+    """``source`` copied to ``directory/src/`` (atomically, and only when absent or different), so every
+    checkout compiles the same path and ninja sees nothing to rebuild."""
+    staged = directory / "src" / source.name
+    data = source.read_bytes()
+    if not staged.is_file() or staged.read_bytes() != data:
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        tmp = staged.with_name(f".{staged.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, staged)
+    return staged
+
+
 def ops():
     """``torch.ops.dyt_kernels``, building or loading the library on the first call (raises if it cannot)."""
     global _ops, build_seconds
@@ -60,12 +85,16 @@ def ops():
             cpp_log.setLevel(level)
 
         capability = _capability()
+        cflags, ldflags = ["-O3", "-fopenmp", *_ISA_FLAGS.get(capability, [])], ["-fopenmp"]
+        name = f"dyt_pointwise_cpu_{capability.lower()}_{build_key(SOURCE, cflags + ldflags)}"
+        directory = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
         start = time.perf_counter()
         cpp_extension.load(
-            name=f"dyt_pointwise_cpu_{capability.lower()}",
-            sources=[str(SOURCE)],
-            extra_cflags=["-O3", "-fopenmp", *_ISA_FLAGS.get(capability, [])],
-            extra_ldflags=["-fopenmp"],  # resolves to the OpenMP runtime torch has already loaded
+            name=name,
+            sources=[str(stage_source(SOURCE, directory))],
+            extra_cflags=cflags,
+            extra_ldflags=ldflags,  # resolves to the OpenMP runtime torch has already loaded
+            build_directory=str(directory),
             is_python_module=False,
             verbose=os.environ.get("DYT_KERNEL_VERBOSE") == "1",
         )
