@@ -169,11 +169,7 @@ def fairseq_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_fairseq_checkpoint_gives_the_same_model(mode, config, tmp_path):
     torch.manual_seed(0)
     source = randomize(_w2v(mode))
-    fields = {
-        "layer_norm_first": mode == "large",
-        "extractor_mode": MODES[mode]["extractor_mode"],
-        "conv_bias": mode == "large",
-    }
+    fields = {key: MODES[mode][key] for key in ("layer_norm_first", "extractor_mode", "conv_bias")}
     ckpt = {"model": fairseq_names(source.state_dict()), "optimizer_history": [], "extra_state": {"epoch": 3}}
     ckpt.update(
         {"cfg": {"model": {"_name": "wav2vec2", **fields}}, "args": None}
