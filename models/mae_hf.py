@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.formats import check_layout
+from models.formats import check_layout, refuse
 from models.mae import mae_from_hf
 
 FORMAT = "hf_vitmae"
@@ -56,4 +56,7 @@ def convert(obj: Mapping[str, torch.Tensor], model: nn.Module, config: Mapping[s
     """The checkpoint in our MAE names (``model`` is not needed: a ViT's own filter drops the decoder)."""
     state = {_modern(k): v for k, v in obj.items()}
     check_layout(state, _PATTERN, FORMAT, LAYOUT)
-    return mae_from_hf(state)
+    try:
+        return mae_from_hf(state)
+    except KeyError as e:  # a q_proj without its k_proj / v_proj: ours fuses the three
+        refuse(FORMAT, f"missing key(s) {e}", "a block needs its query, key and value; is the file truncated?")

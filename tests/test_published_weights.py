@@ -94,11 +94,15 @@ def test_hf_vitmae_into_dyt_mae_converts_the_norms(hf_mae, tmp_path):
     assert "DyT" in report.norm_conversion
 
 
-def test_hf_vitmae_with_a_foreign_key_is_refused_naming_it(hf_mae, tmp_path):
+def test_hf_vitmae_with_a_foreign_or_missing_key_is_refused_naming_it(hf_mae, tmp_path):
     state = {**hf_mae.state_dict(), "vit.pooler.dense.weight": torch.zeros(2, 2)}
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "model.safetensors")
     hf_mae.config.save_pretrained(tmp_path)
     with pytest.raises(InitFromError, match=r"init_from \(hf_vitmae\): unexpected key\(s\) vit\.pooler\.dense\.weight"):
+        load_init_weights(MaskedAutoencoder("layernorm", **MAE_TINY), tmp_path)
+    state = {k: v for k, v in hf_mae.state_dict().items() if k != "vit.layers.1.attention.v_proj.bias"}
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "model.safetensors")
+    with pytest.raises(InitFromError, match=r"missing key\(s\) 'vit\.layers\.1\.attention\.v_proj\.bias'"):
         load_init_weights(MaskedAutoencoder("layernorm", **MAE_TINY), tmp_path)
 
 
@@ -118,7 +122,7 @@ def _projected_states(ours: Wav2Vec2, hf: Wav2Vec2ForPreTraining) -> tuple[torch
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_hf_wav2vec2_dir_gives_its_contrastive_loss(mode, tmp_path):
+def test_hf_wav2vec2_dir_gives_its_context_vectors(mode, tmp_path):
     torch.manual_seed(0)
     hf = randomize(Wav2Vec2ForPreTraining(w2v_hf_config(_w2v(mode), **HF_NO_DROPOUT)))
     hf.save_pretrained(tmp_path)
