@@ -27,9 +27,9 @@ What happens, in order:
 1. The weights are read without unpickling anything that could run code (``torch.load(weights_only=True)``
    or safetensors); a ``module.`` / ``_orig_mod.`` prefix of every key (DDP, ``torch.compile``) is removed.
 2. The model maps them to its own names if it defines ``init_from_state_dict(state, source) -> dict``
-   (``source`` is the kind: ``dyt``, ``timm``, ``huggingface`` or ``file``): e.g. LLaMA renames Hugging Face
-   names, ViT moves the final norm between ``norm`` and ``fc_norm``. A value ``None`` means "keep the
-   model's own init for this key".
+   (``source`` is the kind: ``dyt``, ``timm``, ``huggingface``, ``file``, or a published layout's
+   ``FORMAT``, already renamed to ours): e.g. LLaMA renames Hugging Face names, ViT moves the final norm
+   between ``norm`` and ``fc_norm``. A value ``None`` means "keep the model's own init for this key".
 3. ``ignore`` patterns drop source keys and let model keys stay fresh.
 4. A position embedding (a key ending in ``pos_embed``) of another grid size is resized bicubically over
    its 2-D grid, the class / prefix tokens kept as they are (as MAE's ``util/pos_embed.py`` does).
@@ -258,7 +258,7 @@ def _published(obj: Any, config: Mapping[str, Any] | None) -> Any:
     """The ``PUBLISHED_FORMATS`` module whose layout ``obj`` (a loaded file or state dict) has, or None."""
     import importlib
 
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
         return None
     return next((m for m in map(importlib.import_module, PUBLISHED_FORMATS) if m.detect(obj, config)), None)
 
