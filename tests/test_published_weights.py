@@ -315,13 +315,16 @@ def test_hyenadna_release_gives_the_same_logits(tmp_path, lightning):
     assert norm_weights_copied_into_dyt(dyt, source.state_dict()) == 5  # 2 blocks x 2 + ln_f
 
 
-def test_hyenadna_release_of_another_length_or_with_a_foreign_key_is_refused(tmp_path):
+def test_hyenadna_release_of_another_length_or_with_foreign_or_missing_keys_is_refused(tmp_path):
     state = hyena_upstream(models.create_model("hyenadna_cpu", norm="layernorm"))
     torch.save(state, tmp_path / "w.pt")
     with pytest.raises(InitFromError, match=r"pos_emb\.z \(1, 258, 5\) is not our model's \(1, 130, 5\)"):
         load_init_weights(models.create_model("hyenadna_cpu", norm="layernorm", l_max=130), tmp_path / "w.pt")
     torch.save({**state, "backbone.layers.0.mixer.Wqkv.weight": torch.zeros(1)}, tmp_path / "w.pt")
     with pytest.raises(InitFromError, match=r"unexpected key\(s\) backbone\.layers\.0\.mixer\.Wqkv\.weight"):
+        load_init_weights(models.create_model("hyenadna_cpu", norm="layernorm"), tmp_path / "w.pt")
+    torch.save({k: v for k, v in state.items() if not k.startswith("backbone.ln_f.")}, tmp_path / "w.pt")
+    with pytest.raises(InitFromError, match=r"missing keys: norm_f\.bias, norm_f\.weight; unexpected keys: none"):
         load_init_weights(models.create_model("hyenadna_cpu", norm="layernorm"), tmp_path / "w.pt")
 
 
