@@ -23,6 +23,7 @@ from torch import nn
 
 from dyt.nn import build_norm_factory
 from models import deferred_init, register_model
+from models.flops import matmul_params, transformer_flops_per_token
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -247,6 +248,16 @@ class DiT(nn.Module):
     def wrap_units(self) -> list[nn.Module]:
         """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
         return list(self.blocks)
+
+    def flops_per_image(self) -> int:
+        """Training FLOPs per image (torchtitan's count over the patch tokens; the conditioning path,
+        timestep MLP and every adaLN regression, acts once per image)."""
+        per_sample = (self.t_embedder, self.y_embedder, self.final_layer.adaLN_modulation)
+        per_sample += tuple(b.adaLN_modulation for b in self.blocks)
+        tokens, dim = self.grid_size**2, self.x_embedder.out_channels
+        per_token = matmul_params(self, per_sample=per_sample)
+        once = matmul_params(self) - per_token
+        return tokens * transformer_flops_per_token(per_token, len(self.blocks), dim, tokens) + 6 * once
 
     def example_inputs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Noisy inputs, timesteps in [0, 1000) and labels, as in training."""

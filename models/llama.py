@@ -25,6 +25,7 @@ from torch import nn
 
 from dyt.nn import NormFactory, build_norm_factory
 from models import deferred_init, embed_scale_init, register_model
+from models.flops import matmul_params, transformer_flops_per_token
 
 # Paper Table 11 (alpha_init against width; depth does not matter): width -> (attention, other).
 # 5120 is LLaMA 13B's Table 10 row. A width between rows takes the row of the nearest width below it,
@@ -202,6 +203,11 @@ class Llama(nn.Module):
     def wrap_units(self) -> list[nn.Module]:
         """The decoder layers: FSDP2 shards and activation checkpointing wrap each of them."""
         return list(self.layers)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token at ``seq_len`` (torchtitan's llama3 count: every parameter but the
+        token embedding's acts on every token)."""
+        return transformer_flops_per_token(matmul_params(self), len(self.layers), self.dim, seq_len)
 
     def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor | None]:
         """Weights of another model -> ours, for ``init_from`` (dyt/weights.py): Hugging Face

@@ -23,6 +23,7 @@ from torch import nn
 from dyt.nn import NormFactory, build_norm_factory
 from dyt.nn.normfree import branch_scale, check_normfree_options, fixup_init_, reset_sigma_reparam_, sigma_reparam_
 from models import deferred_init, register_model
+from models.flops import matmul_params, transformer_flops_per_token
 
 GLOBAL_POOLS = ("avg", "token")
 LN_EPS = 1e-6  # timm's ViT LayerNorm eps; a hint, so DyT ignores it
@@ -174,6 +175,14 @@ class VisionTransformer(nn.Module):
     def wrap_units(self) -> list[nn.Module]:
         """The repeated blocks: FSDP2 shards and activation checkpointing wrap each of them."""
         return list(self.blocks)
+
+    def flops_per_image(self) -> int:
+        """Training FLOPs per image (torchtitan's count over the patch and class tokens; the head acts
+        once per image)."""
+        tokens = self.patch_embed.num_patches + self.num_prefix_tokens
+        per_token = matmul_params(self, per_sample=(self.head,))
+        once = matmul_params(self) - per_token
+        return tokens * transformer_flops_per_token(per_token, len(self.blocks), self.embed_dim, tokens) + 6 * once
 
     def layer_id(self, name: str) -> int:
         """Depth of parameter ``name`` for layer-wise lr decay (MAE util/lr_decay.py): 0 for the

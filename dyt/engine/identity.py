@@ -41,6 +41,7 @@ NON_TRAINING_KEYS: tuple[str, ...] = (
     "trainer.device",
     "trainer.num_workers",
     "trainer.compile",
+    "trainer.peak_flops",
     "trainer.activation_checkpointing",
     "trainer.ac_every_n",
     "trainer.micro_batch",

@@ -55,6 +55,7 @@ from dyt.engine.distributed import (
 )
 from dyt.engine.ema import ModelEMA
 from dyt.engine.evaluation import evaluate_model, to_device
+from dyt.engine.flops import peak_flops, throughput_metrics
 from dyt.engine.logging import MetricsLog, Progress, WandbRun, new_wandb_id
 from dyt.engine.precision import autocast, grad_scaler, resolve_precision
 from dyt.engine.runlock import RunLockedError, acquire_run_lock
@@ -165,6 +166,8 @@ class Trainer:
         self.state = TrainState(
             model, optimizer, scaler, ema, task, config, env.world_size, self.plan.global_batch, sharded=self.fsdp
         )
+        self.flops_per_sample = task.flops_per_sample(model)
+        self.peak_flops = peak_flops(env.device, tc.get("peak_flops"))
         self.ckpt_step = -1
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", env.is_main)
         # Input scale of the point-wise norms (paper Fig. 8's 1/std, alpha x std, saturation): every
@@ -413,10 +416,14 @@ class Trainer:
         row = {"train/loss": loss_mean, "train/lr": lr, **({"train/skipped": 1} if bad else {})}
         probed = self.probe.collect() if probing else {}
         if st.step % tc.log_every_steps == 0 or st.step == self.total_steps or bad:
-            unit = f"train/{self.task.throughput_unit}_per_s"
-            rate = self.plan.global_batch * self.task.units_per_sample / max(time.time() - t0, 1e-9)
+            task, unit = self.task, self.task.throughput_unit
+            samples_per_s = self.plan.global_batch / max(time.time() - t0, 1e-9)
+            rates = throughput_metrics(
+                samples_per_s, task.units_per_sample, unit, env.world_size, self.flops_per_sample, self.peak_flops
+            )
             logs = {f"train/{k}": v for k, v in task_logs.items()}
-            row.update({"train/grad_norm": grad_norm, unit: rate, **sched, **logs, **probed})
+            rate = {f"train/{unit}_per_s": samples_per_s * task.units_per_sample, **rates}
+            row.update({"train/grad_norm": grad_norm, **rate, **sched, **logs, **probed})
             row.update(alpha_stats(self.model))  # collective under FSDP2: every rank calls it
             self._log(row)
         elif probed:

@@ -109,6 +109,13 @@ class Task:
         own unit; the sampler must keep the :class:`~dyt.engine.sampler.ResumableBatchSampler` contract."""
         return None
 
+    def flops_per_sample(self, model: nn.Module) -> float | None:
+        """Training FLOPs (forward + backward) of one training sample, for the logged model TFLOP/s and
+        MFU (``dyt.engine.flops``). Default: the model's ``flops_per_image()`` when it has one (the
+        vision transformers), else None (no FLOPs logged)."""
+        count = getattr(model, "flops_per_image", None)
+        return float(count()) if callable(count) else None
+
     # ---- optional: optimization -----------------------------------------------------------------
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups. Default: no weight decay for 1-D parameters (biases, norm

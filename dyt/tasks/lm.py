@@ -43,6 +43,10 @@ class LanguageModelingTask(Task):
     def build_model(self) -> nn.Module:
         return models.create_model(self.cfg.model, norm=self.cfg.norm)
 
+    def flops_per_sample(self, model: nn.Module) -> float | None:
+        seq_len = int(self.cfg.data.seq_len)
+        return float(seq_len * model.flops_per_token(seq_len)) if hasattr(model, "flops_per_token") else None
+
     def train_data(self) -> Dataset:
         return build_text_dataset(self.cfg.data, "train")
 
