@@ -162,3 +162,21 @@ def test_table12_13_sweeps_hold_the_papers_tuned_values():
     assert (
         ft.init_from.source == pre.run_dir == "runs/paper/dino_vit_b16_table12_pretrain+optim.lr=0.001/layernorm/seed0"
     )
+
+
+def test_readme_reproduction_table_lists_every_paper_table_with_a_command():
+    """README "Reproducing the paper": a row for each of Tables 1-16, and every experiment it names exists."""
+    import re
+
+    text = (CONFIGS.parent / "README.md").read_text()
+    section = text[text.index("## Reproducing the paper") :]
+    rows = [
+        line for line in section[: section.index("\n\n", section.index("| paper |"))].splitlines() if line[:2] == "| "
+    ]
+    named = set()
+    for row in rows[1:]:
+        first = row.split("|")[1]
+        named |= {int(n) for n in re.findall(r"\d+", first.split(":")[0])}
+    assert named == set(range(1, 17))
+    for experiment in re.findall(r"experiment=(paper/[\w]+)", "\n".join(rows)):
+        assert (CONFIGS / "experiment" / f"{experiment}.yaml").exists(), experiment
