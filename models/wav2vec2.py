@@ -10,7 +10,7 @@ Norm sites (paper Table 5 runs: the authors' fairseq patch swaps the Transformer
 the feature encoder, and keeps the conv encoder's norms, paper App. A "first GroupNorm kept"):
 
     conv          conv feature encoder: GroupNorm of the first layer (Base, ``extractor_mode="default"``)
-                  or a channel LayerNorm in every layer (Large, ``"layer_norm"``)
+                  or a LayerNorm in every layer (Large preset ``"layer_norm"``; paper's Large: default)
     post_extract  after the feature encoder, before the projection (fairseq ``layer_norm``)
     attn          after (Base, post-norm) or before (Large, ``layer_norm_first``) self-attention
     ffn           after or before the FFN
@@ -361,8 +361,8 @@ class Wav2Vec2(nn.Module):
     Args:
         norm: the norm factory (or a norm name / ``configs/norm`` mapping).
         conv_channels: width of every conv layer of the feature encoder (512 in both papers' models).
-        extractor_mode: ``default`` (GroupNorm in the first conv layer; Base) or ``layer_norm`` (a channel
-            LayerNorm in every conv layer; Large).
+        extractor_mode: ``default`` (GroupNorm in the first conv layer; Base, and the paper's Large) or
+            ``layer_norm`` (a channel LayerNorm in every conv layer; the Large preset, fairseq's LibriVox).
         layer_norm_first: pre-norm blocks with the encoder norm at the end (Large) instead of post-norm.
         keep_norms: sites built with the original norm whatever ``norm`` is (see the module docstring).
         final_dim: width of the contrastive space (and of the codevectors).
@@ -541,7 +541,7 @@ class Wav2Vec2(nn.Module):
 
 
 # ---- size presets (wav2vec 2.0 paper Sec. 4.2; fairseq wav2vec2_base_librispeech.yaml, ----------
-# ---- wav2vec2_large_librivox.yaml; Large's dropouts and layer drop from DyT paper App. A) ---------
+# ---- wav2vec2_large_librivox.yaml; paper/wav2vec2_large.yaml changes Large's extractor) ----------
 
 
 @register_model

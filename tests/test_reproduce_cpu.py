@@ -231,3 +231,28 @@ def test_the_combined_table_takes_each_norms_best_grid_point_and_the_calibrated_
     assert "96.0 ± 0.5 (×1) | 95.0 ± 0.5 (×3) | – | -1.0 |" in rows[1]  # each norm's own best point
     assert "96.0 ± 0.5 (as above) | 90.0 ± 0.5 | 91.0 (1 seed) | -6.0 | -5.0 |" in rows[2]  # one seed says so
     assert rows[3].startswith("| | | paper, full scale (ViT-B) | 82.3 | 82.5 | 82.8 | +0.2 |")
+
+
+def test_cpu_recipe_headers_state_what_they_drop_and_it_is_so():
+    """Each CPU recipe's header names what it departs from in the paper's recipe; the composed config
+    departs in exactly that way (so a header cannot drift from the values)."""
+    from hydra import compose, initialize_config_dir
+
+    def cfg(name):
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+            return compose("train", overrides=[f"experiment=cpu/{name}", "norm=dyt"])
+
+    def header(name):
+        return (ROOT / "configs/experiment/cpu" / f"{name}.yaml").read_text().split("defaults:")[0]
+
+    llama = cfg("llama_stdlib")
+    assert llama.optim.schedule.warmup_combine == "sequential" and llama.task.decay_all_params is False
+    assert "warmup_combine sequential" in header("llama_stdlib") and "decay_all_params false" in header("llama_stdlib")
+    for name in ("vit_digits", "convnext_digits"):
+        c = cfg(name)
+        assert (c.task.mixup, c.task.cutmix, c.task.label_smoothing, c.trainer.ema_decay) == (0.0, 0.0, 0.0, None)
+        assert c.model.drop_path_rate == 0.0 and c.data.name == "digits"  # digits: no augmentation pipeline
+        for word in ("RandAug", "random erasing", "mixup", "cutmix", "label smoothing", "EMA", "drop path"):
+            assert word in header(name), (name, word)
+    for name in ("mae_digits_finetune", "dino_digits_finetune"):
+        assert cfg(name).task.layer_decay == 0.75 and "0.75 (FINETUNE.md ViT-B: 0.65" in header(name)

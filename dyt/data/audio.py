@@ -22,7 +22,7 @@ Training items are whole utterances; ``AudioBatchSampler`` groups them into batc
 ``batch_size`` samples (every clip counted at its length capped at ``max_sample_size``), and ``collate``
 crops every clip of a batch at random to the shortest one (and to ``max_sample_size``), as fairseq's
 ``RawAudioDataset`` does without padding. ``normalize`` standardises each utterance to zero mean and unit
-variance (fairseq ``normalize: true``, used by the Large recipe).
+variance (fairseq ``normalize: true``; the paper's recipes, Base and Large, leave it off).
 """
 
 from __future__ import annotations
