@@ -69,7 +69,9 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def normalise_argv(argv: Sequence[str]) -> list[str]:
     """Flags first (argparse takes no flag after the first override), and ``--cfg`` resolved."""
     flags, overrides = split_argv(argv)
-    if any(f in ("--cfg", "-c") or f.startswith("--cfg=") for f in flags) and "--resolve" not in flags:
+    shown = [flags[i + 1] for i, a in enumerate(flags[:-1]) if a in ("--cfg", "-c")]
+    shown += [f.split("=", 1)[1] for f in flags if f.startswith("--cfg=")]
+    if shown and shown[0] in ("job", "all") and "--resolve" not in flags:  # Hydra's own config keeps ${...}
         flags.append("--resolve")
     return flags + overrides
 

@@ -42,6 +42,8 @@ SETUP = {
     "sudo": "installs system packages",
     "export": "sets environment variables for the commands below",
     "hf download": "downloads from the Hugging Face Hub",
+    "wget": "downloads a file",
+    "curl": "downloads a file",
 }
 
 
@@ -86,7 +88,7 @@ def commands(block: Block) -> list[str]:
 
 def dry_run(config: str, args: list[str]) -> None:
     multirun = any(a in ("-m", "--multirun") for a in args)
-    overrides = [a for a in args if not a.startswith("-") and a != "..."]
+    overrides = [a for a in args if not a.startswith("-") and a != "..." and not a.endswith("=...")]
     cfg = check_command(config, overrides, multirun=multirun)
     if config == "train":
         validate_config(cfg)

@@ -200,6 +200,7 @@ def test_flags_may_follow_overrides_and_cfg_prints_the_resolved_config():
     ]
     assert pf.normalise_argv(["norm=dyt", "--cfg", "job"]) == ["--cfg", "job", "--resolve", "norm=dyt"]
     assert pf.normalise_argv(["--cfg", "job", "--resolve"]) == ["--cfg", "job", "--resolve"]
+    assert pf.normalise_argv(["--cfg", "hydra"]) == ["--cfg", "hydra"]  # Hydra's own config does not resolve alone
 
 
 def test_open_groups_accept_added_keys():
