@@ -22,8 +22,8 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM
 pytestmark = pytest.mark.distributed
 
 
-def torchrun(run: Path, *overrides: str, nproc: int = 2) -> dict:
-    """Train with ``torchrun --nproc_per_node=<nproc>`` and return rank 0's results."""
+def launch(run: Path, *overrides: str, nproc: int = 2, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=<nproc> tests/engine_driver.py <run> trainer.device=cpu <overrides>``."""
     cmd = [
         sys.executable,
         "-m",
@@ -35,7 +35,12 @@ def torchrun(run: Path, *overrides: str, nproc: int = 2) -> dict:
         "trainer.device=cpu",
         *overrides,
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=300)
+
+
+def torchrun(run: Path, *overrides: str, nproc: int = 2) -> dict:
+    """Train with :func:`launch` and return rank 0's results."""
+    proc = launch(run, *overrides, nproc=nproc)
     # A gloo teardown race would show up here as a SIGABRT exit.
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])

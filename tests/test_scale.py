@@ -22,12 +22,12 @@ import pytest
 import torch
 
 from dyt.engine import Trainer, load_checkpoint
-from dyt.engine.checkpoint import LAST, checkpoint_name
+from dyt.engine.checkpoint import LAST, checkpoint_name, latest_checkpoint
 from dyt.engine.distributed import shard_group_size
 from dyt.engine.sampler import ShardedBatchSampler, plan_batch
 from dyt.io import atomic_write_text
 from tests.engine_helpers import DigitsTask, make_cfg
-from tests.test_engine_distributed import torchrun
+from tests.test_engine_distributed import launch, torchrun
 
 STEPS = 8
 COMMON = (
@@ -235,3 +235,25 @@ def test_llama_recipes_shard_and_checkpoint_as_the_official_commands():
         assert (tc.sharding, tc.activation_checkpointing) == (sharding, ac), size
         if every_n is not None:
             assert tc.ac_every_n == every_n, size
+
+
+# ---- asynchronous checkpoints ------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_async_checkpoint_killed_mid_write_leaves_the_previous_one_in_use(hybrid, tmp_path):
+    """Rank 0 is SIGKILLed in the background write of the step-4 checkpoint: ``last`` still names step 2's,
+    and the same command resumes from it onto the reference losses."""
+    args = ("trainer.distributed=fsdp", "trainer.async_checkpoint=true", *COMMON)
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    killed = launch(run, *args, env={"DYT_TEST_KILL_IN_ASYNC_WRITE": "2"})
+    assert killed.returncode != 0 and not (run / "results.json").exists()
+    assert (ckpts / ".step_00000004.tmp").is_dir()  # the write had begun
+    assert (ckpts / LAST).read_text().strip() == checkpoint_name(2, True)
+    assert latest_checkpoint(ckpts) == ckpts / checkpoint_name(2, True)
+
+    torchrun(run, *args)
+    assert_continues(run, losses(hybrid), after=2)
+    assert not list(ckpts.glob(".*.tmp*"))
+    for step in (2, 4, 6, 8):  # every async checkpoint was published with its manifest
+        assert latest_checkpoint(ckpts) and (ckpts / checkpoint_name(step, True) / "manifest.json").is_file()
+    assert (ckpts / LAST).read_text().strip() == checkpoint_name(STEPS, True)

@@ -35,6 +35,7 @@ and ``config`` (the resolved config as a plain dict).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -303,9 +304,9 @@ def resolve_checkpoint(path: str | os.PathLike, verify: bool = True) -> Path:
 
 # ---- writing ----------------------------------------------------------------------------------------
 def _save_synced(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` and fsync it (the caller renames it into place)."""
+    """``torch.save`` to ``path`` (bytes: as they are) and fsync it (the caller renames it into place)."""
     with open(path, "wb") as f:
-        torch.save(obj, f)
+        f.write(obj) if isinstance(obj, bytes) else torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
 
@@ -404,11 +405,64 @@ def save_checkpoint(state: dict[str, Any], ckpt_dir: str | os.PathLike, step: in
     return final
 
 
+class PendingCheckpoint:
+    """A sharded checkpoint whose tensors are being written (``trainer.async_checkpoint``: DCP's
+    ``async_save`` writes them in a background thread while training goes on). :meth:`finish` waits for
+    the write; only then does rank 0 write ``meta.pt`` and the manifest and publish the checkpoint, so
+    ``last`` keeps naming the previous one until this one is complete and checksummed."""
+
+    def __init__(self, future: Any, tmp: Path, final: Path, meta: bytes, step: int, keep: int, is_main: bool):
+        self.future, self.tmp, self.final, self.meta = future, tmp, final, meta
+        self.step, self.keep, self.is_main = step, keep, is_main
+
+    def done(self) -> bool:
+        """Whether the background write has ended (finished or failed); never blocks."""
+        return self.future is None or self.future.done()
+
+    def finish(self) -> Path:
+        """Wait for the tensors, then (rank 0) write meta.pt and the manifest and publish."""
+        try:
+            if self.future is not None:
+                self.future.result()
+            if self.is_main:
+                _save_synced(self.meta, self.tmp / META)
+                files = {str(p.relative_to(self.tmp)): p for p in self.tmp.rglob("*") if p.is_file()}
+                _write_manifest(files, self.step, self.tmp / MANIFEST)
+        except (OSError, RuntimeError, CheckpointException) as e:  # CheckpointException is a BaseException
+            if self.is_main:
+                _remove(self.tmp)
+            raise _write_failed(self.final, e) from None
+        if self.is_main:
+            _publish(self.final.parent, self.tmp, self.final, self.keep)
+        return self.final
+
+
+_ASYNC_GROUP: list[Any] = []  # one gloo group for the background writes' collectives, made on first use
+
+
+def _async_group() -> Any:
+    """A process group of its own for DCP's background collectives: they must not interleave with
+    training's on the default group, and async_save needs a CPU backend also when training uses NCCL."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    if not _ASYNC_GROUP:
+        _ASYNC_GROUP.append(dist.new_group(backend="gloo"))
+    return _ASYNC_GROUP[0]
+
+
 def save_sharded_checkpoint(
-    sharded: dict[str, Any], meta: dict[str, Any], ckpt_dir: str | os.PathLike, step: int, keep: int, is_main: bool
-) -> Path:
+    sharded: dict[str, Any],
+    meta: dict[str, Any],
+    ckpt_dir: str | os.PathLike,
+    step: int,
+    keep: int,
+    is_main: bool,
+    background: bool = False,
+) -> Path | PendingCheckpoint:
     """Write a DCP checkpoint (call on every rank): ``sharded`` (model / EMA / optimizer state dicts
     of DTensors) through DCP, ``meta`` (everything else) as ``meta.pt`` and the manifest by rank 0.
+    With ``background``, DCP copies the tensors and writes them in a background thread: the returned
+    :class:`PendingCheckpoint` publishes the checkpoint when :meth:`~PendingCheckpoint.finish` is called.
 
     Every rank raises :class:`NonFiniteCheckpointError` (nothing written) if any rank's shards hold
     NaN or inf, and a one-line :class:`CheckpointError` if the write fails."""
@@ -426,19 +480,25 @@ def save_sharded_checkpoint(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         _remove(tmp)
     _barrier()
+    buf = io.BytesIO()
+    torch.save(meta, buf)  # now: the state may change while the tensors are written
+    future = None
     try:
         with warnings.catch_warnings():  # DCP warns when it runs without a process group, which is fine
             warnings.filterwarnings("ignore", message=".*(no_dist|process group|single process).*")
-            dcp.save(sharded, checkpoint_id=tmp)
-        if is_main:
-            _save_synced(meta, tmp / META)
-            _write_manifest({str(p.relative_to(tmp)): p for p in tmp.rglob("*") if p.is_file()}, step, tmp / MANIFEST)
+            if background:
+                response = dcp.async_save(sharded, checkpoint_id=tmp, process_group=_async_group())
+                future = getattr(response, "upload_completion", response)
+            else:
+                dcp.save(sharded, checkpoint_id=tmp)
     except (OSError, RuntimeError, CheckpointException) as e:  # CheckpointException is a BaseException
         if is_main:
             _remove(tmp)
         raise _write_failed(final, e) from None
-    if is_main:
-        _publish(ckpt_dir, tmp, final, keep)
+    pending = PendingCheckpoint(future, tmp, final, buf.getvalue(), step, keep, is_main)
+    if background:
+        return pending
+    pending.finish()
     _barrier()
     return final
 

@@ -36,6 +36,7 @@ NON_TRAINING_KEYS: tuple[str, ...] = (
     "trainer.probe_every_steps",
     "trainer.ckpt_every_*",
     "trainer.keep_checkpoints",
+    "trainer.async_checkpoint",
     "trainer.accept_changes",
     # where and how fast the same recipe executes (results do not depend on them beyond float rounding)
     "trainer.device",

@@ -83,13 +83,15 @@ class TrainState:
         model, optimizer = get_state_dict(self.model, self.optimizer)
         return {"model": model, "optimizer": optimizer, **({"ema": self.ema.state_dict()} if self.ema else {})}
 
-    def save(self, ckpt_dir: Path, keep: int, is_main: bool) -> None:
+    def save(self, ckpt_dir: Path, keep: int, is_main: bool, background: bool = False) -> ckpt.PendingCheckpoint | None:
         """Write a checkpoint of the current step (call on every rank; only rank 0 writes files
-        unless the checkpoint is sharded)."""
+        unless the checkpoint is sharded). ``background`` (sharded only): return while DCP writes the
+        tensors; the caller finishes the returned :class:`~dyt.engine.checkpoint.PendingCheckpoint`."""
         meta = self._meta()
         if self.sharded:
-            ckpt.save_sharded_checkpoint(self._sharded_tensors(), meta, ckpt_dir, self.step, keep, is_main)
-            return
+            tensors = self._sharded_tensors()
+            written = ckpt.save_sharded_checkpoint(tensors, meta, ckpt_dir, self.step, keep, is_main, background)
+            return written if background else None
         if is_main:
             tensors = {
                 "model": self.model.state_dict(),
@@ -97,6 +99,7 @@ class TrainState:
                 "optimizer": self.optimizer.state_dict(),
             }
             ckpt.save_checkpoint({**meta, **tensors}, ckpt_dir, self.step, keep)
+        return None
 
     def load(self, path: Path, accept: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
         """Restore everything from the checkpoint at ``path`` (a file, or a DCP directory written at any

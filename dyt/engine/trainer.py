@@ -168,7 +168,13 @@ class Trainer:
         )
         self.flops_per_sample = task.flops_per_sample(model)
         self.peak_flops = peak_flops(env.device, tc.get("peak_flops"))
-        self.ckpt_step = -1
+        self.ckpt_step, self.pending = -1, None
+        self.async_ckpt = bool(tc.get("async_checkpoint")) and self.fsdp
+        if tc.get("async_checkpoint") and tc.distributed != "fsdp":
+            raise ValueError(
+                "trainer.async_checkpoint=true needs trainer.distributed=fsdp (sharded DCP checkpoints); DDP and "
+                "single-process checkpoints are one file written by rank 0: set trainer.async_checkpoint=false"
+            )
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", env.is_main)
         # Input scale of the point-wise norms (paper Fig. 8's 1/std, alpha x std, saturation): every
         # trainer.probe_every_steps steps (null: at the logging cadence; 0: never).
@@ -270,6 +276,7 @@ class Trainer:
                     self._evaluate()
                 if stop or epoch_done or self._ckpt_due():
                     self._save()
+                self._publish_pending(wait=stop)
                 if stop:
                     self.progress.write(f"signal {preemption.signum}: checkpoint written at step {st.step}")
                     return None
@@ -279,6 +286,7 @@ class Trainer:
             self._evaluate()
         if self.ckpt_step != st.step:
             self._save()
+        self._publish_pending(wait=True)
         results = self._results()
         if env.is_main:
             atomic_write_json(self.run_dir / "results.json", results)
@@ -480,11 +488,22 @@ class Trainer:
         self.wandb.log(self.state.step, row)
 
     def _save(self) -> None:
+        """Checkpoint this step; with ``trainer.async_checkpoint`` (sharded checkpoints) the tensors are
+        written in the background and the checkpoint is published by :meth:`_publish_pending`."""
         st = self.state
+        self._publish_pending(wait=True)  # one background write at a time
         st.wall_time, st.metrics_bytes = self._wall_time(), self.metrics.tell()
-        st.save(self.ckpt_dir, self.tc.keep_checkpoints, self.env.is_main)
-        barrier()
+        self.pending = st.save(self.ckpt_dir, self.tc.keep_checkpoints, self.env.is_main, self.async_ckpt)
+        if self.pending is None:
+            barrier()
         self.ckpt_step, self.last_ckpt_time = st.step, time.time()
+
+    def _publish_pending(self, wait: bool) -> None:
+        """Publish the checkpoint being written in the background once its write has ended (``wait``:
+        wait for it). Until then ``last`` names the previous checkpoint."""
+        if self.pending is not None and (wait or self.pending.done()):
+            self.pending, pending = None, self.pending
+            pending.finish()
 
     def _wall_time(self) -> float:
         return self.wall_before + time.time() - self.t_start

@@ -11,8 +11,10 @@ timeout is recorded in the report and the next section still runs; the report is
 4. ``scripts/bench/model_speed.py --device cuda --dtype bf16 --compile``: a bf16 train step of ViT-B
    and the 1B LLaMA with and without torch.compile (images/s or tokens/s, peak memory, DyT/LN ratios,
    graph breaks).
+5. ``scripts/ci/multi_gpu_check.py``: with 2 or more GPUs, FSDP2 over NCCL with hybrid sharding and
+   asynchronous checkpoints, trained and resumed (skipped, in seconds, on one GPU).
 
-    bash scripts/ci/gpu_check.sh                       # on a CUDA machine: < 8 minutes
+    bash scripts/ci/gpu_check.sh                       # on a CUDA machine: < 8 minutes (+ 90 s, several GPUs)
     bash scripts/ci/gpu_check.sh results/gpu_report.md
     python scripts/ci/gpu_check.py --dry-run /tmp/report.md   # on CPU: the same plumbing, tiny sizes
 
@@ -44,8 +46,12 @@ class Section:
     env: dict[str, str] = field(default_factory=dict)
 
 
+MULTI_GPU = "Multi-GPU: FSDP2 hybrid sharding and async checkpoints, trained and resumed"
+
+
 def sections(dry_run: bool) -> list[Section]:
     """The checks; ``dry_run``: the same scripts on CPU at toy sizes."""
+    multi_gpu = [PY, "scripts/ci/multi_gpu_check.py"]
     if dry_run:
         return [
             Section(
@@ -97,8 +103,10 @@ def sections(dry_run: bool) -> list[Section]:
                 [PY, "scripts/bench/model_speed.py", "--models", "llama_tiny:2:16", "--repeats", "1"],
                 300,
             ),
+            Section(MULTI_GPU + " (2 CPU processes, gloo)", [*multi_gpu, "--device", "cpu", "--nproc", "2"], 300),
         ]
-    # Time limits add up to 470 s: the whole check stays under 8 minutes whatever hangs.
+    # Time limits add up to 470 s on one GPU (the multi-GPU section skips at once): the whole check stays
+    # under 8 minutes whatever hangs, under 9.5 with several GPUs.
     model_speed = [PY, "scripts/bench/model_speed.py", "--device", "cuda", "--dtype", "bf16", "--compile"]
     return [
         Section(
@@ -120,6 +128,7 @@ def sections(dry_run: bool) -> list[Section]:
         Section(
             "bf16 train step: LLaMA 1B, eager and torch.compile", [*model_speed, "--models", "llama_1b:4:2048"], 110
         ),
+        Section(MULTI_GPU + " (every GPU, NCCL; skipped on one GPU)", multi_gpu, 90),
     ]
 
 
