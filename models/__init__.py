@@ -76,10 +76,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from dyt.engine.weights import register_published_formats
 from dyt.nn import build_norm_factory
 
 # Family modules whose presets register on import.
 FAMILIES = ("vit", "convnext", "dit", "llama", "wav2vec2", "hyena", "caduceus", "torchvision_cnn", "mae", "dino")
+
+# Published checkpoint layouts that ``init_from`` reads (dyt/engine/weights.py), in the order tried.
+PUBLISHED_FORMATS = (
+    "models.mae_hf",
+    "models.dino_official",
+    "models.wav2vec2_hf",
+    "models.wav2vec2_fairseq",
+    "models.hyena_released",
+    "models.caduceus_hf",
+)
+register_published_formats(PUBLISHED_FORMATS)
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _loaded = False

@@ -1,6 +1,6 @@
-"""Shared pieces of the published checkpoint layouts that ``init_from`` reads (dyt/weights.py
-``PUBLISHED_FORMATS``): each family's module (models/mae_hf.py, models/dino_official.py, ...) renames a
-released state dict to our names and refuses, in one error, every key its layout does not have."""
+"""Shared pieces of the published checkpoint layouts that ``init_from`` reads
+(``models.PUBLISHED_FORMATS``): each family's module (models/mae_hf.py, models/dino_official.py, ...)
+renames a released state dict to our names and refuses, in one error, every key its layout does not have."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def show(keys: Iterable[str], limit: int = 8) -> str:
 
 
 def refuse(fmt: str, problem: str, fix: str) -> None:
-    """Raise the ``init_from`` error for a published checkpoint (``dyt.weights.InitFromError``)."""
-    from dyt.weights import InitFromError
+    """Raise the ``init_from`` error for a published checkpoint (``dyt.engine.weights.InitFromError``)."""
+    from dyt.engine.weights import InitFromError
 
     raise InitFromError(f"init_from ({fmt}): {problem}; {fix}")
 

@@ -11,13 +11,13 @@ With a point-wise norm (DyT, Derf) two recipe quirks of the paper apply:
 - a learnable scalar after the embedding, initialised to sqrt(d) (App. A, ``embed_scale``).
 
 Parameter names follow Meta's reference code (``tok_embeddings``, ``attention.wq``, ``feed_forward.w1``);
-RoPE rotates halves as Hugging Face does, so ``to_hf_state_dict`` / ``from_hf_state_dict`` only rename.
+RoPE rotates halves as Hugging Face does, so ``to_hf_state_dict`` / ``from_hf_state_dict`` only rename
+(``models/llama_hf.py``: Hugging Face names, config check and export).
 """
 
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from torch import nn
 from dyt.nn import NormFactory, build_norm_factory
 from models import deferred_init, embed_scale_init, register_model
 from models.flops import matmul_params, transformer_flops_per_token
+from models.llama_hf import check_hf_config, from_hf_state_dict
 
 # Paper Table 11 (alpha_init against width; depth does not matter): width -> (attention, other).
 # 5120 is LLaMA 13B's Table 10 row. A width between rows takes the row of the nearest width below it,
@@ -210,7 +211,7 @@ class Llama(nn.Module):
         return transformer_flops_per_token(matmul_params(self), len(self.layers), self.dim, seq_len)
 
     def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor | None]:
-        """Weights of another model -> ours, for ``init_from`` (dyt/weights.py): Hugging Face
+        """Weights of another model -> ours, for ``init_from`` (dyt/engine/weights.py): Hugging Face
         ``LlamaForCausalLM`` names are renamed (``from_hf_state_dict``); a source without ``embed_scale``
         (Hugging Face, or an RMSNorm run) leaves ours at its init, e.g. sqrt(dim) (paper App. A; ``None`` =
         keep the model's own value)."""
@@ -219,6 +220,11 @@ class Llama(nn.Module):
         if self.embed_scale is not None and "embed_scale" not in state:
             state = {**state, "embed_scale": None}
         return state
+
+    def check_hf_config(self, config: dict) -> list[str]:
+        """For ``init_from`` of a Hugging Face directory: how its ``config.json`` disagrees with this model
+        (``models/llama_hf.py``)."""
+        return check_hf_config(self, config)
 
     def example_inputs(self, batch: int) -> tuple[torch.Tensor]:
         """A batch of 8 random tokens per sequence."""
@@ -237,80 +243,6 @@ class Llama(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin)
         return self.output(self.norm(x))
-
-
-# --------------------------------------------------------------------------------------------------
-# Hugging Face interoperability
-# --------------------------------------------------------------------------------------------------
-# (ours, Hugging Face LlamaForCausalLM) parameter names; {} is the layer index.
-_HF_NAMES = [
-    ("tok_embeddings.weight", "model.embed_tokens.weight"),
-    ("layers.{}.attention_norm.weight", "model.layers.{}.input_layernorm.weight"),
-    ("layers.{}.attention.wq.weight", "model.layers.{}.self_attn.q_proj.weight"),
-    ("layers.{}.attention.wk.weight", "model.layers.{}.self_attn.k_proj.weight"),
-    ("layers.{}.attention.wv.weight", "model.layers.{}.self_attn.v_proj.weight"),
-    ("layers.{}.attention.wo.weight", "model.layers.{}.self_attn.o_proj.weight"),
-    ("layers.{}.ffn_norm.weight", "model.layers.{}.post_attention_layernorm.weight"),
-    ("layers.{}.feed_forward.w1.weight", "model.layers.{}.mlp.gate_proj.weight"),
-    ("layers.{}.feed_forward.w2.weight", "model.layers.{}.mlp.down_proj.weight"),
-    ("layers.{}.feed_forward.w3.weight", "model.layers.{}.mlp.up_proj.weight"),
-    ("norm.weight", "model.norm.weight"),
-    ("output.weight", "lm_head.weight"),
-]
-
-
-def _rename(state_dict: dict[str, torch.Tensor], pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-    """Rename keys by ``pairs`` of name patterns; a key no pattern matches keeps its name."""
-    patterns = [(re.compile("^" + re.escape(src).replace(r"\{\}", r"(\d+)") + "$"), dst) for src, dst in pairs]
-    out = {}
-    for key, value in state_dict.items():
-        match, dst = next(((m, dst) for pattern, dst in patterns if (m := pattern.match(key))), (None, None))
-        out[dst.format(*match.groups()) if match else key] = value
-    return out
-
-
-def to_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our state dict -> Hugging Face ``LlamaForCausalLM`` names (RMSNorm models without embed scale only)."""
-    hf_names = {hf for _, hf in _HF_NAMES}
-    out = _rename(state_dict, _HF_NAMES)
-    extra = sorted(k for k in out if re.sub(r"\.\d+\.", ".{}.", k) not in hf_names)
-    if extra:
-        raise ValueError(
-            f"this LLaMA has parameters that Hugging Face's LlamaForCausalLM cannot hold: {', '.join(extra[:6])}"
-            f"{' ...' if len(extra) > 6 else ''} (that class has RMSNorm without bias at every norm site and no "
-            "embed scale). Export it with dyt.weights.export_llama_hf(..., format='dyt') (safetensors + a "
-            "config.json with the norm), which models.create_model + dyt.weights.load_init_weights read back"
-        )
-    return out
-
-
-def from_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face ``LlamaForCausalLM`` state dict -> our names; a key without an equivalent keeps its name
-    (so loading reports it as unexpected). A checkpoint with tied embeddings (no ``lm_head.weight``, e.g.
-    Llama 3.2 1B) gives our untied head a copy of the embedding."""
-    state = {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
-    if "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
-    return _rename(state, [(hf, ours) for ours, hf in _HF_NAMES])
-
-
-def hf_config(model: Llama):
-    """The ``transformers.LlamaConfig`` describing ``model``'s shapes (untied head, RoPE theta, eps)."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=model.vocab_size,
-        hidden_size=model.dim,
-        intermediate_size=model.hidden_dim,
-        num_hidden_layers=len(model.layers),
-        num_attention_heads=model.n_heads,
-        num_key_value_heads=model.n_kv_heads,
-        rms_norm_eps=model.eps,
-        rope_theta=model.rope_theta,
-        tie_word_embeddings=False,
-        attention_bias=False,
-        mlp_bias=False,
-    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -194,7 +194,7 @@ class VisionTransformer(nn.Module):
         return len(self.blocks) + 1
 
     def init_from_state_dict(self, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-        """Weights of another ViT -> ours, for ``init_from`` (dyt/weights.py). timm's names are ours; only
+        """Weights of another ViT -> ours, for ``init_from`` (dyt/engine/weights.py). timm's names are ours; only
         the final norm (one site, ``final``) is ``norm`` under class-token pooling and ``fc_norm`` under
         average pooling, so a source pooled the other way initialises our final norm from its own.
         (MAE's fine-tuning, ``main_finetune.py``, instead starts ``fc_norm`` fresh: ``init_from.ignore:

@@ -1,7 +1,8 @@
 """Hugging Face ``Wav2Vec2ForPreTraining`` names for ``models.wav2vec2``: weights convert both ways
 (``to_hf_state_dict`` / ``from_hf_state_dict``) and ``hf_config`` gives the matching config, for parity
-tests and for ``init_from`` a local Hugging Face directory (``detect`` / ``convert``: dyt/weights.py
-``PUBLISHED_FORMATS``; e.g. facebook/wav2vec2-base, saved by transformers < 5 with ``weight_g`` / ``weight_v``)."""
+tests and for ``init_from`` a local Hugging Face directory (``detect`` / ``convert``:
+``models.PUBLISHED_FORMATS``; e.g. facebook/wav2vec2-base, saved by transformers < 5 with ``weight_g`` /
+``weight_v``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from models.wav2vec2 import CONV_LAYERS
+from models.wav2vec2_layers import CONV_LAYERS
 
 if TYPE_CHECKING:
     from models.wav2vec2 import Wav2Vec2
@@ -101,7 +102,7 @@ def hf_config(model: Wav2Vec2, **overrides):
     )
 
 
-# ---- init_from (dyt/weights.py PUBLISHED_FORMATS) -------------------------------------------------------
+# ---- init_from (models.PUBLISHED_FORMATS) -------------------------------------------------------
 FORMAT = "hf_wav2vec2"
 NORM_LAYOUT = {"layer_norm_first": False, "extractor_mode": "default", "conv_bias": False}  # fairseq's defaults
 
@@ -127,6 +128,11 @@ def check_norm_layout(model: Wav2Vec2, theirs: dict, fmt: str, where: str) -> No
         )
 
 
+def _is_wav2vec2(model) -> bool:
+    """A ``models.wav2vec2.Wav2Vec2``, known by its parts (this module is imported by that one)."""
+    return all(hasattr(model, part) for part in ("feature_extractor", "quantizer", "post_extract_proj", "mask_emb"))
+
+
 def detect(obj, config) -> bool:
     if config is not None:
         return config.get("model_type") == "wav2vec2"
@@ -137,9 +143,8 @@ def convert(obj, model: Wav2Vec2, config) -> dict[str, torch.Tensor]:
     """A ``Wav2Vec2ForPreTraining`` state dict in our names; its config.json's layout (what the weights do not
     show: pre- or post-norm blocks, the conv encoder's norms) must be ``model``'s."""
     from models.formats import refuse, show
-    from models.wav2vec2 import Wav2Vec2
 
-    if not isinstance(model, Wav2Vec2):
+    if not _is_wav2vec2(model):
         refuse(FORMAT, f"a wav2vec 2.0 checkpoint cannot start a {type(model).__name__}", "use model=wav2vec2_*")
     unexpected = _unmapped(
         obj, [(hf, ours) for ours, hf in _HF_PREFIXES] + [("wav2vec2.encoder.pos_conv_embed.conv.weight_", "")]

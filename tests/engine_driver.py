@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from dyt.cli import build_task  # noqa: E402
 from dyt.engine import Trainer  # noqa: E402
+from dyt.tasks import build_task  # noqa: E402
 from tests.engine_helpers import make_cfg  # noqa: E402
 
 

@@ -19,8 +19,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dyt.engine.sampler import derive_seed
+from dyt.engine.task import StepInfo, Task
 from dyt.nn import DyT, build_norm_factory
-from dyt.tasks.base import StepInfo, Task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 N_TRAIN = 1024  # digits used for training; the other 773 are the validation set

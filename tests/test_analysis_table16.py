@@ -125,8 +125,8 @@ def test_table16_transforms_are_torchvisions_presets():
 
 def test_table16_weight_decay_covers_every_parameter_as_torchvision():
     """No --norm-weight-decay / --bias-weight-decay: --wd on BatchNorm's and DyT's weights, biases, alpha."""
-    from dyt.cli import build_task
     from dyt.engine.schedule import build_optimizer
+    from dyt.tasks import build_task
 
     cfg = _compose("experiment=paper/table16_resnet50", "norm=dyt", "data.num_classes=10")
     task = build_task(cfg)

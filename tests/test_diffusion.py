@@ -11,7 +11,7 @@ from dyt.diffusion import create_diffusion, sample, space_timesteps
 from dyt.diffusion.gaussian import normal_kl
 from dyt.diffusion.sampling import guided_output
 from dyt.engine.evaluation import evaluate_model
-from dyt.tasks.base import StepInfo
+from dyt.engine.task import StepInfo
 from models.dit import dit_tiny
 
 CONFIGS = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs")
@@ -121,7 +121,7 @@ def _digits_cfg(norm):
 @pytest.mark.slow
 @pytest.mark.parametrize("norm", ["layernorm", "dyt"])
 def test_task_loss_decreases_on_tiny_config(norm):
-    from dyt.cli import build_task
+    from dyt.tasks import build_task
 
     cfg = _digits_cfg(norm)
     if norm == "dyt":
@@ -157,7 +157,7 @@ def test_paper_recipes_compose():
 
 @pytest.mark.slow
 def test_eval_extra_writes_samples_grid_and_fid(tmp_path):
-    from dyt.cli import build_task
+    from dyt.tasks import build_task
 
     cfg = _digits_cfg("layernorm")
     cfg.task.sample_steps, cfg.task.fid.num_samples, cfg.task.fid.chunk_size = 2, 30, 10

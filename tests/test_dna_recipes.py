@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dyt.cli import build_task
+from dyt.tasks import build_task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -233,7 +233,7 @@ def test_every_task_hook_survives_kill_9_bit_identically(tmp_path):
 
 
 def _fit_target(run_dir: Path, *overrides: str) -> dict:
-    from dyt.cli import build_task
+    from dyt.tasks import build_task
 
     cfg = make_cfg(run_dir, list(overrides))
     return Trainer(cfg).fit(build_task(cfg))

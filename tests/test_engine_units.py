@@ -26,7 +26,7 @@ from dyt.engine.schedule import (
     set_hyper,
 )
 from dyt.engine.signals import PREEMPTED_EXIT_CODE, PreemptionHandler
-from dyt.tasks.base import Task
+from dyt.engine.task import Task
 
 
 # ---- schedule -----------------------------------------------------------------------------------

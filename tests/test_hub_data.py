@@ -233,7 +233,7 @@ def hub_w2v_overrides(hub: Path, tmp_path: Path, run: Path) -> list[str]:
 
 
 def test_wav2vec2_trains_from_a_hub_layout_data_set(hub, tmp_path):
-    from dyt.cli import build_task
+    from dyt.tasks import build_task
     from tests.test_wav2vec2_train import _compose, _rows
 
     cfg = _compose(
@@ -247,7 +247,7 @@ def test_wav2vec2_trains_from_a_hub_layout_data_set(hub, tmp_path):
 @pytest.mark.slow  # two tiny runs and a fresh interpreter: ~40 s on 2 loaded cores
 def test_kill_9_on_a_hub_copy_then_the_same_command_is_bit_identical(hub, tmp_path):
     """The batches by total samples resume at the sampler's exact position from the hub copy too."""
-    from dyt.cli import build_task
+    from dyt.tasks import build_task
     from tests.test_wav2vec2_train import _compose, check_kill_9_then_resume
 
     def overrides(run: Path) -> list[str]:

@@ -12,7 +12,8 @@ from transformers import LlamaForCausalLM
 
 import models
 from dyt.engine.sampler import plan_batch
-from models.llama import Llama, alpha_init_for_width, from_hf_state_dict, hf_config, to_hf_state_dict
+from models.llama import Llama, alpha_init_for_width
+from models.llama_hf import from_hf_state_dict, hf_config, to_hf_state_dict
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 PAPER_SIZES = ("llama2_7b", "llama2_13b", "llama2_34b", "llama2_70b")

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dyt.engine.evaluation import evaluate_model
-from dyt.tasks.base import StepInfo
+from dyt.engine.task import StepInfo
 from dyt.tasks.lm import LanguageModelingTask
 
 INFO = StepInfo(step=0, epoch=0, total_steps=1, steps_per_epoch=1)

@@ -23,9 +23,9 @@ from transformers import ViTMAEConfig, ViTMAEForPreTraining
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
 import models
-from dyt.cli import build_task
 from dyt.engine import Trainer, load_checkpoint
 from dyt.nn import DyT, norm_names
+from dyt.tasks import build_task
 from dyt.tasks.mae import reconstruction_figure
 from dyt.weights import load_init_weights
 from models.mae import MaskedAutoencoder, mae_from_hf, mae_to_hf, sincos_pos_embed

@@ -230,8 +230,8 @@ def test_mae_pretraining_run_loads_into_the_finetuning_vit(method, tmp_path):
     steps of the digits MAE (the first at warm-up's lr 0; under SkipInit the encoder's scalars move from
     the third, see above), then the fine-tuning recipe's init_from loads every encoder weight strictly
     (only the fresh head is left out), the trained SkipInit scalars and sigma-Reparam gammas included."""
-    from dyt.cli import build_task
     from dyt.engine import Trainer, load_checkpoint
+    from dyt.tasks import build_task
     from dyt.weights import load_init_weights
 
     def config(*overrides):

@@ -1,4 +1,4 @@
-"""init_from for the published checkpoints of every family (dyt/weights.py ``PUBLISHED_FORMATS``).
+"""init_from for the published checkpoints of every family (``models.PUBLISHED_FORMATS``).
 
 Specification, per layout, offline and at tiny sizes:
 - a randomly initialised reference saved in the released layout loads into our ``norm=layernorm`` (or
@@ -33,8 +33,9 @@ from dyt.weights import InitFromError, load_init_weights
 from models.caduceus import Mamba
 from models.dino import DINO
 from models.mae import MaskedAutoencoder
-from models.wav2vec2 import Wav2Vec2, sample_mask
+from models.wav2vec2 import Wav2Vec2
 from models.wav2vec2_hf import hf_config as w2v_hf_config
+from models.wav2vec2_layers import sample_mask
 from tests.test_mae import TINY as MAE_TINY
 from tests.test_mae import hf_config as mae_hf_config
 from tests.test_wav2vec2_parity import HF_NO_DROPOUT, MODES, SMALL

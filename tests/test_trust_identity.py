@@ -9,11 +9,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from dyt.cli.naming import default_run_dir
 from dyt.engine.identity import (
     RunIdentityError,
     check_run_identity,
     config_diff,
-    default_run_dir,
     same_recipe_but_seed,
 )
 

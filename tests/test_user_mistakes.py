@@ -233,7 +233,7 @@ def test_a_pickle_in_the_dna_cache_is_refused_naming_the_file(tmp_path):
 
 
 def test_a_shortened_stage_one_is_named_in_the_fine_tune_error(tmp_path):
-    from dyt.weights import InitFromError, _variants_hint
+    from dyt.engine.weights import InitFromError, _variants_hint
 
     short = tmp_path / "runs" / "mae_digits+trainer.max_steps=5" / "dyt" / "seed0"
     short.mkdir(parents=True)

@@ -9,7 +9,7 @@ from torch import nn
 
 import models
 from dyt.nn import DyT, LayerNorm, get_norm_class, norm_names
-from models.wav2vec2 import num_frames, receptive_field, sample_mask, sample_negatives
+from models.wav2vec2_layers import num_frames, receptive_field, sample_mask, sample_negatives
 
 TINY = {"conv_channels": 16, "embed_dim": 32, "num_heads": 2, "ffn_dim": 64, "final_dim": 16, "latent_vars": 8}
 

@@ -13,8 +13,9 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
 import models
-from models.wav2vec2 import Wav2Vec2, sample_mask, sample_negatives
+from models.wav2vec2 import Wav2Vec2
 from models.wav2vec2_hf import from_hf_state_dict, hf_config, to_hf_state_dict
+from models.wav2vec2_layers import sample_mask, sample_negatives
 
 SMALL = {
     "conv_channels": 32,

@@ -11,9 +11,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import models
-from dyt.cli import build_task
+from dyt.tasks import build_task
 from dyt.tasks.wav2vec2 import correct_count, pretraining_loss
-from models.wav2vec2 import num_frames, sample_mask, sample_negatives
+from models.wav2vec2_layers import num_frames, sample_mask, sample_negatives
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = {"conv_channels": 16, "embed_dim": 32, "num_heads": 2, "ffn_dim": 64, "final_dim": 16, "latent_vars": 8}

@@ -20,9 +20,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import models
-from dyt.cli import build_task
 from dyt.engine import Trainer, load_checkpoint
 from dyt.engine.checkpoint import latest_checkpoint
+from dyt.tasks import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -214,7 +214,7 @@ _KILLED = """
 import json, os, signal, sys
 sys.path.insert(0, os.getcwd())
 from tests.test_wav2vec2_train import _compose
-from dyt.cli import build_task
+from dyt.tasks import build_task
 from dyt.engine import Trainer
 from dyt.tasks.wav2vec2 import Wav2Vec2PretrainingTask
 

@@ -1,4 +1,4 @@
-"""init_from and LLaMA export (dyt/weights.py).
+"""init_from and LLaMA export (dyt/weights, dyt/engine/weights.py, models/llama_hf.py).
 
 Specification:
 - ``init_from`` loads a run dir (raw or EMA weights), a timm state dict file, and a local Hugging Face
@@ -40,7 +40,7 @@ from dyt.weights import (
     parse_init_from,
     record_init,
 )
-from models.llama import hf_config
+from models.llama_hf import hf_config
 
 DYT = {"name": "dyt", "impl": "eager"}  # plain PyTorch: the fused kernels are tested in test_norms.py
 TIMM_NAME = "vit_tiny_patch16_224"

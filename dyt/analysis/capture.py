@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dyt.nn.convert import _eps, _is_batchnorm, _is_candidate, _layout, _tensor
+from dyt.nn.inspect import is_batchnorm, is_norm_candidate, norm_eps, norm_layout, tensor_attr
 from dyt.nn.pointwise import SQUASH, Derf, DyT, PointwiseNorm
 
 
@@ -46,7 +46,7 @@ def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [
         (name, m)
         for name, m in model.named_modules()
-        if isinstance(m, PointwiseNorm) or _is_candidate(m) or _is_batchnorm(m)
+        if isinstance(m, PointwiseNorm) or is_norm_candidate(m) or is_batchnorm(m)
     ]
 
 
@@ -56,7 +56,7 @@ def _channels_last(t: torch.Tensor, layout: str) -> torch.Tensor:
 
 
 def _affine(y: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    weight, bias = _tensor(module, "weight"), _tensor(module, "bias")
+    weight, bias = tensor_attr(module, "weight"), tensor_attr(module, "bias")
     if weight is not None and weight.dim() == 1:
         y = y * weight.detach().float()
     if bias is not None and bias.dim() == 1:
@@ -67,12 +67,12 @@ def _affine(y: torch.Tensor, module: nn.Module) -> torch.Tensor:
 def _statistics_norm(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Candidate pre-affine outputs of a LayerNorm/RMSNorm/BatchNorm-family module on channels-last
     ``x``; the caller keeps the one that reproduces the module's output."""
-    if _is_batchnorm(module):
+    if is_batchnorm(module):
         mean, var = module.running_mean, module.running_var
         if mean is None or module.training:
             mean, var = x.flatten(0, -2).mean(0), x.flatten(0, -2).var(0, unbiased=False)
         return {"batchnorm": (x - mean.float()) * torch.rsqrt(var.float() + module.eps)}
-    eps = _eps(module) or 0.0
+    eps = norm_eps(module) or 0.0
     centered = x - x.mean(-1, keepdim=True)
     return {
         "layernorm": centered * torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps),
@@ -137,7 +137,7 @@ def capture_norms(
 
     def hook(name: str) -> Callable:
         def fn(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            layout = "channels_first" if _is_batchnorm(module) else _layout(module)
+            layout = "channels_first" if is_batchnorm(module) else norm_layout(module)
             x, y_out = _channels_last(args[0], layout), _channels_last(out, layout)
             kind, y = pre_affine(module, x, y_out, name)
             x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])

@@ -1,5 +1,5 @@
-"""Models and batches to analyse: a run dir or checkpoint of this codebase, or a timm model (optionally
-converted with ``dyt.convert``)."""
+"""Models and batches to analyse: a run dir or checkpoint of this codebase (its checkpoints here; the
+model with ``dyt.tasks.load_run``), or a timm model (optionally converted with ``dyt.convert``)."""
 
 from __future__ import annotations
 
@@ -7,31 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import default_collate
+
+from dyt.engine.checkpoint import list_checkpoints
 
 
 def run_checkpoints(run_dir: str | Path) -> list[Path]:
     """Every checkpoint a run dir keeps, oldest first (``trainer.keep_checkpoints`` sets how many)."""
-    from dyt.engine.checkpoint import _checkpoints
-
-    return _checkpoints(Path(run_dir) / "checkpoints")
-
-
-def load_run_model(path: str | Path, ema: bool = False) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """(model, task, checkpoint) of a run dir (its newest checkpoint) or a checkpoint, rebuilt with the
-    config it was trained with, as ``eval.py run=...`` does; ``ema`` loads the EMA weights."""
-    from dyt.cli import build_task
-    from dyt.engine.checkpoint import load_checkpoint, load_model_state
-
-    ckpt = load_checkpoint(path)
-    task = build_task(OmegaConf.create(ckpt["config"]))
-    model = task.build_model()
-    if ema and not ckpt.get("ema"):
-        raise ValueError(f"{ckpt['path']} has no EMA weights (the run had trainer.ema_decay=null); drop ema")
-    load_model_state(model, ckpt["ema"] if ema else ckpt["model"], source=str(ckpt["path"]))
-    return model.eval(), task, ckpt
+    return list_checkpoints(Path(run_dir) / "checkpoints")
 
 
 def task_batch(task: Any, n: int = 64) -> Any:

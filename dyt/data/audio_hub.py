@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 
-from dyt.data.audio import AudioDataset, _held_out, _soundfile, check_sample_rate
+from dyt.data.audio_clips import AudioDataset, _held_out, _soundfile, check_sample_rate
 from dyt.data.hub import load_split, one_line
 
 log = logging.getLogger(__name__)

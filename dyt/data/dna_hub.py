@@ -1,5 +1,5 @@
 """DNA data held on the Hugging Face hub: GenomicBenchmarks as published there, and a reference genome
-FASTA stored in a hub dataset repo. Both feed the readers of dyt/data/dna.py unchanged.
+FASTA stored in a hub dataset repo. Both feed the readers of dyt/data/dna/ unchanged.
 
 **GenomicBenchmarks** (``data.source=genomic_benchmarks_hub``): the benchmark's authors publish each
 dataset as ``katarinagresova/Genomic_Benchmarks_<dataset>`` (e.g.

@@ -223,6 +223,11 @@ def _checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(p for p in ckpt_dir.iterdir() if _NAME.match(p.name))
 
 
+def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """Every checkpoint in ``ckpt_dir`` by name, oldest first (none when the directory does not exist)."""
+    return _checkpoints(Path(ckpt_dir))
+
+
 def _named_by_last(ckpt_dir: Path) -> tuple[Path | None, str | None]:
     """The checkpoint ``last`` names, or None and why ``last`` cannot be used (None when absent)."""
     last = ckpt_dir / LAST

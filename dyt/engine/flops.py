@@ -1,7 +1,7 @@
 """Model FLOPs utilisation (MFU, as torchtitan and fms-fsdp report it): the device's peak and the
 per-device rates logged with every training line.
 
-The model's training FLOPs per sample come from the task (:meth:`dyt.tasks.base.Task.flops_per_sample`),
+The model's training FLOPs per sample come from the task (:meth:`dyt.engine.task.Task.flops_per_sample`),
 which asks the model (``flops_per_token`` / ``flops_per_image``, counted as torchtitan does: see
 ``models/flops.py``). MFU = achieved model FLOP/s per device / the device's peak.
 """

@@ -9,15 +9,12 @@ values, and the two ways out: a run dir of its own (``run_dir=...`` or another `
 ``trainer.accept_changes=[key,...]`` to continue this run with the new values on purpose (extending a
 finished run with a larger ``trainer.max_steps`` is such a change, and must be said).
 
-:func:`default_run_dir` names the run dir of a direct ``model=... data=...`` command after what it
-trains, so that two different commands land in two different run dirs.
+Run-dir naming (which reads Hydra's command line) lives in the CLI package, ``dyt/cli/naming.py``.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -50,26 +47,28 @@ NON_TRAINING_KEYS: tuple[str, ...] = (
     "trainer.sharding",
     "trainer.shard_group_size",
     "data.root",  # the same data moved to another path
-    # evaluation only
+    # evaluation only (the tasks declare their own: declare_non_training_keys)
     "trainer.eval_every_*",
-    "task.eval_*",
-    "task.fid",
-    "task.fid.*",
-    "task.lm_eval",
-    "task.lm_eval.*",
-    "task.sample_steps",
-    "task.cfg_scale",
-    "task.guidance_channels",
 )
+_DECLARED: list[str] = []  # evaluation-only keys the tasks declare (``dyt.tasks.EVAL_ONLY_KEYS``)
 # Keys that make a run longer or shorter: changing them is extending (or cutting) the run.
 LENGTH_KEYS: tuple[str, ...] = ("trainer.epochs", "trainer.max_steps")
-# Keys that name the run dir itself (see default_run_dir).
-NAMING_KEYS: tuple[str, ...] = ("experiment", "model", "data", "norm", "seed")
 ABSENT = "<absent>"
 
 
 class RunIdentityError(RuntimeError):
     """A launch whose training recipe differs from the one its run dir was trained with."""
+
+
+def declare_non_training_keys(patterns: Iterable[str]) -> None:
+    """Add keys (fnmatch patterns) that do not change what is trained, e.g. a task's evaluation-only
+    settings; the engine names no task's keys itself."""
+    _DECLARED.extend(p for p in patterns if p not in _DECLARED)
+
+
+def non_training_keys() -> tuple[str, ...]:
+    """:data:`NON_TRAINING_KEYS` and the keys declared with :func:`declare_non_training_keys`."""
+    return (*NON_TRAINING_KEYS, *_DECLARED)
 
 
 def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -89,12 +88,14 @@ def _matches(key: str, patterns: Iterable[str]) -> bool:
 
 
 def config_diff(
-    old: Mapping[str, Any], new: Mapping[str, Any], ignore: Sequence[str] = NON_TRAINING_KEYS
+    old: Mapping[str, Any], new: Mapping[str, Any], ignore: Sequence[str] | None = None
 ) -> dict[str, tuple[Any, Any]]:
     """Dotted keys whose values differ between two resolved configs (plain dicts, e.g.
-    ``OmegaConf.to_container(cfg, resolve=True)``), except keys matching ``ignore``:
+    ``OmegaConf.to_container(cfg, resolve=True)``), except keys matching ``ignore`` (default:
+    :func:`non_training_keys`):
     ``{key: (old value, new value)}``, :data:`ABSENT` for a key one side lacks."""
     a, b = flatten(old), flatten(new)
+    ignore = non_training_keys() if ignore is None else ignore
     return {
         k: (a.get(k, ABSENT), b.get(k, ABSENT))
         for k in sorted(set(a) | set(b))
@@ -105,7 +106,7 @@ def config_diff(
 def same_recipe_but_seed(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """What differs between two runs besides their seed (empty: they are seeds of one recipe and may be
     averaged; ``eval.py`` groups runs with this)."""
-    return config_diff(a, b, (*NON_TRAINING_KEYS, "seed"))
+    return config_diff(a, b, (*non_training_keys(), "seed"))
 
 
 def check_run_identity(
@@ -136,78 +137,3 @@ def check_run_identity(
 def _show(v: Any) -> str:
     text = repr(v) if isinstance(v, str) and v != ABSENT else str(v)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-# ---- run-dir names --------------------------------------------------------------------------------
-def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
-    """Hydra command-line overrides (``model=vit_b``, ``+x=1``, ``++y=2``, ``~z``) -> ``{key: value}``
-    (a deletion ``~z`` maps to ``"~"``)."""
-    out: dict[str, str] = {}
-    for item in overrides:
-        if item.startswith("~"):
-            out[item[1:].split("=", 1)[0]] = "~"
-            continue
-        key, _, value = item.lstrip("+").partition("=")
-        out[key] = value
-    return out
-
-
-def _slug(text: str, limit: int = 80) -> str:
-    """A path component: unsafe characters become ``_``; too long a name keeps a hash of the whole."""
-    safe = re.sub(r"[^A-Za-z0-9._=,+-]", "_", text.replace("/", "-"))
-    if len(safe) <= limit:
-        return safe
-    return safe[: limit - 9] + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
-
-
-def default_run_dir(
-    overrides: Iterable[str], *, experiment_name: str, model: str, data: str, norm: str, seed: int, root: str = "runs"
-) -> str:
-    """The run dir a command trains into, derived from its command-line ``overrides`` (Hydra's
-    ``HydraConfig.get().overrides.task``) and the composed config's names.
-
-    - ``experiment=X`` chosen, or nothing chosen: ``<root>/<experiment_name>/<norm>/seed<seed>``
-      (``runs/paper/vit_b_in1k/dyt/seed0``);
-    - a direct ``model=... data=...`` command: ``<root>/<model>_<data>/<norm>/seed<seed>``.
-
-    Every other override that changes training is appended to the experiment's last level
-    (``runs/paper/vit_b_in1k+optim.lr=6e-3/dyt/seed0``), so two commands that train differently never
-    share a run dir and the same command always finds its own again. Overrides of
-    :data:`NON_TRAINING_KEYS` (e.g. ``data.root``, ``trainer.num_workers``) do not change the name.
-    """
-    overrides = list(overrides)
-    parsed = parse_overrides(overrides)
-    base = f"{model}_{data}" if is_direct_command(overrides) else str(experiment_name)
-    extra = sorted(f"{k}={v}" for k, v in parsed.items() if k not in NAMING_KEYS and not _matches(k, NON_TRAINING_KEYS))
-    parent, _, last = base.rpartition("/")
-    name = _slug(last + ("+" + ",".join(extra) if extra else ""))
-    parts = [root, *[_slug(p) for p in parent.split("/") if p], name, str(norm), f"seed{seed}"]
-    return "/".join(parts)
-
-
-def command_line() -> list[str]:
-    """The overrides of the running Hydra job (none outside one, e.g. under the compose API)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except (ImportError, ValueError):
-        return []
-
-
-def is_direct_command(overrides: Iterable[str]) -> bool:
-    """``model=...`` or ``data=...`` chosen without an ``experiment=``."""
-    parsed = parse_overrides(overrides)
-    return "experiment" not in parsed and bool({"model", "data"} & parsed.keys())
-
-
-def run_dir_resolver(experiment_name: str, model: str, data: str, norm: str, seed: int) -> str:
-    """``${dyt_run_dir:...}`` in ``configs/train.yaml``: :func:`default_run_dir` of the running command."""
-    return default_run_dir(
-        command_line(), experiment_name=experiment_name, model=model, data=data, norm=norm, seed=seed
-    )
-
-
-def experiment_name_resolver(default: str, model: str, data: str) -> str:
-    """``${dyt_experiment_name:...}`` of the default experiment: ``<model>_<data>`` for a direct command."""
-    return f"{model}_{data}" if is_direct_command(command_line()) else default

@@ -1,5 +1,5 @@
 """Deterministic, resumable data order, the global batch, and seeding (the trainer's half of the
-determinism contract in ``dyt/tasks/base.py``).
+determinism contract in ``dyt/engine/task.py``).
 
 - :func:`plan_batch`: the recipe's global batch -> per-device micro-batch and gradient accumulation.
 - :class:`ResumableBatchSampler`: what any batch sampler (the default one, or a task's own) provides.

@@ -1,4 +1,4 @@
-"""The shared trainer: ``Trainer(cfg).fit(task)`` trains any :class:`~dyt.tasks.base.Task`.
+"""The shared trainer: ``Trainer(cfg).fit(task)`` trains any :class:`~dyt.engine.task.Task`.
 
 One run, in order: set up devices and the process group (torchrun or SLURM env); split the recipe's
 global batch into per-device micro-batches and gradient accumulation (:func:`~dyt.engine.sampler.plan_batch`);
@@ -7,7 +7,7 @@ build the model with identical initial weights on every rank; wrap it (DDP, or F
 the gradient scaler and the EMA; resume from ``<run_dir>/checkpoints`` when a checkpoint exists
 (:class:`~dyt.engine.state.TrainState` holds everything a checkpoint holds); train; evaluate the raw and
 the EMA model; checkpoint; write ``results.json``. The order of one optimizer step and its task hooks is
-in ``dyt/tasks/base.py``.
+in ``dyt/engine/task.py``.
 
 Determinism: the data order is a function of ``(seed, epoch)`` (:mod:`dyt.engine.sampler`), every
 item is produced with RNGs seeded from ``(seed, epoch, index)``, and every micro-batch's
@@ -39,8 +39,8 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dyt import weights  # a module, not its names: dyt.weights imports dyt.engine.checkpoint, so either may load first
 from dyt.engine import checkpoint as ckpt
+from dyt.engine import weights
 from dyt.engine.distributed import (
     DistEnv,
     all_reduce_sum,
@@ -63,11 +63,11 @@ from dyt.engine.sampler import SeededDataset, ShardedBatchSampler, plan_batch, s
 from dyt.engine.schedule import build_hyper_schedules, build_lr_schedule, build_optimizer, scaled_lr, set_hyper
 from dyt.engine.signals import PreemptionHandler, ignore_preemption_signals
 from dyt.engine.state import TrainState
+from dyt.engine.task import StepInfo
 from dyt.io import atomic_write_json, atomic_write_text
 from dyt.nn import norm_tag
 from dyt.nn.calibrate import calibrate_alpha, calibration_targets
 from dyt.nn.probes import ScaleProbe, alpha_stats, pointwise_norms, scale_message
-from dyt.tasks.base import StepInfo
 
 EVAL_STREAM = 1 << 20  # seeds evaluation apart from any training micro-batch
 

@@ -44,7 +44,6 @@ it is refused.
 from __future__ import annotations
 
 import copy
-import re
 import warnings
 from collections import Counter
 from collections.abc import Mapping
@@ -55,10 +54,9 @@ import torch
 from torch import nn
 
 from dyt.nn.factory import NormFactory, build_norm_factory
+from dyt.nn.inspect import is_batchnorm, is_norm_candidate, norm_eps, norm_layout, tensor_attr
 from dyt.nn.norms import BatchNorm
 
-_CANDIDATE_NAME = re.compile(r"layernorm|rmsnorm", re.IGNORECASE)
-_CHANNELS_FIRST_NAME = re.compile(r"[23]d(fp32)?$", re.IGNORECASE)  # timm: LayerNorm2d, RmsNorm2dFp32, ...
 _PLAIN_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, BatchNorm)
 _PAPER_ON_BATCHNORM = (
     "the paper (App. D, Table 16) replaced BatchNorm with DyT in ResNet-50 (top-1 76.2% -> 68.9%) and VGG19 "
@@ -87,39 +85,6 @@ class ConversionReport:
             kept = ", ".join(f"{n} {name}" for name, n in sorted(self.untouched.items()))
             lines.append(f"left unchanged: {kept} (BatchNorm; see convert(..., batchnorm=True))")
         return "\n".join(lines)
-
-
-def _is_candidate(module: nn.Module) -> bool:
-    """A LayerNorm / RMSNorm by class, or by name unless it wraps norms of its own (AdaLayerNormZero)."""
-    if isinstance(module, nn.LayerNorm | nn.RMSNorm):
-        return True
-    if not _CANDIDATE_NAME.search(type(module).__name__):
-        return False
-    return not any(_is_candidate(m) for m in module.modules() if m is not module)
-
-
-def _is_batchnorm(module: nn.Module) -> bool:
-    return isinstance(module, nn.modules.batchnorm._BatchNorm)
-
-
-def _layout(module: nn.Module) -> str:
-    layout = getattr(module, "layout", None)
-    if layout in ("channels_last", "channels_first"):
-        return layout
-    return "channels_first" if _CHANNELS_FIRST_NAME.search(type(module).__name__) else "channels_last"
-
-
-def _tensor(module: nn.Module, name: str) -> torch.Tensor | None:
-    value = getattr(module, name, None)
-    return value if isinstance(value, torch.Tensor) else None
-
-
-def _eps(module: nn.Module) -> float | None:
-    for name in ("eps", "variance_epsilon"):
-        value = getattr(module, name, None)
-        if isinstance(value, float | int) and not isinstance(value, bool):
-            return float(value)
-    return None
 
 
 def _width(module: nn.Module, weight: torch.Tensor | None, where: str) -> int:
@@ -184,8 +149,8 @@ def _factory_device(parent: nn.Module, weight: torch.Tensor | None):
 
 
 def _replacement(module: nn.Module, parent: nn.Module, site: str, factory: NormFactory, where: str) -> nn.Module:
-    weight, bias = _tensor(module, "weight"), _tensor(module, "bias")
-    if _is_batchnorm(module):  # opted in (batchnorm=True): normalizes dimension 1 of (N, C, ...)
+    weight, bias = tensor_attr(module, "weight"), tensor_attr(module, "bias")
+    if is_batchnorm(module):  # opted in (batchnorm=True): normalizes dimension 1 of (N, C, ...)
         if type(module) not in _PLAIN_BATCHNORM:
             raise ValueError(
                 f"cannot convert {where} ({type(module).__name__}): it is a BatchNorm subclass that may do more "
@@ -194,7 +159,7 @@ def _replacement(module: nn.Module, parent: nn.Module, site: str, factory: NormF
             )
         width, layout, eps = module.num_features, "channels_first", module.eps
     else:
-        width, layout, eps = _width(module, weight, where), _layout(module), _eps(module)
+        width, layout, eps = _width(module, weight, where), norm_layout(module), norm_eps(module)
         if weight is None or weight.device.type != "meta":
             _probe(module, width, layout, weight, bias, eps, where)
     device, dtype = _factory_device(parent, weight)
@@ -204,7 +169,7 @@ def _replacement(module: nn.Module, parent: nn.Module, site: str, factory: NormF
     new = factory(width, site=site, layout=layout, device=device, dtype=dtype, **hints)
     with torch.no_grad():
         for name, old in (("weight", weight), ("bias", bias)):
-            target = _tensor(new, name)
+            target = tensor_attr(new, name)
             if old is not None and target is not None:
                 target.copy_(old)
                 target.requires_grad_(old.requires_grad)
@@ -218,7 +183,7 @@ def _site(qualified_name: str) -> str:
 def _refuse_batchnorm_sites(model: nn.Module, sites: Mapping[str, Any]) -> None:
     """``sites=`` naming a BatchNorm site is an explicit request to replace BatchNorm: refuse it unless
     opted in."""
-    named = sorted({_site(name) for name, m in model.named_modules() if _is_batchnorm(m)} & set(sites))
+    named = sorted({_site(name) for name, m in model.named_modules() if is_batchnorm(m)} & set(sites))
     if named:
         raise ValueError(
             f"sites={named} name BatchNorm layers, which convert leaves alone: {_PAPER_ON_BATCHNORM}. "
@@ -262,9 +227,9 @@ def convert(
             qualified = f"{prefix}{name}"
             if id(child) in built:
                 plan.append((parent, name, built[id(child)]))
-            elif _is_batchnorm(child) and not batchnorm:
+            elif is_batchnorm(child) and not batchnorm:
                 report.untouched[type(child).__name__] += 1
-            elif _is_candidate(child) or _is_batchnorm(child):
+            elif is_norm_candidate(child) or is_batchnorm(child):
                 site = _site(qualified)
                 built[id(child)] = _replacement(child, parent, site, factory, qualified)
                 plan.append((parent, name, built[id(child)]))

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 import models
 from dyt.data.images import build_image_dataset
 from dyt.engine.evaluation import sharded_sums
-from dyt.tasks.base import StepInfo, Task
+from dyt.engine.task import StepInfo, Task
 
 
 class ClassificationTask(Task):

@@ -32,8 +32,8 @@ from dyt.data.latents import LatentDataset, decode, encode, image_folder, load_v
 from dyt.diffusion import create_diffusion, sample
 from dyt.engine.distributed import broadcast_object
 from dyt.engine.evaluation import rank_and_world, sharded_sums
+from dyt.engine.task import StepInfo, Task
 from dyt.metrics import fid
-from dyt.tasks.base import StepInfo, Task
 
 
 class DiffusionTask(Task):

@@ -34,7 +34,7 @@ from dyt.data.images import build_image_dataset, imagenet_transform
 from dyt.data.ssl import MultiCrop, build_view_dataset
 from dyt.engine.evaluation import sharded_sums
 from dyt.engine.schedule import build_scalar_schedule
-from dyt.tasks.base import StepInfo, Task
+from dyt.engine.task import StepInfo, Task
 
 # ---- the published formulas ----------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from dyt.data.dna import (
     num_classes,
 )
 from dyt.engine.evaluation import sharded_sums
-from dyt.tasks.base import StepInfo, Task
+from dyt.engine.task import StepInfo, Task
 from dyt.tasks.lm import next_token_loss
 
 OBJECTIVES = ("next_token", "mlm")

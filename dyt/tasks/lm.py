@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Subset
 import models
 from dyt.data.text import build_text_dataset
 from dyt.engine.evaluation import sharded_sums
-from dyt.tasks.base import StepInfo, Task
+from dyt.engine.task import StepInfo, Task
 
 
 def next_token_loss(model: nn.Module, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

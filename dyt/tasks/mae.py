@@ -21,7 +21,7 @@ import models
 from dyt.data.images import build_image_dataset
 from dyt.data.ssl import build_view_dataset, mae_transform
 from dyt.engine.evaluation import sharded_sums
-from dyt.tasks.base import StepInfo, Task
+from dyt.engine.task import StepInfo, Task
 
 EVAL_MASK_SEED = 1234  # the evaluation masks depend only on this and the image's index
 

@@ -35,7 +35,7 @@ from dyt.data.audio import AudioBatchSampler, build_audio_dataset, collate
 from dyt.engine.evaluation import sharded_sums
 from dyt.engine.sampler import derive_seed
 from dyt.engine.schedule import build_scalar_schedule
-from dyt.tasks.base import StepInfo, Task
+from dyt.engine.task import StepInfo, Task
 from models.wav2vec2 import Wav2Vec2Output
 
 LOG2 = math.log(2)

@@ -24,10 +24,11 @@ sys.path.insert(0, str(ROOT))
 
 from dyt.analysis.figures import alpha_std_series, plot_alpha_std  # noqa: E402
 from dyt.analysis.input_std import input_std  # noqa: E402
-from dyt.analysis.sources import classifier_inputs, load_run_model, run_checkpoints, task_batch  # noqa: E402
+from dyt.analysis.sources import classifier_inputs, run_checkpoints, task_batch  # noqa: E402
 from dyt.io import atomic_write_text  # noqa: E402
 from dyt.nn.probes import alpha_stats  # noqa: E402
 from dyt.results.runs import load_run  # noqa: E402
+from dyt.tasks import load_run as load_trained  # noqa: E402
 
 RECORDS = Path("analysis") / "alpha_std.jsonl"
 
@@ -36,7 +37,7 @@ def measure_checkpoints(run_dir: Path, batch_size: int) -> list[dict]:
     """One row per kept checkpoint: ``step``, ``alpha/<layer>`` and ``input_std/<layer>``."""
     rows, batch = [], None
     for ckpt_path in run_checkpoints(run_dir):
-        model, task, ckpt = load_run_model(ckpt_path)
+        model, task, ckpt = load_trained(ckpt_path)
         if batch is None:
             batch = classifier_inputs(task_batch(task, batch_size))
         rows.append({"step": ckpt["step"], **alpha_stats(model), **input_std(model, batch)})

@@ -27,7 +27,8 @@ import torch  # noqa: E402
 
 from dyt.analysis.capture import capture_norms, default_layers, norm_layers, save_captures  # noqa: E402
 from dyt.analysis.figures import plot_norm_io  # noqa: E402
-from dyt.analysis.sources import classifier_inputs, load_run_model, task_batch, timm_model  # noqa: E402
+from dyt.analysis.sources import classifier_inputs, task_batch, timm_model  # noqa: E402
+from dyt.tasks import load_run  # noqa: E402
 
 
 def _capture(model, batch, layers: list[str] | None, max_tokens: int):
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     layers = args.layers.split(",") if args.layers else None
     rows = {}
     for run in args.runs:
-        model, task, ckpt = load_run_model(run, ema=args.ema)
+        model, task, ckpt = load_run(run, weights="ema" if args.ema else "raw")
         caps = _capture(model, classifier_inputs(task_batch(task, args.batch)), layers, args.max_tokens)
         run_dir = Path(ckpt["path"]).parent.parent
         print(f"wrote {save_captures(caps, run_dir / 'analysis' / 'norm_io.pt')}")

@@ -37,9 +37,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from dyt.cli import build_task  # noqa: E402
 from dyt.engine import Trainer  # noqa: E402
-from dyt.tasks.base import StepInfo  # noqa: E402
+from dyt.engine.task import StepInfo  # noqa: E402
+from dyt.tasks import build_task  # noqa: E402
 
 # name -> (overrides, per-step batch, steps N1 and N2)
 SETUPS = {

@@ -3,7 +3,8 @@
 A task owns the model, its data, its loss and its metrics. The trainer owns everything shared
 (devices, distribution, precision, optimizer and schedules, EMA, checkpoints, logging) and calls only
 the methods below. Every objective (classification, MAE, DINO, diffusion, language modelling, ...)
-is one subclass in ``dyt/tasks/<name>.py``.
+is one subclass in ``dyt/tasks/<name>.py``; the contract lives in the engine, the ground floor
+the tasks build on.
 
 One optimizer step, as the trainer runs it::
 

@@ -1,5 +1,8 @@
-"""Weights from elsewhere: start a model from another run or a published model (``init_from``), and
-export a trained LLaMA for others.
+"""Weights from elsewhere: start a model from another run or a published model (``init_from``). The
+generic part, in the engine (the trainer applies it); what is specific to one model (renaming another
+library's names, checking a Hugging Face ``config.json``, exporting) lives in the model's own
+``models/*_hf.py`` and is reached through the model's hooks (``init_from_state_dict``,
+``check_hf_config``). The public face, with the exports, is ``dyt.weights``.
 
 ``init_from`` (top-level key of ``configs/train.yaml``; the trainer applies it on a fresh start only,
 never on resume, and writes the report to ``<run_dir>/init_from.json``)::
@@ -40,12 +43,12 @@ What happens, in order:
    ``model=vit_b norm=dyt init_from=<timm file>``.
 6. Everything else must match: missing, unexpected and mis-shaped keys are listed in one error.
 
-Published checkpoints of the paper's families load in their released layouts (``PUBLISHED_FORMATS``;
-each module's ``detect`` recognises a file or Hugging Face directory, its ``convert`` renames it to our
-model's names before step 2; docs/finetune.md lists the commands): Hugging Face ``ViTMAEForPreTraining``
-(models/mae_hf.py), DINO's ``.pth`` files (models/dino_official.py), Hugging Face ``Wav2Vec2ForPreTraining``
-(models/wav2vec2_hf.py), fairseq wav2vec 2.0 checkpoints (models/wav2vec2_fairseq.py), HyenaDNA's
-released weights (models/hyena_released.py) and Caduceus's Hugging Face checkpoints (models/caduceus_hf.py).
+Published checkpoints of the paper's families load in their released layouts: the modules that
+``models.PUBLISHED_FORMATS`` registers with :func:`register_published_formats` (Hugging Face
+``ViTMAEForPreTraining``, DINO's ``.pth`` files, Hugging Face ``Wav2Vec2ForPreTraining``, fairseq
+wav2vec 2.0, HyenaDNA's and Caduceus's releases); each one's ``detect`` recognises a file or Hugging Face
+directory, its ``convert`` renames it to our model's names before step 2 (docs/finetune.md lists the
+commands).
 
 An FSDP-sharded model cannot be loaded here: apply ``init_from`` to the whole model before sharding it.
 """
@@ -72,18 +75,11 @@ from dyt.io import atomic_write_json
 
 INIT_FROM_KEYS = ("source", "ignore", "key", "made_by")
 REPORT_FILE = "init_from.json"
-EXPORT_FORMATS = ("auto", "hf", "dyt")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
-# The published layouts (module docstring); each module has FORMAT, detect(obj, config) and
-# convert(obj, model, config). A file is offered to them only when init_from.key is not set.
-PUBLISHED_FORMATS = (
-    "models.mae_hf",
-    "models.dino_official",
-    "models.wav2vec2_hf",
-    "models.wav2vec2_fairseq",
-    "models.hyena_released",
-    "models.caduceus_hf",
-)
+# The published layouts (module docstring), by module name: each module has FORMAT, detect(obj, config)
+# and convert(obj, model, config). The models package registers its own (``models.PUBLISHED_FORMATS``);
+# the engine names none. A file is offered to them only when init_from.key is not set.
+_PUBLISHED: list[str] = []
 _HF_WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -207,7 +203,7 @@ def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
     return safe_load(path)
 
 
-def _checkpoint_weights(ckpt: dict[str, Any], key: str) -> dict[str, torch.Tensor]:
+def checkpoint_weights(ckpt: dict[str, Any], key: str) -> dict[str, torch.Tensor]:
     """The ``key`` weights (``model`` or ``ema``) of one of our checkpoints, as a full state dict."""
     if ckpt.get(key) is None:
         entries = [k for k in ("model", "ema") if ckpt.get(k) is not None]
@@ -254,13 +250,23 @@ def _variants_hint(path: Path) -> str:
     return "; or point init_from= at the run dir (or checkpoint) to start from"
 
 
+def register_published_formats(modules: tuple[str, ...] | list[str]) -> None:
+    """Offer the published layouts of ``modules`` (module names, see ``_PUBLISHED``) to ``init_from``."""
+    _PUBLISHED.extend(m for m in modules if m not in _PUBLISHED)
+
+
+def published_formats() -> tuple[str, ...]:
+    """The registered published-layout modules, in the order they are tried."""
+    return tuple(_PUBLISHED)
+
+
 def _published(obj: Any, config: Mapping[str, Any] | None) -> Any:
-    """The ``PUBLISHED_FORMATS`` module whose layout ``obj`` (a loaded file or state dict) has, or None."""
+    """The registered published-layout module whose layout ``obj`` (a loaded file or state dict) has, or None."""
     import importlib
 
     if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
         return None
-    return next((m for m in map(importlib.import_module, PUBLISHED_FORMATS) if m.detect(obj, config)), None)
+    return next((m for m in map(importlib.import_module, _PUBLISHED) if m.detect(obj, config)), None)
 
 
 def _read_source(spec: InitFrom, model: nn.Module) -> tuple[dict[str, torch.Tensor], InitReport]:
@@ -295,7 +301,7 @@ def _read_source(spec: InitFrom, model: nn.Module) -> tuple[dict[str, torch.Tens
         except CheckpointError as e:
             raise InitFromError(f"init_from: {e}{hint}") from e
         key = spec.key or "model"
-        state = _checkpoint_weights(ckpt, key)
+        state = checkpoint_weights(ckpt, key)
         return state, InitReport(spec.source, "dyt", ckpt["path"], entry=key, step=ckpt.get("step"))
     import argparse
 
@@ -353,37 +359,14 @@ def _resize_pos_embeds(model: nn.Module, state: dict, own: dict, report: InitRep
         report.interpolated[key] = [list(value.shape), list(target.shape)]
 
 
-def _check_hf_llama_config(model: nn.Module, hf_dir: Path) -> None:
-    """What a Llama state dict does not show (heads, RoPE, activation, eps) must agree with config.json."""
-    from models.llama import Llama
-
-    config = json.loads((hf_dir / "config.json").read_text())
-    if not isinstance(model, Llama) or config.get("model_type") != "llama":
+def _check_hf_config(model: nn.Module, hf_dir: Path) -> None:
+    """What a state dict does not show (heads, RoPE, activation, eps) must agree with the Hugging Face
+    ``config.json``: asked of the model's own hook ``check_hf_config(config) -> list[str]`` (the
+    disagreements, each with its fix; e.g. ``models/llama_hf.py``), when it has one."""
+    check = getattr(model, "check_hf_config", None)
+    if check is None:
         return
-    # transformers 5 keeps rope_theta in rope_parameters; older versions at the top level + rope_scaling.
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    heads = config.get("num_attention_heads")
-    found = {
-        "num_attention_heads": (heads, model.n_heads, "model.n_heads"),
-        "num_key_value_heads": (config.get("num_key_value_heads") or heads, model.n_kv_heads, "model.n_kv_heads"),
-        "rope_theta": (
-            float(config.get("rope_theta", rope.get("rope_theta", 10000.0))),
-            model.rope_theta,
-            "model.rope_theta",
-        ),
-        "rope_type": (rope.get("rope_type", rope.get("type", "default")), "default", None),
-        "hidden_act": (config.get("hidden_act", "silu"), "silu", None),
-    }
-    eps = {m.eps for m in model.modules() if getattr(m, "pointwise", True) is False and hasattr(m, "eps")}
-    if len(eps) == 1:
-        found["rms_norm_eps"] = (config.get("rms_norm_eps"), eps.pop(), "model.eps")
-    wrong = [
-        f"{name} {theirs} vs {ours} in the model ("
-        + (f"set {fix}={theirs}" if fix else "models/llama.py supports only the latter")
-        + ")"
-        for name, (theirs, ours, fix) in found.items()
-        if theirs != ours
-    ]
+    wrong = check(json.loads((hf_dir / "config.json").read_text()))
     if wrong:
         raise InitFromError(f"init_from: {hf_dir}/config.json does not match the model: {'; '.join(wrong)}")
 
@@ -428,7 +411,7 @@ def load_init_weights(
     state, report = _read_source(spec, model)
     report.model, report.ignore = type(model).__name__, list(spec.ignore)
     if report.kind == "huggingface":
-        _check_hf_llama_config(model, Path(report.path).parent)
+        _check_hf_config(model, Path(report.path).parent)
     state = _strip_wrapper_prefixes(state)
 
     mapper = key_filter or getattr(model, "init_from_state_dict", None)
@@ -484,117 +467,3 @@ def record_init(report: InitReport, run_dir: str | os.PathLike) -> Path:
     path = Path(run_dir) / REPORT_FILE
     atomic_write_json(path, report.to_dict())
     return path
-
-
-# ---- export ------------------------------------------------------------------------------------------
-def _hf_refusal(model: nn.Module) -> str | None:
-    """Why Hugging Face's ``LlamaForCausalLM`` cannot hold ``model`` (a Llama of ours), or None if it can."""
-    from dyt.nn import RMSNorm
-
-    norms = [*(n for layer in model.layers for n in (layer.attention_norm, layer.ffn_norm)), model.norm]
-    others = sorted({type(n).__name__ for n in norms if not isinstance(n, RMSNorm)})
-    if others:
-        return f"its norms are {', '.join(others)}, and LlamaForCausalLM has an RMSNorm at every norm site"
-    if model.embed_scale is not None:
-        return "it multiplies the embeddings by a learned scalar (embed_scale), which LlamaForCausalLM lacks"
-    if any(n.weight is None or n.bias is not None for n in norms) or len({n.eps for n in norms}) > 1:
-        return "its RMSNorms are not all 'weight, no bias, one eps' as LlamaForCausalLM's are"
-    return None
-
-
-def export_llama_hf(
-    model_or_run_dir: nn.Module | str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    format: str = "auto",
-    key: str = "model",
-    model_cfg: str | Mapping[str, Any] | None = None,
-    norm_cfg: str | Mapping[str, Any] | None = None,
-) -> str:
-    """Write a LLaMA of ours to ``out_dir`` as ``config.json`` + ``model.safetensors``; returns the format.
-
-    Formats:
-        ``hf``: a Hugging Face ``LlamaForCausalLM`` directory (``from_pretrained`` loads it and gives our
-            logits). Only an RMSNorm model without embed scale fits; others are refused, saying why.
-        ``dyt``: our parameter names (DyT's ``alpha``, ``weight``, ``bias`` per site, ``embed_scale``) and a
-            config.json holding the model and norm configs; :func:`load_exported` (or ``init_from=<dir>``
-            into ``models.create_model(config["model"], norm=config["norm"])``) reads it back.
-        ``auto``: ``hf`` when the model fits, else ``dyt``.
-
-    ``model_or_run_dir``: a model, or a run dir / checkpoint (its ``key`` weights, ``model`` or ``ema``;
-    the model and norm configs come from the checkpoint). A model exported as ``dyt`` needs ``model_cfg``
-    and ``norm_cfg``: the preset (or ``configs/model`` mapping) and the norm config it was built with.
-    """
-    import models
-    from models.llama import Llama, hf_config, to_hf_state_dict
-
-    if format not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {format!r}; valid formats are: {', '.join(EXPORT_FORMATS)}")
-    if isinstance(model_or_run_dir, nn.Module):
-        model = model_or_run_dir
-    else:
-        ckpt = load_checkpoint(model_or_run_dir)
-        model_cfg, norm_cfg = model_cfg or ckpt["config"]["model"], norm_cfg or ckpt["config"]["norm"]
-        with torch.device("meta"):
-            model = models.create_model(model_cfg, norm=norm_cfg)
-        model.to_empty(device="cpu")
-        load_model_state(model, _checkpoint_weights(ckpt, key), ckpt["path"])
-    if not isinstance(model, Llama):
-        raise ValueError(f"export_llama_hf exports LLaMA models (models/llama.py); got a {type(model).__name__}")
-    refusal = _hf_refusal(model)
-    if format == "auto":
-        format = "dyt" if refusal else "hf"
-    if format == "hf" and refusal:
-        raise ValueError(
-            f"cannot export this LLaMA as a Hugging Face LlamaForCausalLM: {refusal}. Export it with "
-            "format='dyt' (safetensors + a config.json with the norm), which dyt.weights.load_exported reads back"
-        )
-    if format == "dyt" and (model_cfg is None or norm_cfg is None):
-        raise ValueError(
-            "format='dyt' from a model object needs model_cfg and norm_cfg (the preset name or configs/model "
-            "mapping and the norm config it was built with), so that the export can be rebuilt; or export its run dir"
-        )
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if format == "hf":
-        config = hf_config(model)
-        config.rms_norm_eps = model.norm.eps  # the eps the norms were built with (a norm config may set it)
-        config.save_pretrained(out)
-        save_file(to_hf_state_dict(state), out / "model.safetensors", metadata={"format": "pt"})
-        return format
-    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
-    norm_layer = type(model.norm)
-    atomic_write_json(
-        out / "config.json",
-        {
-            "format": "dyt",  # not a transformers model type: transformers' Auto classes refuse it
-            "model": {"name": model_cfg} if isinstance(model_cfg, str) else _plain(dict(model_cfg)),
-            "norm": {"name": norm_cfg} if isinstance(norm_cfg, str) else _plain(dict(norm_cfg)),
-            "norm_layer": f"{norm_layer.__name__}: {(norm_layer.__doc__ or '').strip().splitlines()[0]}",
-            "norm_sites": {"attn": "layers.<i>.attention_norm", "ffn": "layers.<i>.ffn_norm", "final": "norm"},
-            "embed_scale": "embed_scale (learned; multiplies the token embeddings)"
-            if model.embed_scale is not None
-            else None,
-        },
-    )
-    return format
-
-
-def load_exported(path: str | os.PathLike) -> nn.Module:
-    """The model of a directory written by ``export_llama_hf(..., format="dyt")``, weights loaded."""
-    import models
-
-    path = Path(path)
-    config_file = path / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    if config.get("format") != "dyt":
-        raise ValueError(
-            f'{path} is not a dyt export (its config.json lacks "format": "dyt"); load a Hugging Face '
-            "directory with transformers, or into a model of ours with init_from=<dir>"
-        )
-    model = models.create_model(config["model"], norm=config["norm"])
-    load_init_weights(model, path)
-    return model

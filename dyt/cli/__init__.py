@@ -1,4 +1,6 @@
-"""What the entry points do once Hydra has composed the config (kept out of train.py / eval.py)."""
+"""The CLI package: what the entry points (train.py, eval.py) do once Hydra has composed the config,
+with start-up validation (``dyt.engine.validate``) and run-dir naming (:mod:`dyt.cli.naming`). Importing it
+registers the config resolvers ``configs/train.yaml`` uses."""
 
 from __future__ import annotations
 
@@ -10,23 +12,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from dyt.engine.identity import command_line, experiment_name_resolver, is_direct_command, run_dir_resolver
-from dyt.tasks.base import Task
+from dyt.cli.naming import command_line, experiment_name_resolver, is_direct_command, run_dir_resolver
+from dyt.tasks import build_task, load_run
 
 # configs/train.yaml names the run dir with it (the config is composed after this module is imported).
 OmegaConf.register_new_resolver("dyt_run_dir", run_dir_resolver, replace=True)
 OmegaConf.register_new_resolver("dyt_experiment_name", experiment_name_resolver, replace=True)
-
-
-def build_task(cfg: DictConfig) -> Task:
-    """The task named by ``cfg.task._target_``, built from the whole config."""
-    cls = get_class(cfg.task._target_)
-    if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise TypeError(f"task._target_={cfg.task._target_!r} is not a dyt.tasks.base.Task subclass")
-    return cls(cfg)
 
 
 DEBUG_ENV = "DYT_DEBUG"  # set to 1 for full tracebacks instead of one-line errors
@@ -40,7 +33,7 @@ def one_line_errors(fn: Callable[[], Any]) -> Any:
     from dyt.engine.identity import RunIdentityError
     from dyt.engine.logging import LoggerError
     from dyt.engine.runlock import RunLockedError
-    from dyt.weights import InitFromError
+    from dyt.engine.weights import InitFromError
 
     known = (
         CheckpointError,
@@ -147,22 +140,15 @@ def evaluate_run(
     from pathlib import Path
 
     import torch
-    from omegaconf import OmegaConf
 
-    from dyt.engine.checkpoint import load_checkpoint, load_model_state
     from dyt.engine.evaluation import evaluate_model, weights_swapped_in
     from dyt.io import atomic_write_json
 
-    ckpt = load_checkpoint(path)
-    run_cfg = OmegaConf.create(ckpt["config"])
-    if overrides:
-        run_cfg = OmegaConf.merge(run_cfg, OmegaConf.from_dotlist(overrides))
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
-    task = build_task(run_cfg)
-    model = task.build_model()
-    load_model_state(model, ckpt["model"], source=ckpt["path"])
+    model, task, ckpt = load_run(path, weights="raw", overrides=overrides or ())
+    run_cfg = task.cfg
     model.to(dev)
     ema = ckpt.get("ema")
     swap = (lambda: weights_swapped_in(model, ema, f"{ckpt['path']} (EMA)")) if ema else None
