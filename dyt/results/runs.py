@@ -37,13 +37,23 @@ class Run:
 
     def recipe(self) -> dict[str, Any]:
         """The training config, less what may differ between seeds and norms of one table row (seed,
-        norm, names and paths; see ``dyt.engine.identity.NON_TRAINING_KEYS``). A model option that the
-        norm tag names is the norm's too: ``norm=normfree/fixup`` sets ``model.residual_init=fixup`` and
-        ``norm=normfree/sigma_reparam`` sets ``model.sigma_reparam=true`` (paper Table 9's columns), while
-        ``norm=layernorm +model.sigma_reparam=true`` stays a variant of the LayerNorm column."""
+        norm, names and paths; see ``dyt.engine.identity.NON_TRAINING_KEYS`` and
+        ``dyt.tasks.EVAL_ONLY_KEYS``). A model option that the norm tag names is the norm's too:
+        ``norm=normfree/fixup`` sets ``model.residual_init=fixup`` and ``norm=normfree/sigma_reparam`` sets
+        ``model.sigma_reparam=true`` (paper Table 9's columns), while ``norm=layernorm
+        +model.sigma_reparam=true`` stays a variant of the LayerNorm column."""
         from dyt.engine.identity import NON_TRAINING_KEYS, flatten
+        from dyt.tasks import EVAL_ONLY_KEYS
 
-        skip = (*NON_TRAINING_KEYS, "seed", "norm", "norm.*", "trainer.accept_changes", "init_from.made_by")
+        skip = (
+            *NON_TRAINING_KEYS,
+            *EVAL_ONLY_KEYS,
+            "seed",
+            "norm",
+            "norm.*",
+            "trainer.accept_changes",
+            "init_from.made_by",
+        )
         recipe = {k: v for k, v in flatten(self.config).items() if not any(fnmatch(k, p) for p in skip)}
         recipe = {
             k: v
