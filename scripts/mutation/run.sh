@@ -12,7 +12,7 @@ set -euo pipefail
 MODULES=(
   "schedule|dyt/engine/schedule.py|tests/test_engine_units.py"
   "sampler|dyt/engine/sampler.py|tests/test_engine_units.py"
-  "checkpoint|dyt/engine/checkpoint.py|tests/test_trust_checkpoint.py tests/test_engine_train.py"
+  "checkpoint|dyt/engine/checkpoint.py|tests/test_trust_checkpoint.py tests/test_engine_train.py tests/test_checkpoint_units.py"
   "norms|dyt/nn/norms.py|tests/test_norms.py"
   "pointwise|dyt/nn/pointwise.py|tests/test_norms.py tests/test_fused.py"
   "factory|dyt/nn/factory.py|tests/test_norms.py tests/test_model_contract.py"
