@@ -15,7 +15,15 @@ from torch import nn
 from dyt.engine import distributed
 from dyt.engine.ema import ModelEMA
 from dyt.engine.precision import resolve_precision
-from dyt.engine.sampler import BatchPlan, SeededDataset, ShardedBatchSampler, plan_batch, seed_all
+from dyt.engine.sampler import (
+    BatchPlan,
+    SeededDataset,
+    ShardedBatchSampler,
+    derive_seed,
+    derive_seeds,
+    plan_batch,
+    seed_all,
+)
 from dyt.engine.schedule import (
     Schedule,
     build_hyper_schedules,
@@ -364,6 +372,28 @@ def test_seeded_items_depend_on_seed_epoch_index_only():
     assert not torch.equal(SeededDataset(_Noise(), seed=1)[0], forward[0]), "the seed changes the item"
     ds.set_epoch(1)
     assert not torch.equal(ds[0], forward[0])
+
+
+def test_block_seeds_equal_one_seed_per_item():
+    """SeededDataset derives its seeds a block at a time (derive_seeds); each equals derive_seed's."""
+    keys_list = [(), (0,), (0, 3), (7, 1, 2), (1, 2, 3, 4), (2**32 - 1, 5), (2**32 + 1, 0)]
+    last = np.array([0, 1, 1023, 1024, 5000, 2**31, 2**32 - 1])
+    for keys in keys_list:
+        got = derive_seeds(*keys, last=last)
+        assert got.dtype == np.uint32
+        assert got.tolist() == [derive_seed(*keys, int(i)) for i in last], keys
+    assert derive_seeds(1, last=np.array([2**32])).tolist() == [derive_seed(1, 2**32)]  # a two-word key
+
+    class Big(_Noise):
+        def __len__(self):
+            return 3000
+
+    ds = SeededDataset(Big(), seed=4)
+    ds.set_epoch(2)
+    for i in (0, 1023, 1024, 2999):
+        seed_all(4, 2, i, cuda=False)
+        expected = torch.rand(2)
+        assert torch.equal(ds[i], expected), i
 
 
 class _Epochs(_Noise):

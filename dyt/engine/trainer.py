@@ -396,9 +396,15 @@ class Trainer:
                 ]
             )
         )
-        loss_mean, stop, self.time_due = (flags / env.world_size)[0].item(), flags[1].item() > 0, flags[2].item() > 0
+        loss_mean, stop, time_due = (flags / env.world_size).tolist()  # one host read, not three
+        stop, self.time_due = stop > 0, time_due > 0
         st.scaler.unscale_(st.optimizer)
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad or math.inf)
+        # The norm the non-finite guard and the log read; clipping computes it anyway, and without
+        # clipping only the norm is taken (clip_grad_norm_ to inf would also rescale every gradient by 1).
+        if tc.clip_grad:
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad)
+        else:
+            grad_norm = nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         grad_norm = grad_norm.item()  # gradients are synchronised: every rank sees the same norm
         bad = self._nonfinite(loss_mean, grad_norm)

@@ -139,9 +139,10 @@ def _per_call_us(fn, calls: int) -> float:
 
 def micro_costs(overrides: list[str], batch: int) -> dict[str, float]:
     """Microseconds of what the trainer adds per step that a bare loop does not do, one call each:
-    the per-micro-batch seeding (torch with CUDA, numpy, random), the per-item seeding of every sample
-    (SeededDataset; times the batch for a step) and the gradient-norm pass run even without clipping."""
-    from dyt.engine.sampler import seed_all
+    the per-micro-batch seeding (torch on CPU, numpy, random), the per-item seeding of every sample
+    (SeededDataset, seeds derived a block at a time; times the batch for a step) and the gradient-norm
+    pass the non-finite guard reads (the norm alone when the recipe does not clip)."""
+    from dyt.engine.sampler import SeededDataset, seed_all
 
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = make_cfg(overrides, run_dir, 1)
@@ -149,11 +150,12 @@ def micro_costs(overrides: list[str], batch: int) -> dict[str, float]:
     model = task.build_model().train()
     batch_data = next(iter(torch.utils.data.DataLoader(task.train_data(), batch_size=batch)))
     task.training_step(model, batch_data, StepInfo(0, 0, 1, 1))[0].backward()
-    params = [p for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    items = SeededDataset(list(range(4096)), cfg.seed)
     return {
-        "seed_all per micro-batch": _per_call_us(lambda i: seed_all(0, i, 0, 0), 2000),
-        "per-item seeding x batch": _per_call_us(lambda i: seed_all(0, 0, i, cuda=False), 2000) * batch,
-        "grad-norm pass (clip_grad=null)": _per_call_us(lambda i: nn.utils.clip_grad_norm_(params, float("inf")), 200),
+        "seed_all per micro-batch": _per_call_us(lambda i: seed_all(0, i, 0, 0, cuda=False), 2000),
+        "per-item seeding x batch": _per_call_us(lambda i: items[i % 4096], 4096) * batch,
+        "grad-norm pass (clip_grad=null)": _per_call_us(lambda i: nn.utils.get_total_norm(grads), 200),
     }
 
 
