@@ -23,7 +23,7 @@ from torch import nn
 
 from dyt.nn import NormFactory, build_norm_factory
 from models import deferred_init, register_model
-from models.vit import HF_VIT_NAMES, VisionTransformer, from_hf, to_hf
+from models.vit import HF_VIT_NAMES, VIT_SIZES, VisionTransformer, from_hf, to_hf
 
 # ---- projection head --------------------------------------------------------------------------------
 
@@ -260,30 +260,16 @@ def backbone_from_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @register_model
 def dino_vit_b16(norm=None, **kwargs) -> DINO:
-    return DINO(norm, **{"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12, **kwargs})
+    return DINO(norm, **{**VIT_SIZES["b"], "patch_size": 16, **kwargs})
 
 
 @register_model
 def dino_vit_b8(norm=None, **kwargs) -> DINO:
-    return DINO(norm, **{"patch_size": 8, "embed_dim": 768, "depth": 12, "num_heads": 12, **kwargs})
+    return DINO(norm, **{**VIT_SIZES["b"], "patch_size": 8, **kwargs})
 
 
 # CPU demo on scikit-learn's 8x8 grey digits: vit_digits' backbone, a small head.
 @register_model
 def dino_vit_digits(norm=None, **kwargs) -> DINO:
-    return DINO(
-        norm,
-        **{
-            "img_size": 8,
-            "patch_size": 2,
-            "in_chans": 1,
-            "embed_dim": 64,
-            "depth": 4,
-            "num_heads": 4,
-            "out_dim": 1024,
-            "hidden_dim": 256,
-            "bottleneck_dim": 64,
-            "drop_path_rate": 0.0,
-            **kwargs,
-        },
-    )
+    head = {"out_dim": 1024, "hidden_dim": 256, "bottleneck_dim": 64, "drop_path_rate": 0.0}
+    return DINO(norm, **{**VIT_SIZES["digits"], **head, **kwargs})

@@ -26,7 +26,7 @@ from torch import nn
 from dyt.nn import NormFactory, build_norm_factory
 from dyt.nn.normfree import check_normfree_options, fixup_init_, reset_sigma_reparam_, sigma_reparam_
 from models import deferred_init, register_model
-from models.vit import HF_VIT_NAMES, LN_EPS, Block, from_hf, to_hf
+from models.vit import HF_VIT_NAMES, LN_EPS, VIT_SIZES, Block, from_hf, to_hf
 
 
 def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
@@ -273,29 +273,16 @@ def mae_from_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @register_model
 def mae_vit_b(norm=None, **kwargs) -> MaskedAutoencoder:
-    return MaskedAutoencoder(norm, **{"embed_dim": 768, "depth": 12, "num_heads": 12, **kwargs})
+    return MaskedAutoencoder(norm, **{**VIT_SIZES["b"], **kwargs})
 
 
 @register_model
 def mae_vit_l(norm=None, **kwargs) -> MaskedAutoencoder:
-    return MaskedAutoencoder(norm, **{"embed_dim": 1024, "depth": 24, "num_heads": 16, **kwargs})
+    return MaskedAutoencoder(norm, **{**VIT_SIZES["l"], **kwargs})
 
 
 # CPU demo on scikit-learn's 8x8 grey digits: vit_digits' encoder (16 patches of 2x2), a 2-block decoder.
 @register_model
 def mae_vit_digits(norm=None, **kwargs) -> MaskedAutoencoder:
-    return MaskedAutoencoder(
-        norm,
-        **{
-            "img_size": 8,
-            "patch_size": 2,
-            "in_chans": 1,
-            "embed_dim": 64,
-            "depth": 4,
-            "num_heads": 4,
-            "decoder_embed_dim": 32,
-            "decoder_depth": 2,
-            "decoder_num_heads": 4,
-            **kwargs,
-        },
-    )
+    decoder = {"decoder_embed_dim": 32, "decoder_depth": 2, "decoder_num_heads": 4}
+    return MaskedAutoencoder(norm, **{**VIT_SIZES["digits"], **decoder, **kwargs})

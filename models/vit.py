@@ -327,48 +327,46 @@ def from_hf(state: dict[str, torch.Tensor], names: dict[str, str], blocks: dict[
 
 # ---- size presets (ViT paper Table 1; DeiT for Ti/S; patch 8 as in DINO B/8) ------------------------
 
+# The one table of ViT sizes, shared by the MAE and DINO presets. "digits": the CPU size for
+# scikit-learn's 8x8 grey digits, 16 patches of 2x2 pixels.
+VIT_SIZES: dict[str, dict[str, int]] = {
+    "ti": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+    "s": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "b": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+    "l": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
+    "digits": {"img_size": 8, "patch_size": 2, "in_chans": 1, "embed_dim": 64, "depth": 4, "num_heads": 4},
+}
+
 
 @register_model
 def vit_ti(norm=None, **kwargs) -> VisionTransformer:
-    return VisionTransformer(norm, **{"embed_dim": 192, "depth": 12, "num_heads": 3, **kwargs})
+    return VisionTransformer(norm, **{**VIT_SIZES["ti"], **kwargs})
 
 
 @register_model
 def vit_s(norm=None, **kwargs) -> VisionTransformer:
-    return VisionTransformer(norm, **{"embed_dim": 384, "depth": 12, "num_heads": 6, **kwargs})
+    return VisionTransformer(norm, **{**VIT_SIZES["s"], **kwargs})
 
 
 @register_model
 def vit_b(norm=None, **kwargs) -> VisionTransformer:
-    return VisionTransformer(norm, **{"embed_dim": 768, "depth": 12, "num_heads": 12, **kwargs})
+    return VisionTransformer(norm, **{**VIT_SIZES["b"], **kwargs})
 
 
 @register_model
 def vit_l(norm=None, **kwargs) -> VisionTransformer:
-    return VisionTransformer(norm, **{"embed_dim": 1024, "depth": 24, "num_heads": 16, **kwargs})
+    return VisionTransformer(norm, **{**VIT_SIZES["l"], **kwargs})
 
 
 @register_model
 def vit_b8(norm=None, **kwargs) -> VisionTransformer:
-    return VisionTransformer(norm, **{"patch_size": 8, "embed_dim": 768, "depth": 12, "num_heads": 12, **kwargs})
+    return VisionTransformer(norm, **{**VIT_SIZES["b"], "patch_size": 8, **kwargs})
 
 
-# CPU quickstart on scikit-learn's 8x8 grey digits: 16 patches of 2x2 pixels.
+# CPU quickstart on scikit-learn's 8x8 grey digits.
 @register_model
 def vit_digits(norm=None, **kwargs) -> VisionTransformer:
-    return VisionTransformer(
-        norm,
-        **{
-            "img_size": 8,
-            "patch_size": 2,
-            "in_chans": 1,
-            "num_classes": 10,
-            "embed_dim": 64,
-            "depth": 4,
-            "num_heads": 4,
-            **kwargs,
-        },
-    )
+    return VisionTransformer(norm, **{**VIT_SIZES["digits"], "num_classes": 10, **kwargs})
 
 
 # Unit tests only: two narrow blocks on 32x32 images.
