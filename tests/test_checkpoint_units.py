@@ -76,13 +76,13 @@ def test_write_failure_message_names_the_error_the_free_space_and_the_resume_poi
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(0, 0, 3 * 2**30 + 2**28))
     message = str(ckpt._write_failed(final, OSError(28, "No space left on device")))
     assert message == (
-        f"could not write checkpoint {final} (OSError: No space left on device; 3.2 GiB free there); its "
+        f"could not write checkpoint {final} (OSError: No space left on device; 3.49 GB free there); its "
         "temporary files were removed. Free disk space (or lower trainer.keep_checkpoints, or move run_dir to a "
         "larger disk) and rerun the same command: it resumes from the start"
     )
     # not an OSError, or one without strerror: the first line of the message
-    assert "(RuntimeError: first line; 3.2 GiB" in str(ckpt._write_failed(final, RuntimeError("\nfirst line\nmore")))
-    assert "(OSError: plain; 3.2 GiB" in str(ckpt._write_failed(final, OSError("plain")))
+    assert "(RuntimeError: first line; 3.49 GB" in str(ckpt._write_failed(final, RuntimeError("\nfirst line\nmore")))
+    assert "(OSError: plain; 3.49 GB" in str(ckpt._write_failed(final, OSError("plain")))
 
     def unknown(_):
         raise OSError("gone")
