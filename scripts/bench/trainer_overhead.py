@@ -37,6 +37,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import dyt.cli  # noqa: E402, F401  (registers the config resolvers that configs/train.yaml uses)
 from dyt.engine import Trainer  # noqa: E402
 from dyt.engine.task import StepInfo  # noqa: E402
 from dyt.tasks import build_task  # noqa: E402
