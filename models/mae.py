@@ -81,6 +81,9 @@ class MaskedAutoencoder(nn.Module):
     ``residual_init`` / ``sigma_reparam`` loads every encoder weight (``init_from``).
     """
 
+    # the model protocol (models/__init__.py)
+    NORM_SITES = ("attn", "ffn", "final", "decoder_attn", "decoder_ffn", "decoder_final")
+
     def __init__(
         self,
         norm: NormFactory | str | None = None,

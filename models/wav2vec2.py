@@ -209,6 +209,8 @@ class Wav2Vec2(nn.Module):
             Sec. 3.2/4.2 of wav2vec 2.0: 0.65, 10, 100, 0.1).
     """
 
+    NORM_SITES = ("conv", "post_extract", "attn", "ffn", "embed", "final")  # the model protocol (models/__init__.py)
+
     def __init__(
         self,
         norm: NormFactory | str | None = None,
