@@ -38,6 +38,10 @@ every registered preset x every ``configs/norm`` file) rely on nothing else.
     the run dir: ``norms``, every norm built, per site, with every option it was built with (the
     ``alpha_init`` actually used; ``NormFactory.resolved()``), and family quirks such as LLaMA's
     ``embed_scale`` or DiT's ``zero_init_adaln``.
+``NORM_SITES: tuple[str, ...]`` (class attribute)
+    Every site name the model asks the norm factory for, the one list of them: ``create_model`` fails
+    when a build uses a site it does not list, and the README's table of norm sites is tested against
+    it (tests/test_norm_sites.py). Which of them a build uses may depend on its options.
 ``norm_scale_sensitive: bool`` (optional class attribute, default True)
     False where every norm output feeds a linear layer or convolution (ConvNets): the trainer's
     start-up check then never warns about a point-wise norm reading a small input (ConvNeXt-B reads
@@ -165,5 +169,5 @@ def create_model(name: str | Mapping[str, Any], norm: Any = None, **overrides: A
         raise ValueError(f"unknown model {name!r}; valid models are: {', '.join(sorted(_MODELS))}")
     factory = build_norm_factory(norm)
     model = _MODELS[name](norm=factory, **overrides)
-    factory.check_sites_used()
+    factory.check_sites_used(getattr(model, "NORM_SITES", None))
     return model

@@ -247,6 +247,8 @@ class Caduceus(nn.Module):
         norm: the norm factory, a norm name or a ``configs/norm`` mapping (default RMSNorm, as upstream).
     """
 
+    NORM_SITES = ("mixer", "final")  # the model protocol (models/__init__.py)
+
     def __init__(
         self,
         *,

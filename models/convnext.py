@@ -42,6 +42,8 @@ class ConvNeXt(nn.Module):
         head_init_scale: multiplies the classifier's initial weight and bias (ConvNeXt fine-tuning).
     """
 
+    NORM_SITES = ("stem", "downsample", "block", "final")  # the model protocol (models/__init__.py)
+
     norm_scale_sensitive = False  # every norm feeds a linear layer or a convolution (models/__init__.py)
 
     def __init__(

@@ -158,6 +158,8 @@ class DINO(nn.Module):
         **backbone: ``VisionTransformer`` arguments (sizes, ``img_size`` of the global crops, ...).
     """
 
+    NORM_SITES = ("attn", "ffn", "final")  # the model protocol (models/__init__.py)
+
     def __init__(
         self,
         norm: NormFactory | str | None = None,

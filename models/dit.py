@@ -183,6 +183,8 @@ class DiT(nn.Module):
         norm: a norm factory, name or ``configs/norm`` mapping (sites ``attn``, ``ffn``, ``final``).
     """
 
+    NORM_SITES = ("attn", "ffn", "final")  # the model protocol (models/__init__.py)
+
     def __init__(
         self,
         input_size: int = 32,

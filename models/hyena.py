@@ -223,6 +223,8 @@ class HyenaDNA(nn.Module):
         norm: the norm factory, a norm name or a ``configs/norm`` mapping.
     """
 
+    NORM_SITES = ("mixer", "ffn", "final")  # the model protocol (models/__init__.py)
+
     causal = True
 
     def __init__(

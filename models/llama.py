@@ -146,6 +146,8 @@ class Llama(nn.Module):
         norm: the norm factory, a norm name or a ``configs/norm`` mapping.
     """
 
+    NORM_SITES = ("attn", "ffn", "final")  # the model protocol (models/__init__.py)
+
     def __init__(
         self,
         *,

@@ -4,7 +4,8 @@ The encoder is a ViT (models/vit.py's ``Block``) that sees only the patches kept
 a light decoder fills the masked positions with a shared mask token and predicts their pixels. Layout
 and parameter names follow MAE's ``models_mae.py``, so an official MAE checkpoint loads unchanged, and
 ``to_hf`` / ``from_hf`` convert to Hugging Face's ``ViTMAEForPreTraining``: with ``norm=layernorm`` and the
-same noise (hence the same mask), loss, mask and reconstruction equal theirs (tests/test_mae.py).
+same noise (hence the same mask), mask and reconstruction equal theirs, and so does the loss that
+``dyt.tasks.mae.mae_loss`` computes from them (tests/test_mae.py).
 
 Norm sites:
 
@@ -64,7 +65,7 @@ class MaskedAutoencoder(nn.Module):
         norm: the norm factory (or a norm name / ``configs/norm`` mapping).
         mask_ratio: fraction of patches removed (MAE: 0.75).
         norm_pix_loss: regress each patch's pixels normalised by the patch's own mean and variance
-            (MAE's default for its best representations).
+            (MAE's default for its best representations; read by ``dyt.tasks.mae.mae_loss``).
         decoder_*: the decoder's width, depth and heads (MAE: 512, 8, 16).
         residual_init: ``skipinit`` or ``fixup`` (paper Table 9; use with ``norm=identity``), in the
             encoder's and the decoder's blocks alike, as in ``VisionTransformer``. Fixup treats the two
@@ -79,6 +80,9 @@ class MaskedAutoencoder(nn.Module):
     ``blocks.i.ls1.scale``, sigma-Reparam's ``blocks.i.attn.qkv.gamma``), so fine-tuning with the same
     ``residual_init`` / ``sigma_reparam`` loads every encoder weight (``init_from``).
     """
+
+    # the model protocol (models/__init__.py)
+    NORM_SITES = ("attn", "ffn", "final", "decoder_attn", "decoder_ffn", "decoder_final")
 
     def __init__(
         self,
@@ -229,22 +233,11 @@ class MaskedAutoencoder(nn.Module):
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
-    def loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean squared error over the removed patches only (MAE Sec. 3)."""
-        target = self.patchify(imgs)
-        if self.norm_pix_loss:
-            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1e-6) ** 0.5
-        per_patch = ((pred - target) ** 2).mean(dim=-1)
-        return (per_patch * mask).sum() / mask.sum()
-
-    def forward(
-        self, imgs: torch.Tensor, noise: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Images -> (loss, predicted patches (N, L, p*p*C), mask (N, L) with 1 = removed)."""
+    def forward(self, imgs: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images -> (predicted patches (N, L, p*p*C), mask (N, L) with 1 = removed); the pixel loss on
+        them is the task's (``dyt.tasks.mae.mae_loss``)."""
         latent, mask, restore = self.forward_encoder(imgs, noise)
-        pred = self.forward_decoder(latent, restore)
-        return self.loss(imgs, pred, mask), pred, mask
+        return self.forward_decoder(latent, restore), mask
 
 
 # ---- Hugging Face ViTMAEForPreTraining layout ---------------------------------------------------------

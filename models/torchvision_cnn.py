@@ -45,6 +45,8 @@ class TorchvisionCNN(nn.Module):
         norm: the norm factory (or a norm name / ``configs/norm`` mapping); ``batchnorm`` is the baseline.
     """
 
+    NORM_SITES = ("stem", "downsample", "block")  # the model protocol (models/__init__.py)
+
     norm_scale_sensitive = False  # every norm feeds a linear layer or a convolution (models/__init__.py)
 
     def __init__(

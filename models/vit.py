@@ -90,6 +90,8 @@ class VisionTransformer(nn.Module):
             fc1, fc2, head; not the patch-embedding conv) uses ``gamma / sigma(W) * W``.
     """
 
+    NORM_SITES = ("attn", "ffn", "final")  # the model protocol (models/__init__.py)
+
     def __init__(
         self,
         norm: NormFactory | str | None = None,

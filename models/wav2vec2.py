@@ -3,8 +3,9 @@
 Raw 16 kHz audio goes through a 7-layer convolutional feature encoder (one frame per 20 ms), a norm and a
 projection; spans of frames are masked and a Transformer with a convolutional relative position embedding
 contextualises them. The targets are the unmasked features quantized by a Gumbel product quantizer; the
-loss contrasts each masked frame's output with its target and sampled distractors (``pretraining_loss``
-in ``dyt.tasks.wav2vec2`` adds fairseq's diversity loss and feature penalty).
+loss contrasts each masked frame's output with its target and sampled distractors: the model returns
+the contrastive logits and the diversity and feature-penalty terms, and the task turns them into the loss
+(``contrastive_loss`` and ``pretraining_loss`` in ``dyt.tasks.wav2vec2``).
 
 Norm sites (paper Table 5 runs: the authors' fairseq patch swaps the Transformer's norms and the norm after
 the feature encoder, and keeps the conv encoder's norms, paper App. A "first GroupNorm kept"):
@@ -170,7 +171,6 @@ class Wav2Vec2Output:
 
     logits: (M, 1 + num_negatives) fp32, cosine similarities / logit_temp of each masked frame's output with
         its target (column 0) and its distractors; -inf where a distractor equals the target.
-    contrastive_loss: summed cross-entropy of ``logits`` against column 0 (fairseq and HF sum it).
     prob_perplexity, code_perplexity: quantizer perplexities (soft and hard), summed over groups.
     diversity: (groups * num_vars - prob_perplexity) / (groups * num_vars), per frame.
     features_pen: mean squared feature-encoder output (fairseq's feature penalty), per frame.
@@ -180,7 +180,6 @@ class Wav2Vec2Output:
     """
 
     logits: torch.Tensor
-    contrastive_loss: torch.Tensor
     prob_perplexity: torch.Tensor
     code_perplexity: torch.Tensor
     diversity: torch.Tensor
@@ -209,6 +208,8 @@ class Wav2Vec2(nn.Module):
         mask_prob, mask_length, num_negatives, logit_temp: span masking and the contrastive loss (paper
             Sec. 3.2/4.2 of wav2vec 2.0: 0.65, 10, 100, 0.1).
     """
+
+    NORM_SITES = ("conv", "post_extract", "attn", "ffn", "embed", "final")  # the model protocol (models/__init__.py)
 
     def __init__(
         self,
@@ -362,11 +363,9 @@ class Wav2Vec2(nn.Module):
         # A distractor equal to the target (a collapsed codebook) would count as a wrong answer that is right.
         same = (candidates[:, 1:] == positives[:, None]).all(-1)
         logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same, float("-inf"))], dim=1)
-        contrastive = F.cross_entropy(logits, logits.new_zeros(len(logits), dtype=torch.long), reduction="sum")
         num_codes = self.quantizer.groups * self.quantizer.num_vars
         return Wav2Vec2Output(
             logits=logits,
-            contrastive_loss=contrastive,
             prob_perplexity=stats["prob_perplexity"],
             code_perplexity=stats["code_perplexity"],
             diversity=(num_codes - stats["prob_perplexity"]) / num_codes,

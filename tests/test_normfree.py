@@ -14,6 +14,7 @@ from torch import nn
 
 from dyt.nn import NoNorm, SigmaReparamLinear, build_norm_factory
 from dyt.nn.normfree import BranchScale, fixup_init_, sigma_reparam_
+from dyt.tasks.mae import mae_loss
 from models.mae import MaskedAutoencoder
 from models.vit import vit_test  # the ViT family alone: create_model would import every family
 from tests.test_mae import TINY as MAE_SIZES  # a tiny MAE: 16 patches of 8x8 pixels, two blocks each side
@@ -150,14 +151,14 @@ def test_mae_skipinit_every_block_is_identity_at_init():
             assert isinstance(block.ls1, BranchScale) and block.ls1.scale.item() == 0 and block.ls2.scale.item() == 0
             assert torch.equal(block(x), x)
     imgs = torch.randn(2, 3, 32, 32)
-    model(imgs)[0].backward()
+    mae_loss(model, imgs, *model(imgs)).backward()
     # The decoder's scalars learn from the first step. The encoder's do not yet: the loss is on the masked
     # positions, which an identity decoder computes from the mask token alone (no attention to the kept ones).
     assert model.decoder_blocks[0].ls1.scale.grad.item() != 0 and model.blocks[0].ls1.scale.grad.item() == 0
     with torch.no_grad():
         model.decoder_blocks[0].ls1.scale.fill_(0.1)  # as after one update
     model.zero_grad()
-    model(imgs)[0].backward()
+    mae_loss(model, imgs, *model(imgs)).backward()
     assert model.blocks[0].ls1.scale.grad.item() != 0
     assert model.resolved_options()["residual_init"] == "skipinit"
 
@@ -176,7 +177,9 @@ def test_mae_fixup_rescales_each_stack_and_zeroes_the_output_layer():
             assert torch.equal(f_block(x), x)  # zeroed last layers: the block's output is its input
     assert not fixup.decoder_pred.weight.any() and not fixup.decoder_pred.bias.any()  # Fixup's zero classifier
     assert torch.equal(fixup.decoder_embed.weight, plain.decoder_embed.weight)  # the latent still gets through
-    loss, pred, _ = fixup(torch.randn(2, 3, 32, 32))
+    imgs = torch.randn(2, 3, 32, 32)
+    pred, mask = fixup(imgs)
+    loss = mae_loss(fixup, imgs, pred, mask)
     assert not pred.any() and torch.isfinite(loss)
 
 

@@ -1,12 +1,13 @@
-"""The DDPM forward process, DiT's training objective and one reverse (sampling) step.
+"""The DDPM forward process, the terms of DiT's training objective and one reverse (sampling) step.
 
 Follows the ADM / DiT formulation (Ho et al. 2020; Nichol & Dhariwal 2021) that the DyT paper's DiT
 runs use unchanged:
 - a linear beta schedule over 1000 steps (1e-4 to 0.02);
 - the model predicts the noise ``eps`` and, with a learned variance, ``v`` in [-1, 1] that interpolates
   the log variance between the posterior variance (``beta_tilde``) and ``beta`` ("learned range");
-- the loss is the MSE on ``eps`` plus the variational bound term (in bits per dimension) for the
-  variance, computed with the mean frozen so that it trains only ``v`` (Nichol & Dhariwal, Sec. 3.1);
+- the loss (``dyt.tasks.diffusion.training_losses``: the task owns it) is the MSE on ``eps`` plus the
+  variational bound term (``vb_terms_bpd``, in bits per dimension) for the variance, computed with the
+  mean frozen so that it trains only ``v`` (Nichol & Dhariwal, Sec. 3.1);
 - with a fixed variance (``learn_sigma=False``) the reverse step uses ``beta`` ("fixed large").
 All schedule arithmetic is in float64; results are cast to the input's dtype.
 """
@@ -14,7 +15,7 @@ All schedule arithmetic is in float64; results are cast to the input's dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -149,29 +150,6 @@ class GaussianDiffusion:
             discretized_gaussian_log_likelihood(x_start, means=out["mean"], log_scales=0.5 * out["log_variance"])
         ) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
-
-    def training_losses(
-        self,
-        model: Callable[..., torch.Tensor],
-        x_start: torch.Tensor,
-        t: torch.Tensor,
-        noise: torch.Tensor,
-        **model_kwargs,
-    ) -> dict[str, torch.Tensor]:
-        """DiT's per-sample loss at steps ``t``: ``mse`` on eps, plus ``vb`` when the variance is learned.
-
-        Returns ``loss`` (N,), ``mse`` (N,) and, with a learned variance, ``vb`` (N,).
-        """
-        x_t = self.q_sample(x_start, t, noise)
-        model_output = model(x_t, self.model_timesteps(t), **model_kwargs)
-        channels = x_start.shape[1]
-        terms = {"mse": mean_flat((noise - model_output[:, :channels]) ** 2)}
-        if model_output.shape[1] == 2 * channels:
-            eps, v = model_output.split(channels, dim=1)
-            # The bound trains only the variance: the mean (through eps) gets its gradient from the MSE.
-            terms["vb"] = self.vb_terms_bpd(torch.cat([eps.detach(), v], dim=1), x_start, x_t, t)
-        terms["loss"] = terms["mse"] + terms.get("vb", 0.0)
-        return terms
 
     def p_sample(
         self,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -145,8 +145,16 @@ class NormFactory:
         layers got it; in build order. What a run resolved from hints and config, for its run dir."""
         return [dict(record) for record in self._built.values()]
 
-    def check_sites_used(self) -> None:
-        """Raise if the config set options for a site that no layer of the model asked for (a typo)."""
+    def check_sites_used(self, declared: Sequence[str] | None = None) -> None:
+        """Raise if the config set options for a site that no layer of the model asked for (a typo).
+
+        ``declared``: the model's own list of its sites (``NORM_SITES``); a layer built at a site not in
+        it is a bug of the model (its list, the docs' table, would be wrong), also an error."""
+        if declared is not None and self.used_sites - set(declared):
+            raise ValueError(
+                f"the model built norms at site(s) {sorted(self.used_sites - set(declared))} that its "
+                f"NORM_SITES ({', '.join(declared)}) does not list; add them there and to the README's table"
+            )
         unused = sorted(set(self.sites) - self.used_sites)
         if unused:
             raise ValueError(

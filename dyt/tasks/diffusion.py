@@ -1,8 +1,9 @@
 """Class-conditional image generation with DiT (paper Table 3: DiT-B/4, L/4, XL/2 on ImageNet 256).
 
 Training follows DiT: a timestep uniform in [0, 1000) and Gaussian noise per sample, drawn from the
-global torch RNG (seeded by the trainer), the epsilon-MSE plus variational-bound loss of
-``dyt.diffusion``, label dropout 0.1 inside the model for classifier-free guidance.
+global torch RNG (seeded by the trainer), the epsilon-MSE plus variational-bound loss
+(:func:`training_losses`, from the terms of ``dyt.diffusion``), label dropout 0.1 inside the model for
+classifier-free guidance.
 
 Spaces (``task.space``):
 - ``latent``: 32x32x4 SD-VAE latents of 256 px images, pre-extracted (``data.format: latents``) or
@@ -17,7 +18,7 @@ computes FID (``dyt.metrics.fid``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,37 @@ from torch.utils.data import Dataset
 import models
 from dyt.data.images import build_image_dataset
 from dyt.data.latents import LatentDataset, decode, encode, image_folder, load_vae
-from dyt.diffusion import create_diffusion, sample
+from dyt.diffusion import GaussianDiffusion, create_diffusion, sample
+from dyt.diffusion.gaussian import mean_flat
 from dyt.engine.distributed import broadcast_object
 from dyt.engine.evaluation import rank_and_world, sharded_sums
 from dyt.engine.task import StepInfo, Task
 from dyt.metrics import fid
+
+
+def training_losses(
+    diffusion: GaussianDiffusion,
+    model: Callable[..., torch.Tensor],
+    x_start: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    **model_kwargs,
+) -> dict[str, torch.Tensor]:
+    """DiT's per-sample loss at steps ``t``: ``mse`` on eps, plus ``vb`` when the variance is learned
+    (DiT ``diffusion/gaussian_diffusion.py``, ``training_losses``; Nichol & Dhariwal 2021, Sec. 3.1).
+
+    Returns ``loss`` (N,), ``mse`` (N,) and, with a learned variance, ``vb`` (N,).
+    """
+    x_t = diffusion.q_sample(x_start, t, noise)
+    model_output = model(x_t, diffusion.model_timesteps(t), **model_kwargs)
+    channels = x_start.shape[1]
+    terms = {"mse": mean_flat((noise - model_output[:, :channels]) ** 2)}
+    if model_output.shape[1] == 2 * channels:
+        eps, v = model_output.split(channels, dim=1)
+        # The bound trains only the variance: the mean (through eps) gets its gradient from the MSE.
+        terms["vb"] = diffusion.vb_terms_bpd(torch.cat([eps.detach(), v], dim=1), x_start, x_t, t)
+    terms["loss"] = terms["mse"] + terms.get("vb", 0.0)
+    return terms
 
 
 class DiffusionTask(Task):
@@ -105,7 +132,7 @@ class DiffusionTask(Task):
         x0 = self._x0(x)
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-        return self.diffusion.training_losses(model, x0, t, noise, y=y)
+        return training_losses(self.diffusion, model, x0, t, noise, y=y)
 
     def training_step(self, model: nn.Module, batch: Any, info: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
         terms = self._losses(model, batch)

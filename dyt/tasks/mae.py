@@ -1,7 +1,8 @@
 """Masked-autoencoder pretraining (paper Table 2: MAE ViT-B and ViT-L on ImageNet-1K).
 
-The model (models/mae.py) returns its own loss: mean squared error of the predicted pixels of the
-removed patches (per-patch normalised targets with ``norm_pix_loss``). The trainer's per-step RNG
+The model (models/mae.py) returns its predicted patches and the mask; the task's loss
+(:func:`mae_loss`) is the mean squared error of the predicted pixels of the removed patches (per-patch
+normalised targets with the model's ``norm_pix_loss``). The trainer's per-step RNG
 seeding makes the random masks of a resumed run those of an uninterrupted one. The monitor is the same
 loss on the evaluation images with a fixed mask per image (``val/loss``, the headline: lower is better);
 ``eval.py`` also draws a figure of reconstructions (:func:`reconstruction_figure`).
@@ -45,6 +46,17 @@ def fixed_noise(indices: torch.Tensor, num_patches: int) -> torch.Tensor:
     return torch.stack(rows).to(indices.device)
 
 
+def mae_loss(model: nn.Module, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the removed patches only (MAE Sec. 3; ``forward_loss`` of MAE's
+    ``models_mae.py``), with per-patch normalised targets when ``model.norm_pix_loss``."""
+    target = model.patchify(imgs)
+    if model.norm_pix_loss:
+        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6) ** 0.5
+    per_patch = ((pred - target) ** 2).mean(dim=-1)
+    return (per_patch * mask).sum() / mask.sum()
+
+
 class MAETask(Task):
     """MAE pretraining of any encoder size with any norm."""
 
@@ -63,8 +75,7 @@ class MAETask(Task):
 
     def training_step(self, model: nn.Module, batch: Any, info: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
         images, _ = batch
-        loss, _, _ = model(images)
-        return loss, {}
+        return mae_loss(model, images, *model(images)), {}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
@@ -74,7 +85,7 @@ class MAETask(Task):
             # Every image has the same number of removed patches, so the mean of per-batch means
             # weighted by batch size is the mean over all removed patches of the set.
             images, index = batch
-            loss, _, _ = model(images, noise=fixed_noise(index, num_patches))
+            loss = mae_loss(model, images, *model(images, noise=fixed_noise(index, num_patches)))
             return torch.stack([loss.double() * len(images), torch.tensor(len(images), device=device).double()])
 
         total, n = sharded_sums(
@@ -107,7 +118,7 @@ def reconstruction_figure(model: nn.Module, data: Dataset, path: Path, device: t
     was_training = model.training
     model.eval()
     images = torch.stack([data[i][0] for i in range(n)]).to(device)
-    _, pred, mask = model(images, noise=fixed_noise(torch.arange(n), model.patch_embed.num_patches).to(device))
+    pred, mask = model(images, noise=fixed_noise(torch.arange(n), model.patch_embed.num_patches).to(device))
     if model.norm_pix_loss:
         target = model.patchify(images)
         pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -41,13 +42,19 @@ from models.wav2vec2 import Wav2Vec2Output
 LOG2 = math.log(2)
 
 
+def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of the contrastive ``logits`` (M, 1 + num_negatives) against column 0, the
+    target (wav2vec 2.0 Sec. 3.2, Eq. 3; fairseq's ``Wav2vec2Criterion`` and HF both sum it)."""
+    return F.cross_entropy(logits, logits.new_zeros(len(logits), dtype=torch.long), reduction="sum")
+
+
 def pretraining_loss(
     out: Wav2Vec2Output, diversity_weight: float, feature_penalty_weight: float
 ) -> tuple[torch.Tensor, int]:
     """fairseq's summed loss of one batch and its sample size (the number of masked frames)."""
     sample_size = out.num_masked
     extra = diversity_weight * out.diversity + feature_penalty_weight * out.features_pen
-    return out.contrastive_loss + sample_size * extra, sample_size
+    return contrastive_loss(out.logits) + sample_size * extra, sample_size
 
 
 def correct_count(logits: torch.Tensor) -> int:
@@ -111,7 +118,7 @@ class Wav2Vec2PretrainingTask(Task):
                 torch.manual_seed(derive_seed(int(self.cfg.seed), int(first)))
                 out = model(waves)
             loss_sum, sample_size = self._loss(out)
-            sums = [loss_sum, out.contrastive_loss, sample_size, correct_count(out.logits)]
+            sums = [loss_sum, contrastive_loss(out.logits), sample_size, correct_count(out.logits)]
             return torch.tensor([float(s) for s in sums], dtype=torch.float64, device=device)
 
         totals = sharded_sums(
