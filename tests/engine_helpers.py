@@ -24,6 +24,8 @@ from dyt.nn import DyT, build_norm_factory
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 N_TRAIN = 1024  # digits used for training; the other 773 are the validation set
+# The environment of every subprocess the tests start: offline Hugging Face, one thread, unbuffered output.
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +33,7 @@ from dyt.nn import norm_names
 from dyt.tasks.dino import DINOTask, clip_per_parameter, dino_loss, ema_update, knn_predict, updated_center
 from dyt.weights import load_init_weights
 from models.dino import DINO, backbone_from_hf, backbone_to_hf
+from tests.killed_run import run_killed
 from tests.test_mae import FINETUNE, check_recipe, compose
 from tests.test_vision_models import plain
 
@@ -380,7 +377,6 @@ def test_recipe_values(experiment):
 # ---- training: a few steps, and kill -9 + the same command = an uninterrupted run ----------------
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 KILL_AT = 7  # steps 1-10 (5 per epoch); checkpoints at 3, 5 (epoch end), 6, 9, 10: resumes from 6
 
 
@@ -412,26 +408,6 @@ def tiny_run(run: Path) -> list[str]:
     ]
 
 
-# The killed run's process: DINO that SIGKILLs itself right after optimizer step KILL_AT.
-WORKER = f"""
-import os, signal, sys
-sys.path.insert(0, {str(ROOT)!r})
-from hydra import compose, initialize_config_dir
-from dyt.engine import Trainer
-from dyt.tasks.dino import DINOTask
-
-class KilledDINO(DINOTask):
-    def after_optimizer_step(self, model, info):
-        super().after_optimizer_step(model, info)
-        if info.step + 1 == {KILL_AT}:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-with initialize_config_dir(config_dir={str(ROOT / "configs")!r}, version_base=None):
-    cfg = compose("train", overrides=sys.argv[1:])
-Trainer(cfg).fit(KilledDINO(cfg))
-"""
-
-
 def fit(overrides: list[str]) -> dict:
     cfg = compose(*overrides)
     return Trainer(cfg).fit(DINOTask(cfg))
@@ -458,15 +434,7 @@ def test_tiny_dino_trains_and_a_killed_run_resumes_bit_identically(tmp_path):
     t, s = model["teacher.backbone.pos_embed"], model["student.backbone.pos_embed"]
     assert not torch.equal(t, s) and center.abs().sum() > 0
 
-    died = subprocess.run(
-        [sys.executable, "-c", WORKER, *tiny_run(killed)],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    run_killed(tiny_run(killed), KILL_AT)
     fit(tiny_run(killed))  # the same command again
     resumed = load_checkpoint(killed)
     for k, v in model.items():

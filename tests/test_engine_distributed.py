@@ -4,7 +4,6 @@ for DDP, a sharded DCP directory for FSDP2) resume or load in a single process."
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,10 +13,9 @@ import pytest
 import torch
 
 from dyt.engine import Trainer, load_checkpoint, load_model_state
-from tests.engine_helpers import DigitsTask, TinyNet, make_cfg
+from tests.engine_helpers import ENV, DigitsTask, TinyNet, make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 pytestmark = pytest.mark.distributed
 

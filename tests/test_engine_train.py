@@ -18,10 +18,9 @@ import torch
 from dyt.engine import PREEMPTED_EXIT_CODE, NonFiniteLossError, Trainer, load_checkpoint
 from dyt.engine.checkpoint import latest_checkpoint
 from dyt.engine.sampler import seed_all
-from tests.engine_helpers import DigitsTask, ToyDinoTask, make_cfg
+from tests.engine_helpers import ENV, DigitsTask, ToyDinoTask, make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

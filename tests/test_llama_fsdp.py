@@ -1,23 +1,23 @@
 """LLaMA under FSDP2 on 2 CPU processes (gloo): a run killed after a checkpoint resumes onto the loss
 curve of an uninterrupted run.
 
-Run as a script, this file is the torchrun worker: it composes ``train.yaml`` with the given
-overrides and trains the LM task, SIGKILLing itself after optimizer step ``$DYT_TEST_KILL_AT_STEP``.
+torchrun's worker is ``tests/killed_run.py``: it composes ``train.yaml`` with the given overrides and
+trains the LM task, SIGKILLing itself after the optimizer step given first (0: never).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.engine_helpers import ENV
+from tests.killed_run import WORKER
+
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 STEPS, CKPT_EVERY, KILL_AT = 8, 3, 5  # killed after step 5; the step-3 checkpoint is the resume point
 
 
@@ -48,9 +48,10 @@ def overrides(run: Path, cache: Path) -> list[str]:
 
 
 def torchrun(args: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:
-    env = {**ENV, **({"DYT_TEST_KILL_AT_STEP": str(kill_at)} if kill_at else {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", WORKER]
+    return subprocess.run(
+        [*cmd, str(kill_at or 0), *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600
+    )
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -84,26 +85,3 @@ def test_fsdp_run_killed_and_resumed_matches_an_uninterrupted_run(tmp_path):
     assert losses(killed) == reference  # bit-identical, steps 1-3 before the kill and 4-8 after resume
     final = [json.loads((run / "results.json").read_text())["val/loss"] for run in (whole, killed)]
     assert final[0] == final[1]
-
-
-def _worker() -> None:
-    """torchrun entry: train the LM task; SIGKILL this process after step $DYT_TEST_KILL_AT_STEP."""
-    sys.path.insert(0, str(ROOT))
-    from dyt.engine import Trainer
-    from dyt.tasks.lm import LanguageModelingTask
-
-    kill_at = int(os.environ.get("DYT_TEST_KILL_AT_STEP", 0))
-
-    class KilledLM(LanguageModelingTask):
-        def after_optimizer_step(self, model, info) -> None:
-            if info.step + 1 == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    cfg = compose_cfg(sys.argv[1:])
-    Trainer(cfg).fit(KilledLM(cfg))
-    sys.stdout.flush()
-    os._exit(0)  # skip interpreter teardown: avoids gloo's exit-time SIGABRT race
-
-
-if __name__ == "__main__":
-    _worker()

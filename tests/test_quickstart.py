@@ -10,22 +10,16 @@ wiring: Hydra's multirun, the quickstart recipe, and eval.py's two modes on the 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.engine_helpers import ENV as TEST_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "WANDB_MODE": "disabled",
-    "PYTHONUNBUFFERED": "1",
-    "OMP_NUM_THREADS": "1",
-}
+ENV = {**TEST_ENV, "WANDB_MODE": "disabled"}  # no W&B at all in these runs
 
 
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -27,18 +27,12 @@ import pytest
 import torch
 
 from dyt.engine.checkpoint import load_checkpoint
+from tests.engine_helpers import ENV as TEST_ENV
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "WANDB_MODE": "disabled",
-    "PYTHONUNBUFFERED": "1",
-    "OMP_NUM_THREADS": "1",
-}
+ENV = {**TEST_ENV, "WANDB_MODE": "disabled"}  # no W&B at all in these runs
 # The quickstart, shortened: a few optimizer steps of the small ViT on digits.
 QUICK = ["trainer.max_steps=4", "trainer.global_batch=16", "trainer.log_every_steps=1", "trainer.progress=log"]
 # Long enough to signal a run mid-training (~0.1 s a step on CPU), short enough to finish in seconds.

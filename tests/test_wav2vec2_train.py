@@ -5,9 +5,7 @@ names the install command."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -24,9 +22,10 @@ from dyt.engine import Trainer, load_checkpoint
 from dyt.engine.checkpoint import latest_checkpoint
 from dyt.tasks import build_task
 from dyt.tasks.wav2vec2 import contrastive_loss
+from tests.engine_helpers import ENV
+from tests.killed_run import run_killed
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -209,38 +208,10 @@ def _rows(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.endswith("_per_s")} for r in lines]
 
 
-# Runs the composition of the overrides in argv[1] (JSON) in a fresh process and SIGKILLs it right after
-# optimizer step argv[2].
-_KILLED = """
-import json, os, signal, sys
-sys.path.insert(0, os.getcwd())
-from tests.test_wav2vec2_train import _compose
-from dyt.tasks import build_task
-from dyt.engine import Trainer
-from dyt.tasks.wav2vec2 import Wav2Vec2PretrainingTask
-
-def die(self, model, info):
-    if info.step + 1 == int(sys.argv[2]):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-Wav2Vec2PretrainingTask.after_optimizer_step = die
-cfg = _compose(*json.loads(sys.argv[1]))
-Trainer(cfg).fit(build_task(cfg))
-"""
-
-
 def check_kill_9_then_resume(overrides: Callable[[Path], list[str]], reference: Path, run: Path) -> None:
     """Run ``overrides(run)`` in a fresh process killed with SIGKILL after step 5 (checkpoints every 3),
     run the same command again, and check it ends bit-identical to the finished run in ``reference``."""
-    died = subprocess.run(
-        [sys.executable, "-c", _KILLED, json.dumps(overrides(run)), "5"],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    run_killed(overrides(run), 5)
     assert latest_checkpoint(run / "checkpoints").name == "step_00000003.pt"
     cfg = _compose(*overrides(run))  # the same command again
     Trainer(cfg).fit(build_task(cfg))
