@@ -35,10 +35,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import models  # noqa: E402
+from scripts.bench import common  # noqa: E402
 
 NORMS = {"rmsnorm": {"name": "rmsnorm"}, "dyt": {"name": "dyt", "impl": "eager"}, "identity": None}
 MODES = ("eager", "compiled")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {**common.DTYPES, "fp16": torch.float16}
 
 
 # ---- measuring time inside the norm layers ---------------------------------------------------------

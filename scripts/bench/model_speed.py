@@ -37,12 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import dyt  # noqa: E402
 import models  # noqa: E402
+from scripts.bench.common import DTYPES, add_timing_options, apply_timing_options  # noqa: E402
 
 # (preset, batch, sequence length or image size) for the quick and the full runs.
 QUICK = [("vit_s", 4, 224), ("llama_20m", 4, 256)]
 FULL = [("vit_s", 32, 224), ("llama_20m", 8, 1024), ("llama_60m", 8, 1024), ("llama_150m", 4, 1024)]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def _own_norm(preset: str) -> str:
@@ -214,21 +213,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--full", action="store_true", help="more LLaMA sizes and bigger batches")
     parser.add_argument("--models", nargs="+", type=_parse_model, help="explicit PRESET:BATCH:SIZE entries")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (1 is steadier on a loaded machine)")
-    parser.add_argument(
-        "--clock",
-        choices=list(CLOCKS),
-        default="wall",
-        help="wall: elapsed time; cpu: this process's CPU time, which other processes on a shared machine "
-        "barely disturb (use with --threads 1; GPU work is not counted)",
-    )
+    add_timing_options(parser)
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="bf16: autocast")
     parser.add_argument("--compile", action="store_true", help="also the torch.compile'd train step")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    clock = CLOCKS[args.clock]
+    clock = apply_timing_options(args)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     memory_kind = "step peak above resident" if device.type == "cuda" else "saved activations"
     print(

@@ -38,11 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dyt.nn import Derf, DyT, RMSNorm  # noqa: E402
 from dyt.nn.kernels import fused_pointwise  # noqa: E402
+from scripts.bench.common import DTYPES, add_timing_options, apply_timing_options  # noqa: E402
 
 QUICK_SHAPES = [(8192, 768), (2048, 4096)]  # (8, 1024, 768) as tokens x width, and a wide layer
 FULL_SHAPES = [(tokens, width) for tokens in (2048, 8192, 16384) for width in (768, 1024, 4096)]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 TARGET_SHAPE, TARGETS = (8192, 768), {"fwd": 1.2, "fwd+bwd": 1.0}  # DyT kernel / LayerNorm, fp32, CPU
 
 
@@ -151,14 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--full", action="store_true", help="the full shape grid (2K..16K tokens x 768..4096)")
     parser.add_argument("--shapes", nargs="+", type=_parse_shape, help="explicit TOKENSxWIDTH shapes")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (1 is steadier on a loaded machine)")
-    parser.add_argument(
-        "--clock",
-        choices=list(CLOCKS),
-        default="wall",
-        help="wall: elapsed time; cpu: this process's CPU time, which other processes on a shared machine "
-        "barely disturb (use with --threads 1; GPU work is not counted)",
-    )
+    add_timing_options(parser)
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument(
         "--page-faults", action="store_true", help="leave glibc's malloc as is (outputs fault in fresh pages)"
@@ -167,9 +159,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds; the median is reported")
     parser.add_argument("--iters", type=int, default=5, help="calls per timed sample")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    clock = CLOCKS[args.clock]
+    clock = apply_timing_options(args)
     device = torch.device(args.device)
     shapes = args.shapes or (FULL_SHAPES if args.full else QUICK_SHAPES)
     kept = device.type == "cpu" and not args.page_faults and keep_freed_memory()

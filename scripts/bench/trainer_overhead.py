@@ -41,6 +41,7 @@ import dyt.cli  # noqa: E402, F401  (registers the config resolvers that configs
 from dyt.engine import Trainer  # noqa: E402
 from dyt.engine.task import StepInfo  # noqa: E402
 from dyt.tasks import build_task  # noqa: E402
+from scripts.bench.common import add_timing_options, apply_timing_options  # noqa: E402
 
 # name -> (overrides, per-step batch, steps N1 and N2)
 SETUPS = {
@@ -57,7 +58,6 @@ COMMON = [
     "logger=jsonl",
 ]
 # What the trainer is asked to do differently in the attribution runs (quickstart).
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter  # set by main (--clock)
 ATTRIBUTION = {
     "log every step": ["trainer.log_every_steps=1"],
@@ -166,18 +166,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved bare / trainer rounds; medians reported")
     parser.add_argument("--attribute", action="store_true", help="quickstart: cost of logging, EMA, checkpoints")
     parser.add_argument("--steps", nargs=2, type=int, metavar=("N1", "N2"), help="override the setups' step counts")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (1 is steadier on a loaded machine)")
-    parser.add_argument(
-        "--clock",
-        choices=list(CLOCKS),
-        default="wall",
-        help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine; use --threads 1)",
-    )
+    add_timing_options(parser)
     args = parser.parse_args(argv)
     global clock
-    clock = CLOCKS[args.clock]
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    clock = apply_timing_options(args)
     print(
         f"# trainer overhead: cpu, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, "
         f"median of {args.rounds} interleaved rounds",
