@@ -26,10 +26,9 @@ What a checkpoint guarantees:
   DCP itself reads with plain ``pickle``, is read by an unpickler that admits only DCP's metadata
   classes, and DCP's non-tensor entries load with ``weights_only=True``.
 
-A checkpoint dict holds ``model``, ``ema`` (or None), ``optimizer``, ``scheduler``, ``scaler``,
-``step``, ``epoch``, ``batch_in_epoch`` (data position), ``rng`` (torch / cuda / numpy / python),
-``wandb_id``, ``metrics_bytes`` (length of metrics.jsonl when saved), ``eval_metrics``, ``eval_step``
-and ``config`` (the resolved config as a plain dict).
+What a checkpoint holds is written in one place, :class:`dyt.engine.state.TrainState`: the model, EMA
+and optimizer state, and beside them (``TrainState._meta``) the format version, the counters, the grad
+scaler, the RNG states, the task's own state, the resolved config, the world size and the global batch.
 """
 
 from __future__ import annotations
