@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import json
 import os
 import re
 import shutil
 import sys
+import time
 import typing
 from collections.abc import Iterator, Sequence
 from functools import cache
@@ -300,10 +302,25 @@ def preflight(config_name: str, argv: Sequence[str]) -> list[str]:
     except UsageError as e:
         if _debug():
             raise
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        exit_with_error(f"error: {e}")
     return argv
+
+
+def exit_with_error(message: str) -> typing.NoReturn:
+    """Exit with status 2 after ``message`` (an ``error:`` line, perhaps with a hint line below it).
+
+    Rank 0 prints it (every rank fails alike: one copy is enough). Under torchrun every rank also
+    leaves it in its error file (``TORCHELASTIC_ERROR_FILE``, in the format of torch's
+    ``ErrorHandler.record_exception``), where ``python -m dyt.launch`` reads it: the launcher prints the
+    errors rank 0 did not, instead of torchrun's report."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)  # first: a rank stopped meanwhile has still printed
+    if path := os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        info = {"py_callstack": message, "timestamp": str(int(time.time()))}  # what torchrun's report shows
+        record = {"message": {"message": message, "extraInfo": info}}
+        with contextlib.suppress(OSError):
+            Path(path).write_text(json.dumps(record))
+    sys.exit(2)
 
 
 # Files a start writes before anything of value: Hydra's own dir, the lock, the start-up record.

@@ -21,11 +21,12 @@ pytestmark = pytest.mark.distributed
 
 
 def launch(run: Path, *overrides: str, nproc: int = 2, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node=<nproc> tests/engine_driver.py <run> trainer.device=cpu <overrides>``."""
+    """``python -m dyt.launch --nproc_per_node=<nproc> tests/engine_driver.py <run> trainer.device=cpu
+    <overrides>``: torchrun through the launcher users start (tests/test_launch.py tests its failures)."""
     cmd = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "dyt.launch",
         "--standalone",
         f"--nproc_per_node={nproc}",
         "tests/engine_driver.py",

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("models",)),
     ("tasks", ("dyt.tasks",)),
     ("weights/analysis/results", ("dyt.weights", "dyt.analysis", "dyt.results")),
-    ("cli", ("dyt.cli", "dyt.preflight")),  # dyt/preflight.py: start-up checks of train.py
+    ("cli", ("dyt.cli", "dyt.preflight", "dyt.launch")),  # start-up checks of train.py; the torchrun launcher
 ]
 ENGINE_MUST_NOT_REACH = ("models", "dyt.tasks", "dyt.analysis", "dyt.cli", "dyt.weights", "hydra")
 

@@ -46,14 +46,14 @@ def one_line_errors(fn: Callable[[], Any]) -> Any:
         ValueError,
         OSError,
     )
+    from dyt.preflight import exit_with_error
+
     try:
         return fn()
     except known as e:
         if os.environ.get(DEBUG_ENV):
             raise
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}\n(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr, flush=True)
-        sys.exit(2)
+        exit_with_error(f"error: {e}\n(set {DEBUG_ENV}=1 to see the traceback)")
 
 
 def train(cfg: DictConfig) -> float | None:
