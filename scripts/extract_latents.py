@@ -1,7 +1,7 @@
 """Encode an ImageFolder once into SD-VAE latents for DiT training (``data=imagenet_latents``).
 
     python scripts/extract_latents.py --data /path/imagenet/train --out /path/latents/train
-    torchrun --nproc_per_node=8 scripts/extract_latents.py --data ... --out ...   # ranks split the chunks
+    python -m dyt.launch --nproc_per_node=8 scripts/extract_latents.py --data ... --out ...   # ranks split the chunks
 
 Each image is centre-cropped to ``--image-size`` as in DiT and encoded with and without a horizontal
 flip; the latents (posterior samples, seeded per chunk, times 0.18215) are stored as float16 chunks of

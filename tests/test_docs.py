@@ -7,7 +7,8 @@ Untagged blocks are output or trees and must not hold commands.
 
 How each command runs (all in one process except the scripts' ``--help``, to stay fast):
 
-- ``python train.py`` / ``eval.py`` / ``torchrun ... train.py`` overrides: the dry run of
+- ``python train.py`` / ``eval.py`` / ``python -m dyt.launch ... train.py`` overrides (the launcher's
+  options parsed as torchrun parses them): the dry run of
   :func:`dyt.preflight.check_command` (every group option and key is composed, as ``--cfg job`` would)
   and :func:`dyt.engine.validate.validate_config` (every value is in range);
 - ``python scripts/<x>.py``: ``--help`` (the script exists and parses its arguments);
@@ -29,6 +30,7 @@ import pytest
 
 import dyt.cli  # noqa: F401  (registers the run-dir resolvers the configs use)
 from dyt.engine.validate import validate_config
+from dyt.launch import parse as parse_launch
 from dyt.preflight import check_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,8 +102,10 @@ def run_command(command: str) -> str:
         if command == prefix or command.startswith(prefix + " "):
             return f"not run: {reason}"
     words = shlex.split(command.replace("$(", "").replace(")", ""))
-    if words[0] == "torchrun":
-        words = ["python", *[w for w in words[1:] if not w.startswith("--")]]
+    assert words[0] != "torchrun", f"{command!r}: show python -m dyt.launch (torchrun's options, one-line errors)"
+    if words[:3] == ["python", "-m", "dyt.launch"]:
+        launch = parse_launch(words[3:])
+        words = ["python", launch.training_script, *launch.training_script_args]
     assert words[0] == "python", f"no rule for the command {command!r}: add one to tests/test_docs.py"
     if words[1] in ("train.py", "eval.py"):
         dry_run(words[1].removesuffix(".py"), words[2:])

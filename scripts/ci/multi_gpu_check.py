@@ -1,10 +1,11 @@
 """The multi-GPU section of gpu_check.sh: NCCL, hybrid sharding and asynchronous checkpoints, on every GPU.
 
-Trains the engine's test task (tests/engine_driver.py: an MLP on scikit-learn's digits) with torchrun on
-all visible GPUs under FSDP2 with ``trainer.sharding=hybrid`` (shard groups of half the GPUs, two
-replicas) and ``trainer.async_checkpoint=true``, then runs the same command with more steps: it must
-resume from the asynchronously written checkpoint. Prints one markdown table row per run and exits
-non-zero when a run fails. ``--device cpu --nproc 2`` runs the same on CPU with gloo (the dry run).
+Trains the engine's test task (tests/engine_driver.py: an MLP on scikit-learn's digits) with torchrun
+(``python -m dyt.launch``, as users start it) on all visible GPUs under FSDP2 with
+``trainer.sharding=hybrid`` (shard groups of half the GPUs, two replicas) and
+``trainer.async_checkpoint=true``, then runs the same command with more steps: it must resume from the
+asynchronously written checkpoint. Prints one markdown table row per run and exits non-zero when a run
+fails. ``--device cpu --nproc 2`` runs the same on CPU with gloo (the dry run).
 
     python scripts/ci/multi_gpu_check.py                 # on a machine with 2 or more GPUs
     python scripts/ci/multi_gpu_check.py --device cpu --nproc 2 --out /tmp/mgpu
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def train(run: Path, device: str, nproc: int, steps: int) -> dict:
     """One torchrun launch; rank 0's results."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    launcher = [sys.executable, "-m", "dyt.launch", "--standalone", f"--nproc_per_node={nproc}"]
     settings = {
         "device": device,
         "distributed": "fsdp",
@@ -39,7 +40,7 @@ def train(run: Path, device: str, nproc: int, steps: int) -> dict:
     cmd = [*launcher, "tests/engine_driver.py", str(run), *(f"trainer.{k}={v}" for k, v in settings.items())]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     if done.returncode:
-        raise SystemExit(f"torchrun failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        raise SystemExit(f"the launch failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
