@@ -106,7 +106,7 @@ def test_default_norm_is_rmsnorm_without_bias_and_eps_1e5():
     assert type(norm).__name__ == "RMSNorm" and norm.bias is None and norm.eps == 1e-5
 
 
-def test_paper_preset_shapes_and_meta_init():
+def test_paper_preset_shapes():
     # kuleshov-group/caduceus-ps_seqlen-131k_d_model-256_n_layer-16 (run_pretrain_caduceus.sh).
     with torch.device("meta"):
         model = models.create_model("caduceus_ps_131k", norm="rmsnorm")
@@ -114,18 +114,6 @@ def test_paper_preset_shapes_and_meta_init():
     mixer = model.layers[0].mixer
     assert mixer.in_proj.weight.shape == (1024, 256) and mixer.fwd.A_log.shape == (512, 16)
     assert mixer.fwd.dt_proj.weight.shape == (512, 16)  # dt_rank = ceil(256 / 16)
-
-    small = models.create_model("caduceus_cpu", norm="rmsnorm")
-    torch.manual_seed(0)
-    small.reset_parameters()
-    with torch.device("meta"):
-        meta = models.create_model("caduceus_cpu", norm="rmsnorm")
-    meta.to_empty(device="cpu")
-    torch.manual_seed(0)
-    meta.reset_parameters()
-    for (name, a), b in zip(small.state_dict().items(), meta.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
-    assert torch.equal(meta.complement, complement_ids())
 
 
 def test_convert_replaces_every_norm():

@@ -74,13 +74,6 @@ def test_paper_sizes_are_the_fms_fsdp_shapes():
         with torch.device("meta"):
             m = models.create_model(name, norm="rmsnorm")
         assert (m.dim, len(m.layers), m.n_heads, m.n_kv_heads, m.hidden_dim, m.vocab_size) == (*shape, 32000)
-    assert _params(m) == 68_976_648_192  # LLaMA-2 70B
-
-
-def test_dyt_adds_one_alpha_per_norm_and_the_embedding_scalar():
-    with torch.device("meta"):
-        rms, dyt = (models.create_model("llama2_7b", norm=n) for n in ("rmsnorm", "dyt"))
-    assert _params(dyt) - _params(rms) == (2 * 32 + 1) + 1  # alphas of 65 norms + embed_scale
 
 
 @pytest.mark.parametrize(
@@ -134,16 +127,6 @@ def test_rmsnorm_uses_llama_eps():
 def test_unknown_embed_scale_is_refused():
     with pytest.raises(ValueError, match="sqrt_d"):
         models.create_model("llama_tiny", norm="dyt", embed_scale="sqrt")
-
-
-def test_meta_model_materialises_with_reset_parameters():
-    with torch.device("meta"):
-        m = models.create_model("llama_tiny", norm="dyt")
-    m.to_empty(device="cpu")
-    m.reset_parameters()
-    assert all(torch.isfinite(p).all() for p in m.parameters())
-    assert m.layers[0].feed_forward.w1.weight.std().item() == pytest.approx(0.02, rel=0.1)
-    assert m.embed_scale.item() == 8.0 and m.layers[0].attention_norm.alpha.item() == 1.0
 
 
 def test_wrap_units_are_the_blocks():

@@ -5,11 +5,17 @@ A new family is picked up from the registry: it needs no entry here (its inputs 
 - it builds on the meta device with nothing materialised; every norm layer comes from the factory;
 - ``wrap_units()`` are disjoint submodules; ``no_weight_decay()`` names real parameters;
   ``resolved_options()`` is JSON and accounts for every norm layer, with the config's norm;
-- where a reference implementation exists, the parameter count equals its count (``REFERENCE``);
+- every norm config builds as many norms at each site as ``norm=dyt`` does (a site that one norm
+  skips, or builds twice, fails);
+- where a reference implementation exists, the parameter count equals its count (``REFERENCE``; with
+  the site counts above, this pins the number of norm sites for every norm);
 - presets under ``REAL_BELOW`` parameters are also built for real: ``torch.manual_seed(s)`` then an
   eager build equals ``torch.manual_seed(s)``, a meta build, ``to_empty`` and ``reset_parameters()``,
-  bit for bit, buffers included; forward and backward on ``example_inputs`` give finite outputs and a
-  finite gradient for every trainable parameter;
+  bit for bit, every parameter and buffer included (non-persistent ones too, which ``state_dict``
+  leaves out: HyenaDNA's filter positions, Caduceus's complement table); every weight-normed layer
+  starts with its magnitude equal to its direction's norm; the values a shared bug would give both
+  builds are pinned where a paper or upstream fixes them (``INIT_VALUES``); forward and backward on
+  ``example_inputs`` give finite outputs and a finite gradient for every trainable parameter;
 - the smallest preset of every model class also materialises under FSDP2 on 2 processes: sharded on
   the meta device, ``to_empty`` and ``reset_parameters()`` on the shards, then finite forward and
   backward (the values differ from an eager build: the shards draw from DTensor's RNG).
@@ -26,16 +32,19 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_leaves
 
 import models
 from dyt.nn import build_norm_factory, norm_tag
+from models.mae import sincos_pos_embed
 
 ROOT = Path(__file__).resolve().parents[1]
 NORM_CONFIGS = ROOT / "configs" / "norm"
@@ -44,7 +53,9 @@ REAL_BELOW = 30_000_000  # parameters; bigger presets are checked on the meta de
 # Parameters plus persistent buffers (``state_dict`` entries), with the family's own norm, and what
 # DyT adds: one alpha per norm site (plus LLaMA's embed_scale). Sources: timm's vit_*_patch*_224 and
 # convnext_* built with pretrained=False; DiT paper Table 1 as DiT's train.py prints it (its fixed
-# position embedding counted); Hugging Face LlamaForCausalLM of the fms-fsdp llama2 configs.
+# position embedding counted); Hugging Face LlamaForCausalLM of the fms-fsdp llama2 configs (DyT: 65
+# alphas and embed_scale for 7B); LongSafari/hyenadna-tiny-1k-seqlen ("0.44M": upstream's module shapes,
+# vocabulary padded to 16, filter MLP 5-64-64-64-128, MLP 512).
 REFERENCE = {
     "vit_ti": ("layernorm", 5_717_416, 25),
     "vit_s": ("layernorm", 22_050_664, 25),
@@ -63,6 +74,24 @@ REFERENCE = {
     "llama2_13b": ("rmsnorm", 13_015_864_320, 82),
     "llama2_34b": ("rmsnorm", 33_743_970_304, 98),
     "llama2_70b": ("rmsnorm", 68_976_648_192, 162),
+    "hyenadna_tiny_1k": ("layernorm", 436_096, 5),
+}
+
+# Initial values a paper or upstream fixes, checked on the eager build: a wrong init shared by the eager
+# and the meta build passes their comparison. (preset, norm) -> {what: (value in the model, expected)}.
+INIT_VALUES: dict[tuple[str, str], Callable[[torch.nn.Module], dict[str, tuple[Any, Any]]]] = {
+    # LLaMA: truncated normal std 0.02 (fms-fsdp's init), alpha_init 1.0 at width 64 (paper Table 11),
+    # embed_scale sqrt(dim) = 8 (paper App. A).
+    ("llama_tiny", "dyt"): lambda m: {
+        "feed_forward.w1 std": (m.layers[0].feed_forward.w1.weight.std().item(), pytest.approx(0.02, rel=0.1)),
+        "embed_scale": (m.embed_scale.item(), 8.0),
+        "attention_norm.alpha": (m.layers[0].attention_norm.alpha.item(), 1.0),
+    },
+    # MAE: fixed 2-D sin-cos position tables, class-token row zero (MAE's util/pos_embed.py); 4x4 patches.
+    ("mae_vit_digits", "dyt"): lambda m: {
+        "pos_embed": (m.pos_embed, sincos_pos_embed(64, 4)),
+        "decoder_pos_embed": (m.decoder_pos_embed, sincos_pos_embed(m.decoder_pos_embed.shape[-1], 4)),
+    },
 }
 
 
@@ -88,6 +117,18 @@ def build(preset: str, norm: str, device: str) -> torch.nn.Module:
         return models.create_model(preset, norm=norm_config(norm))
 
 
+def site_counts(model: torch.nn.Module) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in model.resolved_options()["norms"]:
+        counts[row["site"]] = counts.get(row["site"], 0) + row["count"]
+    return counts
+
+
+@functools.cache
+def dyt_site_counts(preset: str) -> dict[str, int]:
+    return site_counts(build(preset, "dyt", "meta"))
+
+
 def check_meta_build(model: torch.nn.Module, preset: str, norm: str) -> None:
     cfg = norm_config(norm)
     real = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if not t.is_meta]
@@ -109,6 +150,10 @@ def check_meta_build(model: torch.nn.Module, preset: str, norm: str) -> None:
     kept = sum(r["count"] for r in resolved.get("kept_norms", []) if r["norm"] == cfg["name"])
     assert built and sum(r["count"] for r in resolved["norms"]) + kept == built
     assert {r["norm"] for r in resolved["norms"]} == {cfg["name"]}
+    sites = site_counts(model)
+    assert sites == dyt_site_counts(preset), (
+        f"{preset}: norms per site {sites} with {norm}, with dyt {dyt_site_counts(preset)}"
+    )
 
     if preset in REFERENCE:
         ref_norm, count, dyt_extra = REFERENCE[preset]
@@ -125,10 +170,27 @@ def check_meta_init_equals_eager_init(preset: str, norm: str, seed: int = 3) -> 
         for t in [*meta.parameters(), *meta.buffers()]:
             t.fill_(math.nan if t.is_floating_point() else -1)  # what reset_parameters() misses stays visible
     meta.reset_parameters()
-    a, b = eager.state_dict(), meta.state_dict()
+    a, b = every_tensor(eager), every_tensor(meta)
+    assert a.keys() == b.keys()
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"{preset}: meta build + reset_parameters() differs from the eager build at {differ[:5]}"
     return eager
+
+
+def every_tensor(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers, the non-persistent buffers that ``state_dict`` leaves out included."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def check_init_values(model: torch.nn.Module, preset: str, norm: str) -> None:
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module, "weight") and hasattr(module.parametrizations.weight, "original1"):
+            # weight norm starts as the identity: magnitude g = ||v|| (torch.nn.utils.parametrizations.weight_norm)
+            torch.testing.assert_close(module.weight, module.parametrizations.weight.original1, msg=f"{preset}.{name}")
+    if (preset, norm) in INIT_VALUES:
+        for what, (value, expected) in INIT_VALUES[preset, norm](model).items():
+            same = torch.equal(value, expected) if torch.is_tensor(value) else value == expected
+            assert same, f"{preset}: {what} is {value} at init, expected {expected}"
 
 
 def check_forward_backward(model: torch.nn.Module, preset: str) -> None:
@@ -155,7 +217,9 @@ def test_model_contract(preset, norm, one_thread):
         return
     check_meta_build(meta, preset, norm)
     if state_size(meta) < REAL_BELOW:
-        check_forward_backward(check_meta_init_equals_eager_init(preset, norm), preset)
+        eager = check_meta_init_equals_eager_init(preset, norm)
+        check_init_values(eager, preset, norm)
+        check_forward_backward(eager, preset)
 
 
 def smallest_of_each_class() -> list[str]:
