@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from dyt.data import dna
 from dyt.engine import Trainer, load_checkpoint
 from dyt.tasks.dna import IGNORE, DNAPretrainTask, GenomicBenchmarkTask, _reverse_complement_padded, mask_tokens
+from tests.killed_run import run_killed
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,30 +27,31 @@ def _genome(tmp_path: Path) -> Path:
     return path
 
 
+def pretrain_overrides(tmp_path: Path, *overrides: str) -> list[str]:
+    """The demo pretraining recipe on a small synthetic genome (written to ``tmp_path``), a few steps."""
+    return [
+        "experiment=dna_demo_hyena_pretrain",
+        "norm=layernorm",
+        f"data.fasta={_genome(tmp_path)}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.seq_len=32",
+        "data.val_fraction=0.2",
+        "data.val_samples=16",
+        "data.samples_per_epoch=48",
+        "trainer.global_batch=8",
+        "trainer.max_steps=8",
+        "trainer.eval_every_steps=null",
+        "trainer.ckpt_every_steps=2",
+        "trainer.log_every_steps=1",
+        "trainer.progress=off",
+        f"run_dir={tmp_path / 'run'}",
+        *overrides,
+    ]
+
+
 def pretrain_cfg(tmp_path: Path, *overrides: str):
-    """The demo pretraining recipe on a small synthetic genome, a few steps."""
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        return compose(
-            "train",
-            overrides=[
-                "experiment=dna_demo_hyena_pretrain",
-                "norm=layernorm",
-                f"data.fasta={_genome(tmp_path)}",
-                f"data.cache_dir={tmp_path / 'cache'}",
-                "data.seq_len=32",
-                "data.val_fraction=0.2",
-                "data.val_samples=16",
-                "data.samples_per_epoch=48",
-                "trainer.global_batch=8",
-                "trainer.max_steps=8",
-                "trainer.eval_every_steps=null",
-                "trainer.ckpt_every_steps=2",
-                "trainer.log_every_steps=1",
-                "trainer.progress=off",
-                f"run_dir={tmp_path / 'run'}",
-                *overrides,
-            ],
-        )
+        return compose("train", overrides=pretrain_overrides(tmp_path, *overrides))
 
 
 def test_mask_tokens_masks_15_percent_of_bases_bert_style():
@@ -136,24 +134,6 @@ def test_classification_on_a_benchmark_directory_trains_and_reports_accuracy(tmp
     assert results["headline_metric"] == "val/acc" and results["val/acc"] >= 75.0  # AT- vs GC-rich: easy
 
 
-_KILLED_RUN = """
-import os, signal, sys
-from pathlib import Path
-sys.path.insert(0, {root!r})
-from dyt.engine import Trainer
-from dyt.tasks.dna import DNAPretrainTask
-from tests.test_dna_tasks import pretrain_cfg
-
-class KilledAfterStep5(DNAPretrainTask):
-    def after_optimizer_step(self, model, info):
-        if info.step + 1 == 5:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-cfg = pretrain_cfg(Path({tmp!r}))
-Trainer(cfg).fit(KilledAfterStep5(cfg))
-"""
-
-
 def test_kill_9_mid_pretraining_then_same_command_is_bit_identical(tmp_path):
     # Embedding dropout, RC augmentation and window sampling all draw randomness: all must resume exactly.
     reference = tmp_path / "reference"
@@ -163,16 +143,7 @@ def test_kill_9_mid_pretraining_then_same_command_is_bit_identical(tmp_path):
 
     run = tmp_path / "resumed"
     run.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    died = subprocess.run(
-        [sys.executable, "-c", _KILLED_RUN.format(root=str(ROOT), tmp=str(run))],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+    run_killed(pretrain_overrides(run), 5)  # a fresh process, SIGKILLed after step 5
     assert load_checkpoint(run / "run")["step"] == 4  # checkpoints every 2 steps; killed after step 5
     cfg = pretrain_cfg(run)
     Trainer(cfg).fit(DNAPretrainTask(cfg))  # the same command again
