@@ -3,7 +3,7 @@
 Caduceus stacks bidirectional Mamba blocks, ``x + bimamba(norm_mixer(x))``, with a final norm and a
 masked-language-model head over single-nucleotide tokens. Its default norm is RMSNorm (upstream
 ``rms_norm: true``, eps 1e-5, no bias); Derf (Tables 11, 20, 25) reports the paper's Caduceus column
-against RMSNorm. Norm sites: ``mixer`` (before each mixer) and ``final``.
+against RMSNorm. Norm sites: ``Caduceus.NORM_SITES``.
 
 - **Mamba** (Gu and Dao 2023; mamba_ssm ``mamba_simple.py``): in_proj -> (x, z); x -> causal depthwise
   conv -> SiLU -> selective SSM (input-dependent dt, B, C; A = -exp(A_log)); y = (ssm(x) + D x) * SiLU(z)
@@ -247,7 +247,11 @@ class Caduceus(nn.Module):
         norm: the norm factory, a norm name or a ``configs/norm`` mapping (default RMSNorm, as upstream).
     """
 
-    NORM_SITES = ("mixer", "final")  # the model protocol (models/__init__.py)
+    # the model protocol (models/__init__.py): every site the norm factory is asked for, where it sits
+    NORM_SITES = (
+        "mixer",  # before each block's bidirectional Mamba mixer
+        "final",  # after the last block, before the head
+    )
 
     def __init__(
         self,

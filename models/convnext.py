@@ -3,13 +3,7 @@
 timm's stage (downsampling + blocks) and classifier head are used as they are: each takes its norm as
 a callable, and each callable is the factory bound to one site. Parameter names therefore equal timm's
 ``ConvNeXt``, a timm state dict loads unchanged and, with ``norm=layernorm``, the logits equal timm's
-(tests/test_vision_models.py). Norm sites:
-
-    stem        after the 4x4 patchify conv (``patch_size``)  channels_first  (timm ``stem.1``)
-    downsample  before each 2x2 stride-2 conv (stages 1-3)   channels_first  (``stages.i.downsample.0``)
-    block       after each block's depth-wise 7x7 conv       channels_last   (``stages.i.blocks.j.norm``)
-    final       after global average pooling, before the fc  channels_first  (``head.norm``)
-
+(tests/test_vision_models.py). Norm sites, their layouts and timm's names: ``ConvNeXt.NORM_SITES``.
 The official DyT code converts these same four kinds of LayerNorm, the channels-first ones through
 DyT's channels-first path (paper Sec. 4).
 """
@@ -42,7 +36,13 @@ class ConvNeXt(nn.Module):
         head_init_scale: multiplies the classifier's initial weight and bias (ConvNeXt fine-tuning).
     """
 
-    NORM_SITES = ("stem", "downsample", "block", "final")  # the model protocol (models/__init__.py)
+    # the model protocol (models/__init__.py): every site the norm factory is asked for, where it sits
+    NORM_SITES = (
+        "stem",  # after the 4x4 patchify conv (patch_size): channels_first, timm stem.1
+        "downsample",  # before each 2x2 stride-2 conv (stages 1-3): channels_first, stages.i.downsample.0
+        "block",  # after each block's depth-wise 7x7 conv: channels_last, stages.i.blocks.j.norm
+        "final",  # after global average pooling, before the fc: channels_first, head.norm
+    )
 
     norm_scale_sensitive = False  # every norm feeds a linear layer or a convolution (models/__init__.py)
 

@@ -9,7 +9,7 @@ so that checkpoints carry the teacher. Parameter names follow DINO's ``vision_tr
 The backbone converts to Hugging Face ``ViTModel`` names (the format DINO checkpoints are published in)
 with :func:`backbone_to_hf`; with ``norm=layernorm`` the class-token features agree (tests/test_dino.py).
 
-Norm sites are the ViT's: ``attn``, ``ffn``, ``final``.
+Norm sites: the ViT backbone's (``DINO.NORM_SITES``, student and teacher alike).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ class DINO(nn.Module):
         **backbone: ``VisionTransformer`` arguments (sizes, ``img_size`` of the global crops, ...).
     """
 
-    NORM_SITES = ("attn", "ffn", "final")  # the model protocol (models/__init__.py)
+    NORM_SITES = VisionTransformer.NORM_SITES  # the model protocol (models/__init__.py): the backbone's
 
     def __init__(
         self,

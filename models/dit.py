@@ -180,10 +180,15 @@ class DiT(nn.Module):
         learn_sigma: also predict the interpolation of the variance (output channels doubled).
         zero_init_adaln: adaLN-Zero initialisation. ``"auto"``: on for normalization layers, off for
             point-wise ones (DyT paper App. A); ``True``/``False`` force it.
-        norm: a norm factory, name or ``configs/norm`` mapping (sites ``attn``, ``ffn``, ``final``).
+        norm: a norm factory, name or ``configs/norm`` mapping (sites: ``NORM_SITES``).
     """
 
-    NORM_SITES = ("attn", "ffn", "final")  # the model protocol (models/__init__.py)
+    # the model protocol (models/__init__.py): every site the norm factory is asked for, where it sits
+    NORM_SITES = (
+        "attn",  # before each block's attention, then adaLN's shift and scale
+        "ffn",  # before each block's MLP, then adaLN's shift and scale
+        "final",  # in the final layer, before adaLN's shift and scale and the output linear
+    )
 
     def __init__(
         self,

@@ -11,8 +11,8 @@ operator (Poli et al. 2023) replaces attention:
 The long filter ``h`` is implicit: a small MLP with sine activations maps positional features
 (t, cos, -sin) of every position to one value per channel, and an exponential decay modulates it.
 
-Norm sites: ``mixer`` (before Hyena), ``ffn`` (before the MLP), ``final`` (before the head). The paper
-(Sec. 5, Table 6) replaces each LayerNorm of HyenaDNA by DyT and changes nothing else.
+The paper (Sec. 5, Table 6) replaces each LayerNorm of HyenaDNA (its norm sites: ``HyenaDNA.NORM_SITES``)
+by DyT and changes nothing else.
 
 Upstream code read for this file: hyena-dna ``standalone_hyenadna.py`` (HyenaOperator, HyenaFilter,
 PositionalEmbedding, ExponentialModulation, LMBackbone, _init_weights) and its configs
@@ -223,7 +223,12 @@ class HyenaDNA(nn.Module):
         norm: the norm factory, a norm name or a ``configs/norm`` mapping.
     """
 
-    NORM_SITES = ("mixer", "ffn", "final")  # the model protocol (models/__init__.py)
+    # the model protocol (models/__init__.py): every site the norm factory is asked for, where it sits
+    NORM_SITES = (
+        "mixer",  # before each block's Hyena operator
+        "ffn",  # before each block's MLP
+        "final",  # after the last block, before the head
+    )
 
     causal = True
 

@@ -1,8 +1,8 @@
 """LLaMA-2 with any norm: pre-norm decoder, SwiGLU FFN, rotary positions, grouped-query attention.
 
 The paper's LLaMA runs (Table 4) use the LLaMA-2 7B/13B/34B/70B shapes of IBM's fms-fsdp and replace
-each RMSNorm by DyT without a bias (paper Sec. 4). Every norm comes from the factory at one of
-three sites: ``attn`` (before attention), ``ffn`` (before the FFN) and ``final`` (before the head).
+each RMSNorm by DyT without a bias (paper Sec. 4). Every norm comes from the factory at one of the
+sites of ``Llama.NORM_SITES``.
 
 With a point-wise norm (DyT, Derf) two recipe quirks of the paper apply:
 - ``alpha_init`` defaults by model width (Table 11; Table 10 for the four paper sizes): the ``attn``
@@ -146,7 +146,12 @@ class Llama(nn.Module):
         norm: the norm factory, a norm name or a ``configs/norm`` mapping.
     """
 
-    NORM_SITES = ("attn", "ffn", "final")  # the model protocol (models/__init__.py)
+    # the model protocol (models/__init__.py): every site the norm factory is asked for, where it sits
+    NORM_SITES = (
+        "attn",  # before each block's attention (attention_norm)
+        "ffn",  # before each block's FFN (ffn_norm)
+        "final",  # after the last block, before the head (norm)
+    )
 
     def __init__(
         self,

@@ -7,15 +7,10 @@ and parameter names follow MAE's ``models_mae.py``, so an official MAE checkpoin
 same noise (hence the same mask), mask and reconstruction equal theirs, and so does the loss that
 ``dyt.tasks.mae.mae_loss`` computes from them (tests/test_mae.py).
 
-Norm sites:
-
-    attn, ffn             pre-attention / pre-MLP norm of every encoder block
-    final                 the encoder's last norm
-    decoder_attn, decoder_ffn, decoder_final    the same three in the decoder
-
-The normalization-free baselines of paper Table 9 (``norm=identity`` with ``residual_init`` or
-``sigma_reparam``, as in models/vit.py) apply to the encoder and the decoder alike: the paper removes
-every norm of the model, and a decoder without norms needs the same remedy as the encoder.
+Norm sites: ``MaskedAutoencoder.NORM_SITES``. The normalization-free baselines of paper Table 9
+(``norm=identity`` with ``residual_init`` or ``sigma_reparam``, as in models/vit.py) apply to the encoder
+and the decoder alike: the paper removes every norm of the model, and a decoder without norms needs the
+same remedy as the encoder.
 """
 
 from __future__ import annotations
@@ -81,8 +76,15 @@ class MaskedAutoencoder(nn.Module):
     ``residual_init`` / ``sigma_reparam`` loads every encoder weight (``init_from``).
     """
 
-    # the model protocol (models/__init__.py)
-    NORM_SITES = ("attn", "ffn", "final", "decoder_attn", "decoder_ffn", "decoder_final")
+    # the model protocol (models/__init__.py): every site the norm factory is asked for, where it sits
+    NORM_SITES = (
+        "attn",  # before each encoder block's attention (blocks.i.norm1)
+        "ffn",  # before each encoder block's MLP (blocks.i.norm2)
+        "final",  # the encoder's last norm (norm)
+        "decoder_attn",  # the same three in the decoder (decoder_blocks.i.norm1, ...)
+        "decoder_ffn",
+        "decoder_final",  # decoder_norm
+    )
 
     def __init__(
         self,

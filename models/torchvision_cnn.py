@@ -4,12 +4,7 @@ Paper App. D, Table 16: replacing BatchNorm with DyT in classic ConvNets hurts (
 68.9%, VGG19 72.7% -> 71.0%, torchvision's recipes, the same hyperparameters for both); the paper's
 hypothesis is that BatchNorm follows every weight layer there, while LayerNorm in a Transformer follows
 several. The architectures are torchvision's (``torchvision.models.resnet50``, ``vgg19_bn``) with every
-BatchNorm replaced by the norm factory's norm at that site, channels-first:
-
-    stem        ResNet's first BatchNorm (``bn1``)
-    downsample  the BatchNorm of a ResNet shortcut projection (``layerN.i.downsample.1``)
-    block       every other BatchNorm (in the bottlenecks; every one in VGG)
-
+BatchNorm replaced by the norm factory's norm at its site (``TorchvisionCNN.NORM_SITES``), channels-first.
 ``norm=batchnorm`` builds BatchNorm there again (``dyt.nn.BatchNorm``, the same layer as torchvision's,
 with the same names and init): the baseline column, run with the same recipe as DyT
 (``configs/experiment/paper/table16_{resnet50,vgg19}.yaml``). Weights are initialised as torchvision does
@@ -45,7 +40,12 @@ class TorchvisionCNN(nn.Module):
         norm: the norm factory (or a norm name / ``configs/norm`` mapping); ``batchnorm`` is the baseline.
     """
 
-    NORM_SITES = ("stem", "downsample", "block")  # the model protocol (models/__init__.py)
+    # the model protocol (models/__init__.py): every site the norm factory is asked for, where it sits
+    NORM_SITES = (
+        "stem",  # ResNet's first BatchNorm (bn1)
+        "downsample",  # the BatchNorm of a ResNet shortcut projection (layerN.i.downsample.1)
+        "block",  # every other BatchNorm (in the bottlenecks; every one in VGG)
+    )
 
     norm_scale_sensitive = False  # every norm feeds a linear layer or a convolution (models/__init__.py)
 

@@ -3,14 +3,9 @@
 The layout and parameter names follow timm's ``VisionTransformer``, so a timm state dict loads unchanged
 and, with ``norm=layernorm``, the logits equal timm's (tests/test_vision_models.py). Attention, MLP,
 patch embedding, layer scale and drop path are timm's layers; only the block and the model are written
-here, because timm's block takes one norm class for both of its norms and we name each site:
-
-    attn   pre-attention norm of every block           (timm ``blocks.i.norm1``)
-    ffn    pre-MLP norm of every block                 (timm ``blocks.i.norm2``)
-    final  the last norm: ``fc_norm`` after average pooling, ``norm`` before token pooling
-
-The paper's ImageNet ViTs use ``global_pool='avg'`` (the official code's ``main.py``, paper Sec. 4),
-so the final norm sits after pooling.
+here, because timm's block takes one norm class for both of its norms and we name each site
+(``VisionTransformer.NORM_SITES``). The paper's ImageNet ViTs use ``global_pool='avg'`` (the official
+code's ``main.py``, paper Sec. 4), so the final norm sits after pooling.
 """
 
 from __future__ import annotations
@@ -90,7 +85,12 @@ class VisionTransformer(nn.Module):
             fc1, fc2, head; not the patch-embedding conv) uses ``gamma / sigma(W) * W``.
     """
 
-    NORM_SITES = ("attn", "ffn", "final")  # the model protocol (models/__init__.py)
+    # the model protocol (models/__init__.py): every site the norm factory is asked for, where it sits
+    NORM_SITES = (
+        "attn",  # before each block's attention (timm blocks.i.norm1)
+        "ffn",  # before each block's MLP (timm blocks.i.norm2)
+        "final",  # the last norm: fc_norm after average pooling, norm before token pooling
+    )
 
     def __init__(
         self,

@@ -7,16 +7,9 @@ loss contrasts each masked frame's output with its target and sampled distractor
 the contrastive logits and the diversity and feature-penalty terms, and the task turns them into the loss
 (``contrastive_loss`` and ``pretraining_loss`` in ``dyt.tasks.wav2vec2``).
 
-Norm sites (paper Table 5 runs: the authors' fairseq patch swaps the Transformer's norms and the norm after
-the feature encoder, and keeps the conv encoder's norms, paper App. A "first GroupNorm kept"):
-
-    conv          conv feature encoder: GroupNorm of the first layer (Base, ``extractor_mode="default"``)
-                  or a LayerNorm in every layer (Large preset ``"layer_norm"``; paper's Large: default)
-    post_extract  after the feature encoder, before the projection (fairseq ``layer_norm``)
-    attn          after (Base, post-norm) or before (Large, ``layer_norm_first``) self-attention
-    ffn           after or before the FFN
-    embed / final the encoder's own norm: after the position embedding (post-norm) or after the last
-                  block (pre-norm)
+Norm sites: ``Wav2Vec2.NORM_SITES``. For the paper's Table 5 runs, the authors' fairseq patch swaps the
+Transformer's norms and the norm after the feature encoder, and keeps the conv encoder's norms (paper
+App. A, "first GroupNorm kept").
 
 ``keep_norms`` lists the sites built with the original wav2vec 2.0 norm whatever ``norm`` is. It defaults
 to ``("conv",)`` as in the DyT patch; Derf (Chen et al. 2025) also keeps ``post_extract``; an empty tuple
@@ -209,7 +202,16 @@ class Wav2Vec2(nn.Module):
             Sec. 3.2/4.2 of wav2vec 2.0: 0.65, 10, 100, 0.1).
     """
 
-    NORM_SITES = ("conv", "post_extract", "attn", "ffn", "embed", "final")  # the model protocol (models/__init__.py)
+    # the model protocol (models/__init__.py): every site the norm factory is asked for, where it sits
+    NORM_SITES = (
+        "conv",  # conv feature encoder: GroupNorm of the first layer (Base, extractor_mode="default") or a
+        # LayerNorm in every layer (the Large preset's "layer_norm"; the paper's Large: default)
+        "post_extract",  # after the feature encoder, before the projection (fairseq layer_norm)
+        "attn",  # after (Base, post-norm) or before (Large, layer_norm_first) self-attention
+        "ffn",  # after or before the FFN
+        "embed",  # the encoder's own norm under post-norm: after the position embedding
+        "final",  # the encoder's own norm under pre-norm: after the last block
+    )
 
     def __init__(
         self,
