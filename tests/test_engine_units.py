@@ -396,6 +396,57 @@ def test_block_seeds_equal_one_seed_per_item():
         assert torch.equal(ds[i], expected), i
 
 
+def _rng_states() -> tuple:
+    return torch.get_rng_state(), np.random.get_state()[1].tolist(), random.getstate()
+
+
+class _Fixed(torch.utils.data.Dataset):
+    draws_random = False
+
+    def __len__(self):
+        return 2000
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i)])
+
+
+def test_a_batch_of_items_that_draw_nothing_is_seeded_once_and_leaves_the_same_rngs():
+    """DataLoader reads a batch through __getitems__; for a dataset with draws_random = False the items
+    come unseeded and the RNGs are left as the per-item path leaves them (the collate function draws
+    from them), so a batch costs one seeding, not one per item; other datasets keep per-item seeding."""
+    ds = SeededDataset(_Fixed(), seed=3)
+    ds.set_epoch(1)
+    indices = [5, 1500, 7, 1024]
+    per_item = [ds[i] for i in indices]
+    expected = _rng_states()
+    torch.manual_seed(99)
+    calls = []
+    original = ds._seed
+    ds._seed = lambda index: calls.append(index) or original(index)
+    batch = ds.__getitems__(indices)
+    assert calls == [1024] and all(torch.equal(a, b) for a, b in zip(batch, per_item, strict=True))
+    got = _rng_states()
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=[indices])
+    assert torch.equal(next(iter(loader)), torch.stack(per_item))
+    noise = SeededDataset(_Noise(), seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(noise.__getitems__([3, 1]), [noise[3], noise[1]], strict=True))
+    assert noise.__getitems__([]) == [] and ds.__getitems__([]) == []
+
+
+def test_digits_items_draw_no_random_numbers():
+    """DigitsDataset declares draws_random = False: reading its items leaves every RNG untouched."""
+    from dyt.data.images import DigitsDataset
+
+    data = DigitsDataset("train")
+    assert data.draws_random is False
+    seed_all(1)
+    before = _rng_states()
+    items = [data[i] for i in range(0, len(data), 97)]
+    after = _rng_states()
+    assert len(items) > 10 and torch.equal(before[0], after[0]) and before[1:] == after[1:]
+
+
 class _Epochs(_Noise):
     epoch = None
 

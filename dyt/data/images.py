@@ -36,6 +36,8 @@ class DigitsDataset(Dataset):
     range a pixel-space diffusion model generates in).
     """
 
+    draws_random = False  # no augmentation: the trainer need not seed the RNGs per item (SeededDataset)
+
     def __init__(
         self, split: str, test_fraction: float = 0.2, split_seed: int = 0, normalize: str = "standardize"
     ) -> None:

@@ -170,7 +170,13 @@ class ShardedBatchSampler(Sampler[list[int]]):
 class SeededDataset(Dataset):
     """Wraps a map-style dataset; item ``i`` of epoch ``e`` is produced with all RNGs seeded from
     ``(seed, e, i)``. ``set_epoch`` is forwarded to the wrapped dataset when it has one. The seeds are
-    derived a block of :data:`SEED_BLOCK` indices at a time (:func:`derive_seeds`), not one per item."""
+    derived a block of :data:`SEED_BLOCK` indices at a time (:func:`derive_seeds`), not one per item.
+
+    A wrapped dataset whose items draw no random numbers (no augmentation: item ``i`` is a pure function
+    of ``i``) may say so with a class attribute ``draws_random = False``; a batch of its items
+    (:meth:`__getitems__`, what ``DataLoader`` asks for) is then read without seeding, and the RNGs are
+    seeded once, from the batch's last index, leaving them exactly as the per-item path leaves them for
+    what runs next (the collate function). Seeding costs ~10 us per item, ~1% of a small CPU step."""
 
     SEED_BLOCK = 1024
 
@@ -188,6 +194,19 @@ class SeededDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
+        self._seed(index)
+        return self.dataset[index]
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        """The items of one batch; one seeding in all when the wrapped dataset sets ``draws_random = False``."""
+        if getattr(self.dataset, "draws_random", True):
+            return [self[i] for i in indices]
+        items = [self.dataset[i] for i in indices]
+        if items:
+            self._seed(indices[-1])
+        return items
+
+    def _seed(self, index: int) -> None:
         block, offset = divmod(index, self.SEED_BLOCK)
         seeds = self._seeds.get(block)
         if seeds is None:
@@ -196,4 +215,3 @@ class SeededDataset(Dataset):
                 self.seed, self.epoch, last=np.arange(first, first + self.SEED_BLOCK)
             )
         seed_rngs(int(seeds[offset]), cuda=False)  # items are produced on CPU
-        return self.dataset[index]
