@@ -141,6 +141,9 @@ class Trainer:
         self.shard_size = shard_group_size(tc.distributed, tc.sharding, tc.get("shard_group_size"), env.world_size)
         model = self._new_model(task, env)
         self.model = model  # unwrapped; FSDP2 shards it in place
+        # Walked once, not every step (~0.3 ms for a small ViT); FSDP2 re-registers its parameters
+        # (sharded / unsharded), so there the model is asked every time.
+        self.params = None if self.fsdp else list(model.parameters())
         if tc.compile:
             model.compile()  # in place: state_dict keys stay free of "_orig_mod."
 
@@ -352,10 +355,11 @@ class Trainer:
         return StepInfo(st.step, st.epoch, self.total_steps, self.steps_per_epoch, micro, scalars or {})
 
     def _forward_backward(self, batches: Iterator[Any], scalars: dict[str, float]) -> tuple[torch.Tensor, dict]:
-        """``grad_accum`` micro-batches of forward and backward; the summed loss and the mean task logs."""
+        """``grad_accum`` micro-batches of forward and backward; the summed loss and each task log's values
+        (read on the host by :meth:`_task_means` at log steps only: no device sync on other steps)."""
         env, st = self.env, self.state
         loss_sum = torch.zeros((), device=env.device)
-        task_logs: dict[str, float] = {}
+        task_logs: dict[str, list[Any]] = {}
         for micro in range(self.accum):
             batch = to_device(next(batches), env.device)
             seed_all(self.cfg.seed, st.step, micro, env.rank, cuda=env.device.type == "cuda")
@@ -365,8 +369,18 @@ class Trainer:
                 st.scaler.scale(loss / self.accum).backward()
             loss_sum += loss.detach().float()
             for k, v in logs.items():
-                task_logs[k] = task_logs.get(k, 0.0) + float(v) / self.accum
+                task_logs.setdefault(k, []).append(v.detach() if isinstance(v, torch.Tensor) else v)
         return loss_sum, task_logs
+
+    def _task_means(self, task_logs: dict[str, list[Any]]) -> dict[str, float]:
+        """The mean of each task log over the step's ``grad_accum`` micro-batches (host floats)."""
+        means = {}
+        for k, values in task_logs.items():
+            total = 0.0
+            for v in values:
+                total += float(v) / self.accum
+            means[k] = total
+        return means
 
     def _train_step(self, batches: Iterator[Any], preemption: PreemptionHandler) -> bool:
         """One optimizer step over ``grad_accum`` micro-batches; returns whether to stop (signal)."""
@@ -396,17 +410,20 @@ class Trainer:
                 ]
             )
         )
-        loss_mean, stop, time_due = (flags / env.world_size).tolist()  # one host read, not three
-        stop, self.time_due = stop > 0, time_due > 0
         st.scaler.unscale_(st.optimizer)
         # The norm the non-finite guard and the log read; clipping computes it anyway, and without
         # clipping only the norm is taken (clip_grad_norm_ to inf would also rescale every gradient by 1).
+        params = self.params or list(self.model.parameters())
         if tc.clip_grad:
-            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad)
+            grad_norm = nn.utils.clip_grad_norm_(params, tc.clip_grad)
         else:
-            grad_norm = nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+            grad_norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        grad_norm = grad_norm.item()  # gradients are synchronised: every rank sees the same norm
+        # One host read per step, not four (float64 holds the fp32 values and any norm's dtype exactly).
+        # Gradients are synchronised: every rank sees the same norm.
+        host = torch.cat([(flags / env.world_size).double(), grad_norm.detach().double().reshape(1)]).tolist()
+        loss_mean, stop, time_due, grad_norm = host
+        stop, self.time_due = stop > 0, time_due > 0
         bad = self._nonfinite(loss_mean, grad_norm)
         info = self._info(scalars=scalars)
         if bad:
@@ -435,7 +452,7 @@ class Trainer:
             rates = throughput_metrics(
                 samples_per_s, task.units_per_sample, unit, env.world_size, self.flops_per_sample, self.peak_flops
             )
-            logs = {f"train/{k}": v for k, v in task_logs.items()}
+            logs = {f"train/{k}": v for k, v in self._task_means(task_logs).items()}
             rate = {f"train/{unit}_per_s": samples_per_s * task.units_per_sample, **rates}
             row.update({"train/grad_norm": grad_norm, **rate, **sched, **logs, **probed})
             row.update(alpha_stats(self.model))  # collective under FSDP2: every rank calls it
