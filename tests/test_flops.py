@@ -4,6 +4,7 @@ and the per-device rates in the progress line and metrics.jsonl."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -94,4 +95,6 @@ def test_training_lines_show_the_flops_rate_and_mfu_with_a_peak(tmp_path, capsys
         if peak:
             assert r["train/mfu"] == pytest.approx(100 * r["train/tflop_per_device_per_s"] * 1e12 / peak)
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[step 2/2")][0]
-    assert "tflop_per_device_per_s" in line and ("mfu" in line) == (peak is not None)
+    # one process: the FLOP rate in readable units, no per-device repeats of the totals
+    assert re.search(r"  flops [\d.]+ [GT]FLOP/s", line) and "per_device" not in line
+    assert ("mfu" in line) == (peak is not None)

@@ -10,7 +10,7 @@ import pytest
 import wandb
 from omegaconf import OmegaConf
 
-from dyt.engine.logging import LoggerError, Progress, WandbRun
+from dyt.engine.logging import LoggerError, Progress, WandbRun, flop_rate
 
 
 def test_wandb_without_api_key_is_one_line_naming_offline_mode(tmp_path, monkeypatch):
@@ -48,3 +48,26 @@ def test_log_mode_shows_eta_and_throughput_unit(capsys, monkeypatch):
     assert first.startswith("[step 50/100 epoch 1 30s ETA 2m30s]") and "throughput 1234 images/s" in first
     assert second.startswith("[step 60/100 epoch 1 1m00s ETA 2m00s]")
     assert re.search(r"loss 0\.4\b", second)
+
+
+def test_flop_rates_in_readable_units_and_per_device_rates_only_with_several_processes(capsys):
+    assert [flop_rate(x) for x in (5.774e9, 4.2e14, 989e12, 1.5e15, 12.0)] == [
+        "5.77 GFLOP/s",
+        "420 TFLOP/s",
+        "989 TFLOP/s",
+        "1.5 PFLOP/s",
+        "12 FLOP/s",
+    ]
+    row = {
+        "train/loss": 0.5,
+        "train/images_per_s": 1200.0,
+        "train/images_per_device_per_s": 300.0,
+        "train/tflop_per_device_per_s": 0.0007,
+        "train/mfu": 41.0,
+    }
+    for world_size in (1, 4):
+        Progress("log", 10, 0, 1, True, throughput_unit="images", world_size=world_size).update(1, 0, row)
+    one, four = capsys.readouterr().out.splitlines()
+    assert "throughput 1200 images/s" in one and "flops 700 MFLOP/s" in one and "mfu 41" in one
+    assert "per_device" not in one and "tflop" not in one
+    assert "images_per_device_per_s 300" in four and "flops/device 700 MFLOP/s" in four

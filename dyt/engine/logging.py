@@ -19,6 +19,7 @@ from typing import Any
 from dyt.nn.factory import norm_tag
 
 PROGRESS_MODES = ("auto", "bar", "log", "off")
+FLOP_UNITS = (("PFLOP/s", 1e15), ("TFLOP/s", 1e12), ("GFLOP/s", 1e9), ("MFLOP/s", 1e6), ("kFLOP/s", 1e3))
 
 
 class MetricsLog:
@@ -122,10 +123,21 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def flop_rate(flop_per_s: float) -> str:
+    """A FLOP rate in readable units: ``5.8e9`` -> ``5.8 GFLOP/s``, ``4.2e14`` -> ``420 TFLOP/s``."""
+    for unit, scale in FLOP_UNITS:
+        if abs(flop_per_s) >= scale:
+            return f"{flop_per_s / scale:.3g} {unit}"
+    return f"{flop_per_s:.3g} FLOP/s"
+
+
 class Progress:
     """A progress bar with throughput on a TTY (``bar``) or one line every ``log_every`` steps (``log``),
     with the time left estimated from the steps of this process. ``throughput_unit`` is what the logged
-    ``train/<unit>_per_s`` counts (the task declares it: ``images``, ``tokens``)."""
+    ``train/<unit>_per_s`` counts (the task declares it: ``images``, ``tokens``). The line shows the
+    model FLOP rate (``train/tflop_per_device_per_s``) in readable units, per device and next to the
+    other per-device rates when ``world_size`` is above 1; on one process those rates equal the totals
+    and are left out of the line (``metrics.jsonl`` keeps them)."""
 
     def __init__(
         self,
@@ -135,6 +147,7 @@ class Progress:
         log_every: int,
         enabled: bool,
         throughput_unit: str = "samples",
+        world_size: int = 1,
     ) -> None:
         if mode not in PROGRESS_MODES:
             raise ValueError(f"unknown trainer.progress {mode!r}; valid choices are: {', '.join(PROGRESS_MODES)}")
@@ -143,6 +156,7 @@ class Progress:
         self.mode = mode if enabled else "off"
         self.total, self.log_every, self.bar = total_steps, max(1, log_every), None
         self.start, self.unit, self.key = start_step, f"{throughput_unit}/s", f"train/{throughput_unit}_per_s"
+        self.world_size = world_size
         self._t0 = time.time()
         if self.mode == "bar":
             from tqdm import tqdm
@@ -164,11 +178,19 @@ class Progress:
             done = step - self.start
             eta = f" ETA {_duration(elapsed / done * (self.total - step))}" if done > 0 else ""
             shown = "  ".join(
-                (f"throughput {v:.4g} {self.unit}" if k == self.key else f"{k.removeprefix('train/')} {v:.4g}")
-                for k, v in metrics.items()
-                if isinstance(v, (int, float))
+                item for k, v in metrics.items() if isinstance(v, (int, float)) and (item := self._shown(k, v))
             )
             print(f"[step {step}/{self.total} epoch {epoch} {_duration(elapsed)}{eta}] {shown}", flush=True)
+
+    def _shown(self, key: str, value: float) -> str:
+        """One ``name value`` item of a log line ('' to leave the metric out)."""
+        if key == self.key:
+            return f"throughput {value:.4g} {self.unit}"
+        if key == "train/tflop_per_device_per_s":
+            return f"{'flops/device' if self.world_size > 1 else 'flops'} {flop_rate(value * 1e12)}"
+        if key.endswith("_per_device_per_s") and self.world_size == 1:
+            return ""
+        return f"{key.removeprefix('train/')} {value:.4g}"
 
     def write(self, line: str) -> None:
         """A message that does not break the bar (eval results, checkpoints)."""

@@ -254,6 +254,7 @@ class Trainer:
             self.tc.log_every_steps,
             env.is_main,
             throughput_unit=task.throughput_unit,
+            world_size=env.world_size,
         )
         self.last_ckpt_time = time.time()
         if self.resume_from is None:
