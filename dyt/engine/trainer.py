@@ -420,9 +420,10 @@ class Trainer:
         else:
             grad_norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        # One host read per step, not four (float64 holds the fp32 values and any norm's dtype exactly).
+        # One host read per step, not two (float64 holds the fp32 values and any norm's dtype exactly).
         # Gradients are synchronised: every rank sees the same norm.
-        host = torch.cat([(flags / env.world_size).double(), grad_norm.detach().double().reshape(1)]).tolist()
+        norm = grad_norm.detach().to(flags.device, torch.float64).reshape(1)
+        host = torch.cat([(flags / env.world_size).double(), norm]).tolist()
         loss_mean, stop, time_due, grad_norm = host
         stop, self.time_due = stop > 0, time_due > 0
         bad = self._nonfinite(loss_mean, grad_norm)
@@ -559,7 +560,7 @@ class Trainer:
             self.wandb.finish()
         if getattr(self, "run_lock", None) is not None:
             self.run_lock.release()
-        for name in ("wrapped", "model", "state", "dataset", "sampler", "task"):
+        for name in ("wrapped", "model", "params", "state", "dataset", "sampler", "task"):
             self.__dict__.pop(name, None)
 
 
