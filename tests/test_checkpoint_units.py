@@ -4,17 +4,21 @@ the DCP read-back. Written against the survivors of a mutation run (results/muta
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
 import warnings
 from collections import namedtuple
+from concurrent.futures import Future as ConcurrentFuture
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from dyt.engine import checkpoint as ckpt
@@ -244,3 +248,234 @@ def test_resolve_names_what_it_expected(tmp_path):
         f"no checkpoint at {tmp_path}: expected a step_*.pt file, a DCP checkpoint directory, "
         "a checkpoints/ directory or a run dir containing one"
     )
+
+
+# ---- the second half of the mutation run (results/mutation.md, "checkpoint.py (full run)") ------------
+def test_human_bytes_units_and_their_boundaries():
+    sizes = (5.25, 999, 1000, 1500, 2_200_000, 3.5e9, 1.5e12, 5e15)
+    assert [ckpt.human_bytes(n) for n in sizes] == [
+        "5 B",
+        "999 B",
+        "1 kB",
+        "1.5 kB",
+        "2.2 MB",
+        "3.5 GB",
+        "1.5 TB",
+        "5e+03 TB",
+    ]
+
+
+def test_write_failure_with_only_a_cxx_location_says_the_write_failed(tmp_path):
+    e = RuntimeError("[enforce fail at inline_container.cc:672] . \nmore")
+    assert "(RuntimeError: the write failed; " in str(ckpt._write_failed(tmp_path / "step_00000002.pt", e))
+
+
+class Future:
+    """What DCP's async_save returns, in miniature: done or not, and a result that may raise."""
+
+    def __init__(self, done: bool, error: BaseException | None = None) -> None:
+        self._done, self.error = done, error
+
+    def done(self) -> bool:
+        return self._done
+
+    def result(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def test_pending_checkpoint_is_done_when_its_write_has_ended():
+    def pending(future):
+        return ckpt.PendingCheckpoint(future, Path("t"), Path("f"), b"", 1, keep=1, is_main=True)
+
+    assert pending(None).done() and pending(Future(done=True)).done() and not pending(Future(done=False)).done()
+
+
+def test_a_failed_background_write_removes_its_files_and_names_the_checkpoint(tmp_path):
+    tmp, final = tmp_path / ".step_00000003.tmp", tmp_path / "step_00000003"
+    tmp.mkdir()
+    (tmp / "__0_0.distcp").write_bytes(b"half")
+    failed = Future(done=True, error=OSError(28, "No space left on device"))
+    with pytest.raises(CheckpointError) as e:
+        ckpt.PendingCheckpoint(failed, tmp, final, b"", 3, keep=1, is_main=True).finish()
+    assert str(e.value).startswith(f"could not write checkpoint {final} (OSError: No space left on device; ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_list_checkpoints_by_name_oldest_first(tmp_path):
+    assert ckpt.list_checkpoints(tmp_path / "absent") == []
+    written = [ckpt.save_checkpoint({"model": {}}, tmp_path, step, keep=3) for step in (10, 2)]
+    assert ckpt.list_checkpoints(str(tmp_path)) == written[::-1]
+
+
+def test_background_sharded_save_publishes_on_finish(tmp_path):
+    state = {"model": {"w": torch.arange(4.0)}}
+    pending = ckpt.save_sharded_checkpoint(state, {"step": 3}, tmp_path, 3, keep=1, is_main=True, background=True)
+    assert isinstance(pending, ckpt.PendingCheckpoint) and not (tmp_path / ckpt.LAST).exists()
+    path = pending.finish()
+    assert path == tmp_path / "step_00000003" and (tmp_path / ckpt.LAST).read_text() == "step_00000003\n"
+    assert ckpt.load_checkpoint(path)["model"]["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_the_async_group_is_one_gloo_group_made_once(one_process_group, monkeypatch):
+    monkeypatch.setattr(ckpt, "_ASYNC_GROUP", [])
+    group = ckpt._async_group()
+    assert group is not None and ckpt._async_group() is group and dist.get_backend(group) == "gloo"
+    assert group is not dist.group.WORLD
+
+
+def test_a_background_save_waits_for_the_upload_future_of_a_staged_save(tmp_path, monkeypatch):
+    """async_save returns a future, or (staged saves) a response whose upload_completion is that future."""
+    upload = ConcurrentFuture()
+
+    def staged_async_save(state_dict, *, checkpoint_id, process_group):
+        dcp.save(state_dict, checkpoint_id=checkpoint_id)
+        return SimpleNamespace(staging_completion=None, upload_completion=upload)
+
+    monkeypatch.setattr(ckpt.dcp, "async_save", staged_async_save)
+    state = {"model": {"w": torch.ones(2)}}
+    pending = ckpt.save_sharded_checkpoint(state, {"step": 1}, tmp_path, 1, keep=1, is_main=True, background=True)
+    assert not pending.done()
+    upload.set_result(None)
+    assert pending.done() and pending.finish() == tmp_path / "step_00000001"
+    assert ckpt.load_checkpoint(tmp_path)["model"]["w"].tolist() == [1.0, 1.0]
+
+
+def test_remove_partial_deletes_the_temporary_files_and_directories_only(tmp_path):
+    ckpt.remove_partial(tmp_path / "absent")
+    kept = ckpt.save_checkpoint({"model": {}}, tmp_path, 2)
+    (tmp_path / ".step_00000004.pt.tmp123").write_bytes(b"half")
+    (tmp_path / ".step_00000004.tmp").mkdir()
+    (tmp_path / ".step_00000004.tmp" / "__0_0.distcp").write_bytes(b"half")
+    ckpt.remove_partial(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.LAST, kept.name, kept.name + ".manifest.json"]
+
+
+def test_check_finite_state_walks_lists_and_tuples_and_skips_integers():
+    nan = torch.tensor(float("nan"))
+    state = {"optimizer": {"state": {0: {"buffers": [torch.ones(1), nan], "pair": (nan, torch.arange(2))}}}}
+    assert ckpt.check_finite_state(state) == ["optimizer.state.0.buffers.1", "optimizer.state.0.pair.0"]
+    assert ckpt.check_finite_state({"model": {"steps": torch.arange(3)}, "step": nan}) == []
+
+
+def test_load_checkpoint_refuses_what_is_not_a_checkpoint_dict_and_records_the_path(tmp_path):
+    for content in ([1, 2], {"weights": {}}):
+        path = tmp_path / "step_00000001.pt"
+        torch.save(content, path)
+        ckpt._write_manifest({path.name: path}, 1, ckpt.manifest_path(path))
+        with pytest.raises(CheckpointError) as e:
+            ckpt.load_checkpoint(path)
+        assert str(e.value) == f"{path} is not a dyt checkpoint: expected a dict with a 'model' entry"
+    good = ckpt.save_checkpoint({"model": {}}, tmp_path / "good", 2)
+    assert ckpt.load_checkpoint(tmp_path / "good")["path"] == str(good)
+
+
+def test_verify_hashes_by_default_and_wants_finite_recorded(tmp_path):
+    path = ckpt.save_checkpoint({"model": {"w": torch.arange(64.0)}}, tmp_path, 1)
+    manifest = ckpt.read_manifest(path)
+    assert ckpt.verify_checkpoint(path) == manifest
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert ckpt.verify_checkpoint(path, checksums=False) == manifest  # same size
+    with pytest.raises(CheckpointError) as e:
+        ckpt.verify_checkpoint(path)
+    assert str(e.value) == (
+        f"{path} is damaged: the sha256 of {path.name} differs from the one written with it "
+        "(disk, copy or transfer corruption)"
+    )
+    assert manifest["format"] == ckpt.MANIFEST_FORMAT == 1 and manifest["step"] == 1
+    ckpt.manifest_path(path).write_text(json.dumps({**manifest, "finite": False}))
+    with pytest.raises(CheckpointError) as e:
+        ckpt.verify_checkpoint(path, checksums=False)
+    assert str(e.value) == f"{path}: its manifest does not record finite: true"
+    path.unlink()
+    ckpt.manifest_path(path).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError) as e:
+        ckpt.verify_checkpoint(path)
+    assert str(e.value) == f"{path} is incomplete: {path.name} is missing"
+
+
+def test_save_keeps_one_checkpoint_by_default_and_names_the_step_it_refuses(tmp_path):
+    ckpt.save_checkpoint({"model": {}}, tmp_path, 1)
+    newest = ckpt.save_checkpoint({"model": {}}, tmp_path, 2)
+    assert ckpt.list_checkpoints(tmp_path) == [newest]
+    with pytest.raises(NonFiniteCheckpointError, match=r"^refusing to write checkpoint step 4: 1 tensor\(s\)"):
+        ckpt.save_checkpoint({"model": {"w": torch.tensor(float("nan"))}}, tmp_path, 4)
+
+
+def test_pruning_removes_manifests_whose_checkpoint_is_gone(tmp_path):
+    kept = ckpt.save_checkpoint({"model": {}}, tmp_path, 2)
+    (tmp_path / "step_00000001.pt.manifest.json").write_text("{}")  # its checkpoint was deleted by hand
+    ckpt._prune(tmp_path, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.LAST, kept.name, kept.name + ".manifest.json"]
+
+
+def test_manifest_problems_are_named_exactly(tmp_path):
+    path = ckpt.save_checkpoint({"model": {}}, tmp_path, 1)
+    manifest = ckpt.manifest_path(path)
+    for content, message in [
+        ("{not json", f"the manifest {manifest} of {path} is unreadable (JSONDecodeError: "),
+        ("[]", f"the manifest {manifest} of {path} has no 'files' mapping"),
+        ('{"files": []}', f"the manifest {manifest} of {path} has no 'files' mapping"),
+    ]:
+        manifest.write_text(content)
+        with pytest.raises(CheckpointError) as e:
+            ckpt.read_manifest(path)
+        assert str(e.value).startswith(message), str(e.value)
+    manifest.unlink()
+    with pytest.raises(CheckpointError) as e:
+        ckpt.read_manifest(path)
+    assert str(e.value) == (
+        f"{path} has no checksum manifest ({manifest.name}): it was not written completely by dyt (or by a dyt "
+        "before checksums: if you trust it, adopt it with dyt.engine.checkpoint.adopt_checkpoint(path))"
+    )
+
+
+def test_the_last_finite_checkpoint_is_judged_by_sizes_only(tmp_path):
+    path = ckpt.save_checkpoint({"model": {"w": torch.arange(64.0)}}, tmp_path, 1)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert ckpt.latest_finite_checkpoint(tmp_path) == path
+
+
+def test_latest_checkpoint_joins_every_problem_and_warns_on_an_unusable_last(tmp_path, capsys):
+    (tmp_path / ckpt.LAST).write_text("garbage")
+    assert ckpt.latest_checkpoint(tmp_path) is None
+    last = tmp_path / ckpt.LAST
+    assert capsys.readouterr().err == (
+        f"warning: {last} does not name a checkpoint (it holds 'garbage'); no checkpoint found, starting afresh\n"
+    )
+    for step in (1, 2):
+        path = ckpt.save_checkpoint({"model": {}}, tmp_path, step, keep=2)
+        ckpt.manifest_path(path).unlink()
+    with pytest.raises(CheckpointError) as e:
+        ckpt.latest_checkpoint(tmp_path)
+    assert "has no checksum manifest" in str(e.value) and "adopt_checkpoint(path)); " in str(e.value)
+
+
+def test_load_without_verify_checks_sizes_only(tmp_path):
+    path = ckpt.save_checkpoint({"model": {"w": torch.arange(64.0)}, "step": 1}, tmp_path, 1)
+    manifest = ckpt.read_manifest(path)
+    manifest["files"][path.name]["sha256"] = "0" * 64  # a wrong hash of a file of the right size
+    ckpt.manifest_path(path).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="sha256"):
+        ckpt.load_checkpoint(path)
+    assert ckpt.load_checkpoint(path, verify=False)["step"] == 1
+
+
+def test_an_unreadable_or_garbage_last_is_named_with_what_it_holds(tmp_path):
+    last = tmp_path / ckpt.LAST
+    last.write_bytes(b"\xff\xfe")
+    assert ckpt._named_by_last(tmp_path) == (None, f"{last} is unreadable (UnicodeDecodeError)")
+    last.write_text("x" * 60)
+    assert ckpt._named_by_last(tmp_path) == (None, f"{last} does not name a checkpoint (it holds {'x' * 40!r})")
+
+
+def test_a_sharded_checkpoint_written_again_at_the_same_step_replaces_the_old_one(tmp_path):
+    for value in (1.0, 2.0):
+        path = ckpt.save_sharded_checkpoint(
+            {"model": {"w": torch.full((2,), value)}}, {"step": 1}, tmp_path, 1, 1, True
+        )
+    assert ckpt.load_checkpoint(path)["model"]["w"].tolist() == [2.0, 2.0]
