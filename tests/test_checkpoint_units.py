@@ -114,22 +114,22 @@ def one_process_group(tmp_path):
 def test_sharded_non_finite_refusal_counts_over_ranks_and_names_the_step(tmp_path, one_process_group):
     state = {"model": {"w": torch.tensor([1.0, float("nan")]), "b": torch.tensor([float("inf")])}}
     with pytest.raises(NonFiniteCheckpointError, match=r"^refusing to write checkpoint step 4: 2 tensor\(s\)"):
-        ckpt.save_sharded_checkpoint(state, {}, tmp_path / "c", 4, keep=1, is_main=True)
+        ckpt.save_checkpoint(state, tmp_path / "c", 4, keep=1, sharded=True)
     assert not (tmp_path / "c").exists()
-    path = ckpt.save_sharded_checkpoint({"model": {"w": torch.ones(2)}}, {"step": 4}, tmp_path / "c", 4, 1, True)
+    path = ckpt.save_checkpoint({"model": {"w": torch.ones(2)}, "step": 4}, tmp_path / "c", 4, sharded=True)
     assert ckpt.load_checkpoint(path)["model"]["w"].tolist() == [1.0, 1.0]
 
 
 def test_sharded_save_without_a_process_group_warns_nothing(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ckpt.save_sharded_checkpoint({"model": {"w": torch.ones(2)}}, {"step": 1}, tmp_path, 1, keep=1, is_main=True)
+        ckpt.save_checkpoint({"model": {"w": torch.ones(2)}, "step": 1}, tmp_path, 1, sharded=True)
 
 
 def test_sharded_read_back_keeps_dtypes_and_dotted_names(tmp_path):
     model = {"blocks.0.fc.weight": torch.arange(6.0).reshape(2, 3).bfloat16(), "steps": torch.arange(3)}
     ema = {"blocks.0.fc.weight": torch.full((2, 3), 0.5, dtype=torch.float64)}
-    path = ckpt.save_sharded_checkpoint({"model": model, "ema": ema}, {"step": 2}, tmp_path, 2, keep=1, is_main=True)
+    path = ckpt.save_checkpoint({"model": model, "ema": ema, "step": 2}, tmp_path, 2, sharded=True)
     state = ckpt.load_checkpoint(path)
     for got, want in ((state["model"], model), (state["ema"], ema)):
         assert got.keys() == want.keys()
@@ -138,7 +138,7 @@ def test_sharded_read_back_keeps_dtypes_and_dotted_names(tmp_path):
 
 
 def test_sharded_read_back_failure_says_in_one_process(tmp_path):
-    path = ckpt.save_sharded_checkpoint({"model": {"w": torch.ones(2)}}, {"step": 1}, tmp_path, 1, keep=1, is_main=True)
+    path = ckpt.save_checkpoint({"model": {"w": torch.ones(2)}, "step": 1}, tmp_path, 1, sharded=True)
     for f in path.glob("*.distcp"):
         f.write_bytes(b"")
     with pytest.raises(CheckpointError, match=rf"^cannot load DCP checkpoint {re.escape(str(path))} in one process \("):
@@ -159,7 +159,7 @@ def test_adopting_names_the_problem_and_records_the_step(tmp_path):
     ckpt.adopt_checkpoint(no_step)
     assert ckpt.read_manifest(no_step)["step"] == -1
 
-    sharded = ckpt.save_sharded_checkpoint({"model": {"w": torch.ones(2)}}, {"step": 5}, tmp_path / "c", 5, 1, True)
+    sharded = ckpt.save_checkpoint({"model": {"w": torch.ones(2)}, "step": 5}, tmp_path / "c", 5, sharded=True)
     recorded = set(ckpt.read_manifest(sharded)["files"])
     ckpt.manifest_path(sharded).unlink()
     ckpt.adopt_checkpoint(sharded)
@@ -310,7 +310,7 @@ def test_list_checkpoints_by_name_oldest_first(tmp_path):
 
 def test_background_sharded_save_publishes_on_finish(tmp_path):
     state = {"model": {"w": torch.arange(4.0)}}
-    pending = ckpt.save_sharded_checkpoint(state, {"step": 3}, tmp_path, 3, keep=1, is_main=True, background=True)
+    pending = ckpt.save_checkpoint({**state, "step": 3}, tmp_path, 3, sharded=True, background=True)
     assert isinstance(pending, ckpt.PendingCheckpoint) and not (tmp_path / ckpt.LAST).exists()
     path = pending.finish()
     assert path == tmp_path / "step_00000003" and (tmp_path / ckpt.LAST).read_text() == "step_00000003\n"
@@ -334,7 +334,7 @@ def test_a_background_save_waits_for_the_upload_future_of_a_staged_save(tmp_path
 
     monkeypatch.setattr(ckpt.dcp, "async_save", staged_async_save)
     state = {"model": {"w": torch.ones(2)}}
-    pending = ckpt.save_sharded_checkpoint(state, {"step": 1}, tmp_path, 1, keep=1, is_main=True, background=True)
+    pending = ckpt.save_checkpoint({**state, "step": 1}, tmp_path, 1, sharded=True, background=True)
     assert not pending.done()
     upload.set_result(None)
     assert pending.done() and pending.finish() == tmp_path / "step_00000001"
@@ -475,7 +475,31 @@ def test_an_unreadable_or_garbage_last_is_named_with_what_it_holds(tmp_path):
 
 def test_a_sharded_checkpoint_written_again_at_the_same_step_replaces_the_old_one(tmp_path):
     for value in (1.0, 2.0):
-        path = ckpt.save_sharded_checkpoint(
-            {"model": {"w": torch.full((2,), value)}}, {"step": 1}, tmp_path, 1, 1, True
-        )
+        path = ckpt.save_checkpoint({"model": {"w": torch.full((2,), value)}, "step": 1}, tmp_path, 1, sharded=True)
     assert ckpt.load_checkpoint(path)["model"]["w"].tolist() == [2.0, 2.0]
+
+
+# ---- one save path and one load path (issue 23) -------------------------------------------------------
+def test_one_file_is_written_by_rank_0_alone_and_never_in_the_background(tmp_path):
+    path = ckpt.save_checkpoint({"model": {"w": torch.ones(2)}}, tmp_path / "c", 1, is_main=False)
+    assert path == tmp_path / "c" / "step_00000001.pt" and not (tmp_path / "c").exists()
+    with pytest.raises(ValueError, match=r"^background checkpoint writes need sharded=True \(DCP\)"):
+        ckpt.save_checkpoint({"model": {}}, tmp_path / "c", 1, background=True)
+
+
+def test_either_layout_holds_one_dict_with_the_parts_sharded_and_the_plain_values_in_meta(tmp_path):
+    state = {"model": {"w": torch.arange(3.0)}, "ema": None, "step": 7, "config": {"seed": 1}}
+    file = ckpt.save_checkpoint(state, tmp_path / "f", 7)
+    directory = ckpt.save_checkpoint(state, tmp_path / "d", 7, sharded=True)
+    assert ckpt.safe_load(directory / ckpt.META) == {"step": 7, "config": {"seed": 1}}
+    assert sorted(ckpt.read_checkpoint(file)) == ["config", "ema", "model", "step"]
+    assert ckpt.read_checkpoint(directory) == {"step": 7, "config": {"seed": 1}}
+    for path in (file, directory):
+        got = ckpt.read_parts(path, ckpt.read_checkpoint(path))
+        assert got["step"] == 7 and got["ema"] is None and torch.equal(got["model"]["w"], torch.arange(3.0))
+
+
+def test_a_file_that_is_not_a_checkpoint_dict_is_refused(tmp_path):
+    torch.save([1, 2], tmp_path / "step_00000001.pt")
+    with pytest.raises(CheckpointError, match=r"is not a dyt checkpoint: expected a dict with a 'model' entry$"):
+        ckpt.read_checkpoint(tmp_path / "step_00000001.pt")

@@ -38,11 +38,7 @@ def save_steps(ckpt_dir: Path, steps: tuple[int, ...], sharded: bool = False, ke
     paths = []
     for step in steps:
         state = {**train_state(step), "step": step}
-        if sharded:
-            meta = {k: state.pop(k) for k in ("step", "rng")}
-            paths.append(ckpt.save_sharded_checkpoint(state, meta, ckpt_dir, step, keep, is_main=True))
-        else:
-            paths.append(ckpt.save_checkpoint(state, ckpt_dir, step, keep))
+        paths.append(ckpt.save_checkpoint(state, ckpt_dir, step, keep, sharded=sharded))
     return paths
 
 
@@ -166,10 +162,10 @@ def test_malicious_dcp_metadata_never_runs(tmp_path, capsys, forged):
 
 def test_malicious_dcp_entry_never_runs(tmp_path):
     marker = tmp_path / "pwned"
-    state = {"model": train_state()["model"], "extra": {"payload": RunsCode(marker)}}
-    path = ckpt.save_sharded_checkpoint(state, {"step": 2}, tmp_path, 2, keep=1, is_main=True)
-    with pytest.raises(CheckpointError, match=r"refusing to load the DCP entry extra.payload.*posix.system"):
-        ckpt.load_sharded_into(path, {"extra": {"payload": 0}})
+    state = {"model": {**train_state()["model"], "payload": RunsCode(marker)}, "step": 2}
+    path = ckpt.save_checkpoint(state, tmp_path, 2, keep=1, sharded=True)
+    with pytest.raises(CheckpointError, match=r"refusing to load the DCP entry model.payload.*posix.system"):
+        ckpt.load_sharded_into(path, {"model": {"payload": 0}})
     assert not marker.exists()
 
 
@@ -215,10 +211,7 @@ def test_non_finite_state_is_never_written(tmp_path, sharded):
     state = {**train_state(), "step": 4}
     state["model"]["0.weight"][1, 1] = float("nan")
     with pytest.raises(NonFiniteCheckpointError, match=rf"model.0.weight.*last finite checkpoint is {good}"):
-        if sharded:
-            ckpt.save_sharded_checkpoint(state, {}, tmp_path, 4, keep=1, is_main=True)
-        else:
-            ckpt.save_checkpoint(state, tmp_path, 4, keep=1)
+        ckpt.save_checkpoint(state, tmp_path, 4, keep=1, sharded=sharded)
     assert [p.name for p in ckpt._checkpoints(tmp_path)] == [good.name]
     assert ckpt.latest_checkpoint(tmp_path) == good
 

@@ -26,8 +26,16 @@ What a checkpoint guarantees:
   DCP itself reads with plain ``pickle``, is read by an unpickler that admits only DCP's metadata
   classes, and DCP's non-tensor entries load with ``weights_only=True``.
 
-What a checkpoint holds is written in one place, :class:`dyt.engine.state.TrainState`: the model, EMA
-and optimizer state, and beside them (``TrainState._meta``) the format version, the counters, the grad
+One save path and one load path, whatever the layout. A checkpoint is one dict: the state dicts of the
+stateful parts (:data:`PARTS`: model, EMA, optimizer) beside plain values. :func:`save_checkpoint` writes
+it; :func:`read_checkpoint` reads the plain values back and :func:`read_parts` the parts. The layout decides
+only how the parts' tensors travel: a single file holds the whole dict (``torch.save`` by rank 0); a DCP
+directory holds the parts sharded (every rank writes its shards; DCP reshards them on load, to any number
+of processes) and the plain values in ``meta.pt``. Both layouts share the finiteness check, the temporary
+name, the manifest, the publication and the pruning.
+
+What a checkpoint holds is written in one place, :class:`dyt.engine.state.TrainState`: its parts
+(``TrainState.parts``) and, beside them (``TrainState._meta``), the format version, the counters, the grad
 scaler, the RNG states, the task's own state, the resolved config, the world size and the global batch.
 """
 
@@ -67,8 +75,9 @@ from dyt.io import atomic_write_json, atomic_write_text
 LAST = "last"
 META = "meta.pt"  # the non-sharded part of a DCP checkpoint
 MANIFEST = "manifest.json"  # inside a DCP directory; "<name>.manifest.json" beside a single file
-SHARDED_KEYS = ("model", "ema", "optimizer")  # what a DCP checkpoint stores sharded
-FINITE_KEYS = ("model", "ema", "optimizer")  # what must be finite for a checkpoint to be written
+# The stateful parts whose state dicts a checkpoint holds beside its plain values: what DCP shards and
+# what must be finite for a checkpoint to be written (their objects: dyt.engine.state.TrainState.parts).
+PARTS = ("model", "ema", "optimizer")
 MANIFEST_FORMAT = 1
 _NAME = re.compile(r"^step_(\d{8})(\.pt)?$")
 
@@ -107,12 +116,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # ---- finiteness -------------------------------------------------------------------------------------
-def check_finite_state(state: dict[str, Any], keys: tuple[str, ...] = FINITE_KEYS) -> list[str]:
+def check_finite_state(state: dict[str, Any], keys: tuple[str, ...] = PARTS) -> list[str]:
     """Names (``model.blocks.0.fc.weight``, ``optimizer.state.3.exp_avg``) of the floating-point tensors
     under ``state[key]`` for ``key`` in ``keys`` that hold NaN or inf; empty when all are finite.
 
     DTensors are checked through their local shard, so under FSDP2 each rank checks its own part
-    (:func:`save_sharded_checkpoint` combines the ranks' answers).
+    (:func:`save_checkpoint` combines the ranks' answers).
     """
     names: list[str] = []
     flags: list[torch.Tensor] = []
@@ -163,6 +172,11 @@ def _write_manifest(files: dict[str, Path], step: int, dest: Path) -> None:
     """Hash ``files`` (name in the manifest -> file on disk) and write the manifest to ``dest``."""
     entries = {name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for name, p in sorted(files.items())}
     atomic_write_json(dest, {"format": MANIFEST_FORMAT, "step": step, "finite": True, "files": entries})
+
+
+def _files(directory: Path) -> dict[str, Path]:
+    """The files of a DCP directory by their name in its manifest (the path inside it)."""
+    return {str(p.relative_to(directory)): p for p in directory.rglob("*") if p.is_file()}
 
 
 def read_manifest(ckpt: Path) -> dict[str, Any]:
@@ -387,35 +401,101 @@ def _write_failed(final: Path, e: BaseException) -> CheckpointError:
     )
 
 
-def save_checkpoint(state: dict[str, Any], ckpt_dir: str | os.PathLike, step: int, keep: int = 1) -> Path:
-    """Write ``state`` as ``step_<step>.pt`` with its manifest, atomically (call on rank 0 only).
+def _to_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
-    Raises :class:`NonFiniteCheckpointError` (nothing written) if ``state``'s model / EMA / optimizer
-    tensors are not all finite, and a one-line :class:`CheckpointError` if the write fails."""
+
+def _write(data: dict[str, Any], tmp: Path, sharded: bool, background: bool) -> Any:
+    """Write a checkpoint's data to ``tmp``: one file holding the whole dict, or (``sharded``) this rank's
+    shards of the parts through DCP, in a background thread with ``background`` (then the future to wait
+    for is returned). torch.save reports a full disk as a RuntimeError, DCP as a CheckpointException."""
+    if not sharded:
+        _save_synced(data, tmp)
+        return None
+    with warnings.catch_warnings():  # DCP warns when it runs without a process group, which is fine
+        warnings.filterwarnings("ignore", message=".*(no_dist|process group|single process).*")
+        if background:
+            response = dcp.async_save(data, checkpoint_id=tmp, process_group=_async_group())
+            return getattr(response, "upload_completion", response)
+        dcp.save(data, checkpoint_id=tmp)
+    return None
+
+
+def _count_over_ranks(n: int) -> int:
+    """``n`` summed over the ranks of the process group (``n`` itself without one)."""
+    total = torch.tensor(float(n))
+    if dist.is_available() and dist.is_initialized():
+        total = total.to("cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(total)
+    return int(total.item())
+
+
+def save_checkpoint(
+    state: dict[str, Any],
+    ckpt_dir: str | os.PathLike,
+    step: int,
+    keep: int = 1,
+    *,
+    sharded: bool = False,
+    is_main: bool = True,
+    background: bool = False,
+) -> Path | PendingCheckpoint:
+    """Write ``state`` as checkpoint ``step`` with its manifest, atomically (call on every rank).
+
+    ``state`` is one checkpoint dict: the state dicts of the :data:`PARTS` beside plain values. The layout
+    decides only how the parts are written: one file ``step_<step>.pt`` holding the whole dict, written by
+    rank 0 (``is_main``) alone; or, ``sharded`` (FSDP2), a DCP directory ``step_<step>/`` into which every
+    rank writes its shards of the parts (DTensor state dicts), the plain values going to ``meta.pt``. With
+    ``background`` (DCP only) DCP copies the tensors and writes them in a background thread: the returned
+    :class:`PendingCheckpoint` publishes the checkpoint when :meth:`~PendingCheckpoint.finish` is called.
+
+    Raises :class:`NonFiniteCheckpointError` (nothing written; under DCP on every rank, if any rank's
+    shards hold NaN or inf) and a one-line :class:`CheckpointError` if the write fails."""
+    if background and not sharded:
+        raise ValueError("background checkpoint writes need sharded=True (DCP); one file is written in place")
     ckpt_dir = Path(ckpt_dir)
-    bad = check_finite_state(state)
-    if bad:
-        raise _refuse_non_finite(bad, ckpt_dir, step, len(bad))
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / checkpoint_name(step, sharded=False)
-    tmp = ckpt_dir / f".{final.name}.tmp{os.getpid()}"
-    try:
-        _save_synced(state, tmp)
-        _write_manifest({final.name: tmp}, step, manifest_path(final))
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+    final = ckpt_dir / checkpoint_name(step, sharded)
+    if not (sharded or is_main):
+        return final  # one file: rank 0 writes it
+    parts = {k: state[k] for k in PARTS if state.get(k) is not None}
+    bad = check_finite_state(parts)
+    n_bad = _count_over_ranks(len(bad)) if sharded else len(bad)
+    if n_bad > 0:
+        raise _refuse_non_finite(bad, ckpt_dir, step, n_bad)
+    tmp = ckpt_dir / (f".{final.name}.tmp" + ("" if sharded else str(os.getpid())))
+    if is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
         _remove(tmp)
-        raise _write_failed(final, e) from e
-    _publish(ckpt_dir, tmp, final, keep)
+    meta = None
+    if sharded:
+        _barrier()  # the directory exists, no stale temporary one
+        meta = _to_bytes({k: v for k, v in state.items() if k not in PARTS})  # now: it may change meanwhile
+    try:
+        future = _write(parts if sharded else state, tmp, sharded, background)
+    except (OSError, RuntimeError, CheckpointException) as e:  # CheckpointException is a BaseException
+        if is_main:
+            _remove(tmp)
+        raise _write_failed(final, e) from None
+    pending = PendingCheckpoint(future, tmp, final, meta, step, keep, is_main)
+    if background:
+        return pending
+    pending.finish()
+    if sharded:
+        _barrier()
     return final
 
 
 class PendingCheckpoint:
-    """A sharded checkpoint whose tensors are being written (``trainer.async_checkpoint``: DCP's
+    """A checkpoint whose tensors are written (or, with ``trainer.async_checkpoint``, being written: DCP's
     ``async_save`` writes them in a background thread while training goes on). :meth:`finish` waits for
-    the write; only then does rank 0 write ``meta.pt`` and the manifest and publish the checkpoint, so
-    ``last`` keeps naming the previous one until this one is complete and checksummed."""
+    the write; only then does rank 0 write ``meta.pt`` (DCP) and the manifest and publish the checkpoint,
+    so ``last`` keeps naming the previous one until this one is complete and checksummed."""
 
-    def __init__(self, future: Any, tmp: Path, final: Path, meta: bytes, step: int, keep: int, is_main: bool):
+    def __init__(
+        self, future: Any, tmp: Path, final: Path, meta: bytes | None, step: int, keep: int, is_main: bool
+    ) -> None:
         self.future, self.tmp, self.final, self.meta = future, tmp, final, meta
         self.step, self.keep, self.is_main = step, keep, is_main
 
@@ -428,10 +508,11 @@ class PendingCheckpoint:
         try:
             if self.future is not None:
                 self.future.result()
-            if self.is_main:
+            if self.is_main and self.meta is None:  # one file: its manifest lies beside it
+                _write_manifest({self.final.name: self.tmp}, self.step, manifest_path(self.final))
+            elif self.is_main:
                 _save_synced(self.meta, self.tmp / META)
-                files = {str(p.relative_to(self.tmp)): p for p in self.tmp.rglob("*") if p.is_file()}
-                _write_manifest(files, self.step, self.tmp / MANIFEST)
+                _write_manifest(_files(self.tmp), self.step, self.tmp / MANIFEST)
         except (OSError, RuntimeError, CheckpointException) as e:  # CheckpointException is a BaseException
             if self.is_main:
                 _remove(self.tmp)
@@ -454,59 +535,6 @@ def _async_group() -> Any:
     return _ASYNC_GROUP[0]
 
 
-def save_sharded_checkpoint(
-    sharded: dict[str, Any],
-    meta: dict[str, Any],
-    ckpt_dir: str | os.PathLike,
-    step: int,
-    keep: int,
-    is_main: bool,
-    background: bool = False,
-) -> Path | PendingCheckpoint:
-    """Write a DCP checkpoint (call on every rank): ``sharded`` (model / EMA / optimizer state dicts
-    of DTensors) through DCP, ``meta`` (everything else) as ``meta.pt`` and the manifest by rank 0.
-    With ``background``, DCP copies the tensors and writes them in a background thread: the returned
-    :class:`PendingCheckpoint` publishes the checkpoint when :meth:`~PendingCheckpoint.finish` is called.
-
-    Every rank raises :class:`NonFiniteCheckpointError` (nothing written) if any rank's shards hold
-    NaN or inf, and a one-line :class:`CheckpointError` if the write fails."""
-    ckpt_dir = Path(ckpt_dir)
-    bad = check_finite_state(sharded)
-    n_bad = torch.tensor(float(len(bad)))
-    if dist.is_available() and dist.is_initialized():
-        n_bad = n_bad.to("cuda" if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(n_bad)
-    if n_bad.item() > 0:
-        raise _refuse_non_finite(bad, ckpt_dir, step, int(n_bad.item()))
-    final = ckpt_dir / checkpoint_name(step, sharded=True)
-    tmp = ckpt_dir / f".{final.name}.tmp"
-    if is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        _remove(tmp)
-    _barrier()
-    buf = io.BytesIO()
-    torch.save(meta, buf)  # now: the state may change while the tensors are written
-    future = None
-    try:
-        with warnings.catch_warnings():  # DCP warns when it runs without a process group, which is fine
-            warnings.filterwarnings("ignore", message=".*(no_dist|process group|single process).*")
-            if background:
-                response = dcp.async_save(sharded, checkpoint_id=tmp, process_group=_async_group())
-                future = getattr(response, "upload_completion", response)
-            else:
-                dcp.save(sharded, checkpoint_id=tmp)
-    except (OSError, RuntimeError, CheckpointException) as e:  # CheckpointException is a BaseException
-        if is_main:
-            _remove(tmp)
-        raise _write_failed(final, e) from None
-    pending = PendingCheckpoint(future, tmp, final, buf.getvalue(), step, keep, is_main)
-    if background:
-        return pending
-    pending.finish()
-    _barrier()
-    return final
-
-
 # ---- reading ----------------------------------------------------------------------------------------
 def _dcp_full_state(path: Path, prefixes: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:
     """Unsharded tensors of a DCP checkpoint under ``prefixes`` (no process group needed)."""
@@ -524,6 +552,35 @@ def _dcp_full_state(path: Path, prefixes: tuple[str, ...]) -> dict[str, dict[str
     return out
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint dict of ``path`` (verified beforehand), read without running code: all of a file;
+    of a DCP directory only the plain values (``meta.pt``), its parts being read by :func:`read_parts`."""
+    state = safe_load(path / META if path.is_dir() else path)
+    if not isinstance(state, dict) or not (path.is_dir() or "model" in state):
+        raise CheckpointError(f"{path} is not a dyt checkpoint: expected a dict with a 'model' entry")
+    return state
+
+
+def read_parts(
+    path: Path, state: dict[str, Any], names: tuple[str, ...] = PARTS, into: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``state`` (from :func:`read_checkpoint`) with the state dicts of the parts of checkpoint ``path``.
+
+    The layout decides only how they are read: a file's dict holds them already; a DCP checkpoint's are
+    filled into ``into`` (this run's state dicts from ``get_state_dict``, None for an absent part: DCP
+    reshards them to this run's ranks; call on every rank) or, without it, read whole in one process (the
+    :data:`PARTS` in ``names``; one the checkpoint lacks, such as an absent EMA, reads as None)."""
+    if not path.is_dir():
+        return state
+    if into is not None:
+        shards = {k: v for k, v in into.items() if v is not None}
+        load_sharded_into(path, shards)
+        state.update(shards)
+    else:
+        state.update({k: v or None for k, v in _dcp_full_state(path, names).items()})
+    return state
+
+
 def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
     """Load a checkpoint for inspection or evaluation, on CPU, in one process.
 
@@ -531,17 +588,10 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, A
     (its newest intact checkpoint). The checkpoint is verified against its manifest first
     (``verify=False`` checks sizes only, for a path :func:`latest_checkpoint` has just verified).
     Returns the checkpoint dict (see the module docstring), with ``model`` and ``ema`` as full,
-    unsharded state dicts also for FSDP2 checkpoints, and ``path``.
+    unsharded state dicts also for FSDP2 checkpoints (whose optimizer state is not read), and ``path``.
     """
     path = resolve_checkpoint(path, verify)
-    if path.is_dir():
-        state = safe_load(path / META)
-        tensors = _dcp_full_state(path, ("model", "ema"))
-        state["model"], state["ema"] = tensors["model"], tensors["ema"] or None
-    else:
-        state = safe_load(path)
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path} is not a dyt checkpoint: expected a dict with a 'model' entry")
+    state = read_parts(path, read_checkpoint(path), ("model", "ema"))
     state["path"] = str(path)
     return state
 
@@ -552,16 +602,11 @@ def adopt_checkpoint(path: str | os.PathLike) -> Path:
     path = Path(path)
     if manifest_path(path).exists():
         raise CheckpointError(f"{path} already has a manifest; nothing to adopt")
-    if path.is_dir():
-        state = safe_load(path / META)
-        state.update(_dcp_full_state(path, SHARDED_KEYS))
-        files = {str(p.relative_to(path)): p for p in path.rglob("*") if p.is_file()}
-    else:
-        state = safe_load(path)
-        files = {path.name: path}
+    state = read_parts(path, read_checkpoint(path))
     bad = check_finite_state(state)
     if bad:
         raise NonFiniteCheckpointError(f"not adopting {path}: NaN or inf in {', '.join(bad[:4])}")
+    files = _files(path) if path.is_dir() else {path.name: path}
     _write_manifest(files, int(state.get("step", -1)), manifest_path(path))
     return path
 

@@ -1,13 +1,18 @@
 """The train state: everything a checkpoint holds, listed in exactly one place.
 
 :class:`TrainState` owns the counters (step, epoch, data position), the evaluation record and the run's
-identity (W&B id, resolved config), and references the objects whose state it saves: model, EMA, optimizer,
-gradient scaler and the task (its own state, e.g. DINO's center). It writes and reads both checkpoint
-kinds of ``dyt.engine.checkpoint``: one file (single process / DDP, written by rank 0) or a DCP directory
-(FSDP2: model, EMA and optimizer sharded, everything else in ``meta.pt``).
+identity (W&B id, resolved config), and references the objects whose state it saves: model, EMA, optimizer
+(the stateful parts, :meth:`TrainState.parts`), gradient scaler and the task (its own state, e.g. DINO's
+center). One save path and one load path: :meth:`~TrainState.save` hands the plain values and the parts'
+state dicts, as one dict, to :func:`dyt.engine.checkpoint.save_checkpoint`; :meth:`~TrainState.load` reads
+the plain values, checks the run identity, then reads the parts and restores them. The checkpoint's layout
+decides only how the parts' state dicts are gathered and restored: whole (``state_dict`` /
+``load_state_dict``) for one file, written by rank 0 (single process, DDP); through ``get_state_dict`` /
+``set_state_dict`` for a DCP directory (FSDP2: sharded, resharded to any world size on load).
 
 Checkpoint format 2 (this file): ``format``, the :data:`COUNTERS`, ``scaler``, ``rng``, ``task``, ``config``,
-``world_size``, ``global_batch``, plus ``model``, ``ema`` (or None) and ``optimizer`` (sharded in DCP).
+``world_size``, ``global_batch``, plus the parts ``model``, ``ema`` (None without an EMA; absent from a DCP
+checkpoint then) and ``optimizer`` (sharded in DCP, with the other values in ``meta.pt``).
 Format 1 checkpoints (before task state existed) still load.
 """
 
@@ -77,60 +82,62 @@ class TrainState:
             "global_batch": self.global_batch,
         }
 
-    def _sharded_tensors(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
+    def parts(self, dcp: bool = False) -> dict[str, Any]:
+        """The state dicts of the stateful parts, under the names of :data:`~dyt.engine.checkpoint.PARTS`
+        (``ema`` None without an EMA). For one file they are whole; for a DCP checkpoint (``dcp``) they come
+        from ``get_state_dict``: under FSDP2 this rank's DTensor shards, the optimizer's state keyed by
+        parameter name, in the form DCP reshards across world sizes."""
+        if dcp:
+            from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model, optimizer = get_state_dict(self.model, self.optimizer)
-        return {"model": model, "optimizer": optimizer, **({"ema": self.ema.state_dict()} if self.ema else {})}
+            model, optimizer = get_state_dict(self.model, self.optimizer)
+        else:
+            model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
+        return dict(zip(ckpt.PARTS, (model, self.ema.state_dict() if self.ema else None, optimizer), strict=True))
+
+    def _restore_parts(self, state: dict[str, Any], dcp: bool, path: Path) -> None:
+        """Load the parts' state dicts of ``state`` (in the form :meth:`parts` gives them) into the parts."""
+        if dcp:
+            from torch.distributed.checkpoint.state_dict import set_state_dict
+
+            set_state_dict(
+                self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+            )
+        else:
+            ckpt.load_model_state(self.model, state["model"], str(path))
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ckpt.CheckpointError(f"{path} has no EMA weights but trainer.ema_decay is set")
+            self.ema.load_state_dict(state["ema"])
 
     def save(self, ckpt_dir: Path, keep: int, is_main: bool, background: bool = False) -> ckpt.PendingCheckpoint | None:
-        """Write a checkpoint of the current step (call on every rank; only rank 0 writes files
-        unless the checkpoint is sharded). ``background`` (sharded only): return while DCP writes the
-        tensors; the caller finishes the returned :class:`~dyt.engine.checkpoint.PendingCheckpoint`."""
-        meta = self._meta()
-        if self.sharded:
-            tensors = self._sharded_tensors()
-            written = ckpt.save_sharded_checkpoint(tensors, meta, ckpt_dir, self.step, keep, is_main, background)
-            return written if background else None
-        if is_main:
-            tensors = {
-                "model": self.model.state_dict(),
-                "ema": self.ema.state_dict() if self.ema else None,
-                "optimizer": self.optimizer.state_dict(),
-            }
-            ckpt.save_checkpoint({**meta, **tensors}, ckpt_dir, self.step, keep)
-        return None
+        """Write a checkpoint of the current step (call on every rank: one file is written by rank 0, a DCP
+        checkpoint by all). ``background`` (sharded only): return while DCP writes the tensors; the caller
+        finishes the returned :class:`~dyt.engine.checkpoint.PendingCheckpoint`."""
+        state = {**self._meta(), **self.parts(self.sharded)}
+        written = ckpt.save_checkpoint(
+            state, ckpt_dir, self.step, keep, sharded=self.sharded, is_main=is_main, background=background
+        )
+        return written if background else None
 
     def load(self, path: Path, accept: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
         """Restore everything from the checkpoint at ``path`` (a file, or a DCP directory written at any
-        world size: DCP reshards model, EMA and optimizer to this run's processes),
-        after checking that it was trained with this config (:func:`~dyt.engine.identity.check_run_identity`:
-        keys in ``accept`` may differ). Returns the accepted differences."""
-        if self.sharded and not path.is_dir():
+        world size: DCP reshards model, EMA and optimizer to this run's processes, under FSDP2, DDP or in
+        one process), after checking that it was trained with this config
+        (:func:`~dyt.engine.identity.check_run_identity`: keys in ``accept`` may differ). Returns the
+        accepted differences."""
+        dcp = path.is_dir()
+        if self.sharded and not dcp:
             raise ckpt.CheckpointError(
                 f"{path} is a single-file (DDP / one process) checkpoint, which this run cannot resume with "
                 "trainer.distributed=fsdp: resume it with trainer.distributed=ddp (on any number of processes), "
                 "or read its weights with dyt.engine.load_checkpoint()"
             )
-        if path.is_dir():  # DCP reshards: written by any number of processes, read by FSDP2, DDP or one process
-            from torch.distributed.checkpoint.state_dict import set_state_dict
-
-            state = ckpt.safe_load(path / ckpt.META)
-            accepted = check_run_identity(state["config"], self.config, str(path.parent.parent), accept)
-            tensors = self._sharded_tensors()
-            ckpt.load_sharded_into(path, tensors)
-            set_state_dict(
-                self.model, self.optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optimizer"]
-            )
-        else:
-            state = ckpt.load_checkpoint(path, verify=False)  # rank 0 verified it when it chose it
-            accepted = check_run_identity(state["config"], self.config, str(path.parent.parent), accept)
-            ckpt.load_model_state(self.model, state["model"], str(path))
-            if self.ema is not None:
-                if state["ema"] is None:
-                    raise ckpt.CheckpointError(f"{path} has no EMA weights but trainer.ema_decay is set")
-                self.ema.load_state_dict(state["ema"])
-            self.optimizer.load_state_dict(state["optimizer"])
+        ckpt.verify_checkpoint(path, checksums=False)  # sizes only: rank 0 hashed it when it chose it
+        state = ckpt.read_checkpoint(path)
+        accepted = check_run_identity(state["config"], self.config, str(path.parent.parent), accept)
+        self._restore_parts(ckpt.read_parts(path, state, into=self.parts(dcp) if dcp else None), dcp, path)
         self.scaler.load_state_dict(state["scaler"])
         self.task.load_state_dict(state.get("task", {}))  # format 1 had no task state
         ckpt.set_rng_state(state["rng"])
