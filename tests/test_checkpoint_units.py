@@ -22,6 +22,8 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from dyt.engine import checkpoint as ckpt
+from dyt.engine import checkpoint_dir
+from dyt.engine import manifest as manifest_format
 from dyt.engine.checkpoint import CheckpointError, NonFiniteCheckpointError
 
 
@@ -362,7 +364,7 @@ def test_load_checkpoint_refuses_what_is_not_a_checkpoint_dict_and_records_the_p
     for content in ([1, 2], {"weights": {}}):
         path = tmp_path / "step_00000001.pt"
         torch.save(content, path)
-        ckpt._write_manifest({path.name: path}, 1, ckpt.manifest_path(path))
+        ckpt.write_manifest({path.name: path}, 1, ckpt.manifest_path(path))
         with pytest.raises(CheckpointError) as e:
             ckpt.load_checkpoint(path)
         assert str(e.value) == f"{path} is not a dyt checkpoint: expected a dict with a 'model' entry"
@@ -384,7 +386,7 @@ def test_verify_hashes_by_default_and_wants_finite_recorded(tmp_path):
         f"{path} is damaged: the sha256 of {path.name} differs from the one written with it "
         "(disk, copy or transfer corruption)"
     )
-    assert manifest["format"] == ckpt.MANIFEST_FORMAT == 1 and manifest["step"] == 1
+    assert manifest["format"] == manifest_format.MANIFEST_FORMAT == 1 and manifest["step"] == 1
     ckpt.manifest_path(path).write_text(json.dumps({**manifest, "finite": False}))
     with pytest.raises(CheckpointError) as e:
         ckpt.verify_checkpoint(path, checksums=False)
@@ -468,9 +470,10 @@ def test_load_without_verify_checks_sizes_only(tmp_path):
 def test_an_unreadable_or_garbage_last_is_named_with_what_it_holds(tmp_path):
     last = tmp_path / ckpt.LAST
     last.write_bytes(b"\xff\xfe")
-    assert ckpt._named_by_last(tmp_path) == (None, f"{last} is unreadable (UnicodeDecodeError)")
+    assert checkpoint_dir.named_by_last(tmp_path) == (None, f"{last} is unreadable (UnicodeDecodeError)")
     last.write_text("x" * 60)
-    assert ckpt._named_by_last(tmp_path) == (None, f"{last} does not name a checkpoint (it holds {'x' * 40!r})")
+    expected = f"{last} does not name a checkpoint (it holds {'x' * 40!r})"
+    assert checkpoint_dir.named_by_last(tmp_path) == (None, expected)
 
 
 def test_a_sharded_checkpoint_written_again_at_the_same_step_replaces_the_old_one(tmp_path):

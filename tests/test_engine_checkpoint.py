@@ -102,7 +102,7 @@ def test_pickle_that_runs_code_is_refused(run_dir, tmp_path):
     evil.marker = tmp_path / "pwned"
     path = run_dir / "checkpoints" / "step_00000008.pt"
     torch.save({"model": {}, "step": 8, "payload": evil}, path)
-    ckpt._write_manifest({path.name: path}, 8, ckpt.manifest_path(path))  # forged to match
+    ckpt.write_manifest({path.name: path}, 8, ckpt.manifest_path(path))  # forged to match
     (run_dir / "checkpoints" / "last").write_text("step_00000008.pt\n")
     with pytest.raises(CheckpointError, match="refusing to load .*step_00000008.pt"):
         fit(run_dir, "trainer.max_steps=10", *EXTEND)

@@ -138,7 +138,7 @@ def test_checkpoint_without_manifest_is_not_trusted_until_adopted(tmp_path, caps
 def forge_manifest(path: Path) -> None:
     """Rewrite the manifest of ``path`` to match its (tampered) files, as an attacker would."""
     files = {p.name: p for p in path.iterdir() if p.name != ckpt.MANIFEST} if path.is_dir() else {path.name: path}
-    ckpt._write_manifest(files, 0, ckpt.manifest_path(path))
+    ckpt.write_manifest(files, 0, ckpt.manifest_path(path))
 
 
 @pytest.mark.parametrize("forged", [False, True], ids=["checksum", "forged-checksum"])
@@ -212,7 +212,7 @@ def test_non_finite_state_is_never_written(tmp_path, sharded):
     state["model"]["0.weight"][1, 1] = float("nan")
     with pytest.raises(NonFiniteCheckpointError, match=rf"model.0.weight.*last finite checkpoint is {good}"):
         ckpt.save_checkpoint(state, tmp_path, 4, keep=1, sharded=sharded)
-    assert [p.name for p in ckpt._checkpoints(tmp_path)] == [good.name]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [good.name]
     assert ckpt.latest_checkpoint(tmp_path) == good
 
 
@@ -221,7 +221,7 @@ def test_pruning_keeps_the_newest_finite_checkpoint(tmp_path):
     for step in (4, 6):  # written by something else: no manifest, so not known to be finite
         torch.save({"model": {}}, tmp_path / ckpt.checkpoint_name(step, sharded=False))
     ckpt._prune(tmp_path, keep=1)
-    assert [p.name for p in ckpt._checkpoints(tmp_path)] == [finite.name, "step_00000006.pt"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [finite.name, "step_00000006.pt"]
 
 
 def test_pruning_removes_manifests_with_their_checkpoints(tmp_path):

@@ -37,23 +37,22 @@ name, the manifest, the publication and the pruning.
 What a checkpoint holds is written in one place, :class:`dyt.engine.state.TrainState`: its parts
 (``TrainState.parts``) and, beside them (``TrainState._meta``), the format version, the counters, the grad
 scaler, the RNG states, the task's own state, the resolved config, the world size and the global batch.
+This module writes and reads checkpoints. Beside it, one concept each: :mod:`dyt.engine.manifest` (the
+checksums), :mod:`dyt.engine.checkpoint_dir` (names, ``last``, the newest intact checkpoint) and
+:mod:`dyt.engine.rng` (the RNG states as plain types); their public names are re-exported here, so
+``dyt.engine.checkpoint`` stays the one import for the checkpoint API.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
-import random
 import re
 import shutil
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -61,6 +60,25 @@ from torch import nn
 from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+from dyt.engine.checkpoint_dir import (  # noqa: F401  (re-exported: the checkpoint API in one place)
+    LAST,
+    META,
+    checkpoint_name,
+    latest_checkpoint,
+    latest_finite_checkpoint,
+    list_checkpoints,
+    resolve_checkpoint,
+    warn,
+)
+from dyt.engine.manifest import (  # noqa: F401  (re-exported)
+    MANIFEST,
+    directory_files,
+    manifest_path,
+    read_manifest,
+    verify_checkpoint,
+    write_manifest,
+)
+from dyt.engine.rng import rng_state, set_rng_state  # noqa: F401  (re-exported)
 from dyt.engine.safe_read import (  # noqa: F401  (re-exported: the checkpoint API in one place)
     CheckpointError,
     SafeFileSystemReader,
@@ -70,49 +88,15 @@ from dyt.engine.safe_read import (  # noqa: F401  (re-exported: the checkpoint A
     first_failure,
     safe_load,
 )
-from dyt.io import atomic_write_json, atomic_write_text
+from dyt.io import atomic_write_text
 
-LAST = "last"
-META = "meta.pt"  # the non-sharded part of a DCP checkpoint
-MANIFEST = "manifest.json"  # inside a DCP directory; "<name>.manifest.json" beside a single file
 # The stateful parts whose state dicts a checkpoint holds beside its plain values: what DCP shards and
 # what must be finite for a checkpoint to be written (their objects: dyt.engine.state.TrainState.parts).
 PARTS = ("model", "ema", "optimizer")
-MANIFEST_FORMAT = 1
-_NAME = re.compile(r"^step_(\d{8})(\.pt)?$")
 
 
 class NonFiniteCheckpointError(CheckpointError):
     """The state to be saved holds NaN or inf in its model, EMA or optimizer tensors."""
-
-
-def warn(message: str) -> None:
-    """One line on stderr (the fallbacks of this module are worth seeing but not worth stopping for)."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-# ---- RNG state as plain types (weights_only-loadable) ----------------------------------------------
-def rng_state() -> dict[str, Any]:
-    """torch / cuda / numpy / python RNG states as tensors, lists and numbers."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-        "python": [version, list(internal), gauss_next],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
 
 
 # ---- finiteness -------------------------------------------------------------------------------------
@@ -157,169 +141,6 @@ def _refuse_non_finite(bad: list[str], ckpt_dir: Path, step: int, n_bad: int) ->
     )
 
 
-# ---- manifests --------------------------------------------------------------------------------------
-def manifest_path(ckpt: Path) -> Path:
-    """Where the manifest of checkpoint ``ckpt`` (a ``.pt`` file or a DCP directory) lives."""
-    return ckpt.with_name(ckpt.name + "." + MANIFEST) if ckpt.suffix == ".pt" else ckpt / MANIFEST
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _write_manifest(files: dict[str, Path], step: int, dest: Path) -> None:
-    """Hash ``files`` (name in the manifest -> file on disk) and write the manifest to ``dest``."""
-    entries = {name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for name, p in sorted(files.items())}
-    atomic_write_json(dest, {"format": MANIFEST_FORMAT, "step": step, "finite": True, "files": entries})
-
-
-def _files(directory: Path) -> dict[str, Path]:
-    """The files of a DCP directory by their name in its manifest (the path inside it)."""
-    return {str(p.relative_to(directory)): p for p in directory.rglob("*") if p.is_file()}
-
-
-def read_manifest(ckpt: Path) -> dict[str, Any]:
-    """The manifest of ``ckpt``; :class:`CheckpointError` if it is missing or unreadable."""
-    path = manifest_path(ckpt)
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"{ckpt} has no checksum manifest ({path.name}): it was not written completely by dyt (or by a dyt "
-            "before checksums: if you trust it, adopt it with dyt.engine.checkpoint.adopt_checkpoint(path))"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"the manifest {path} of {ckpt} is unreadable ({type(e).__name__}: {e})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise CheckpointError(f"the manifest {path} of {ckpt} has no 'files' mapping")
-    return manifest
-
-
-def verify_checkpoint(ckpt: str | os.PathLike, checksums: bool = True) -> dict[str, Any]:
-    """Check ``ckpt`` against its manifest and return the manifest; :class:`CheckpointError` naming the
-    first missing, truncated or changed file. ``checksums=False`` checks presence and sizes only.
-    A DCP directory's metadata is also read with the safe reader (it must parse and run no code)."""
-    ckpt = Path(ckpt)
-    manifest = read_manifest(ckpt)
-    if manifest.get("finite") is not True:
-        raise CheckpointError(f"{ckpt}: its manifest does not record finite: true")
-    base = ckpt if ckpt.is_dir() else ckpt.parent
-    for name, entry in manifest["files"].items():
-        f = base / name
-        if not f.is_file():
-            raise CheckpointError(f"{ckpt} is incomplete: {name} is missing")
-        size = f.stat().st_size
-        if size != entry["bytes"]:
-            raise CheckpointError(
-                f"{ckpt} is truncated or damaged: {name} has {size} bytes, written with {entry['bytes']}"
-            )
-        if checksums and _sha256(f) != entry["sha256"]:
-            raise CheckpointError(
-                f"{ckpt} is damaged: the sha256 of {name} differs from the one written with it "
-                "(disk, copy or transfer corruption)"
-            )
-    if ckpt.is_dir():
-        SafeFileSystemReader(ckpt).read_metadata()
-    return manifest
-
-
-# ---- finding checkpoints ----------------------------------------------------------------------------
-def checkpoint_name(step: int, sharded: bool) -> str:
-    return f"step_{step:08d}" + ("" if sharded else ".pt")
-
-
-def _checkpoints(ckpt_dir: Path) -> list[Path]:
-    """Checkpoints by name, oldest first (temporary names and manifests never match)."""
-    if not ckpt_dir.is_dir():
-        return []
-    return sorted(p for p in ckpt_dir.iterdir() if _NAME.match(p.name))
-
-
-def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
-    """Every checkpoint in ``ckpt_dir`` by name, oldest first (none when the directory does not exist)."""
-    return _checkpoints(Path(ckpt_dir))
-
-
-def _named_by_last(ckpt_dir: Path) -> tuple[Path | None, str | None]:
-    """The checkpoint ``last`` names, or None and why ``last`` cannot be used (None when absent)."""
-    last = ckpt_dir / LAST
-    if not last.is_file():
-        return None, None
-    try:
-        name = last.read_text().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        return None, f"{last} is unreadable ({type(e).__name__})"
-    if not _NAME.match(name):
-        return None, f"{last} does not name a checkpoint (it holds {name[:40]!r})"
-    if not (ckpt_dir / name).exists():
-        return None, f"{last} names {name}, which does not exist"
-    return ckpt_dir / name, None
-
-
-def latest_checkpoint(ckpt_dir: str | os.PathLike, verify: bool = True) -> Path | None:
-    """The newest intact checkpoint in ``ckpt_dir``, or None when there is none (a fresh run).
-
-    The one ``last`` names comes first (a user may point ``last`` at an earlier checkpoint to roll
-    back), then the others newest first. A damaged candidate (see :func:`verify_checkpoint`;
-    ``verify=False`` skips the sha256 and checks sizes only) is skipped with a one-line warning.
-    Raises :class:`CheckpointError` when checkpoints exist but none is intact: never a silent fresh start.
-    """
-    ckpt_dir = Path(ckpt_dir)
-    found = _checkpoints(ckpt_dir)
-    named, last_problem = _named_by_last(ckpt_dir)
-    candidates = ([named] if named else []) + [p for p in reversed(found) if p != named]
-    problems = [last_problem] if last_problem else []
-    for ckpt in candidates:
-        try:
-            verify_checkpoint(ckpt, checksums=verify)
-        except UntrustedContentError:
-            raise  # tampering is not damage: never a fallback (docs/guarantees.md, "Untrusted content")
-        except CheckpointError as e:
-            problems.append(str(e))
-            continue
-        for problem in problems:
-            warn(f"{problem}; using {ckpt} instead")
-        return ckpt
-    if candidates:
-        raise CheckpointError(
-            f"no intact checkpoint in {ckpt_dir}: {'; '.join(problems)}. Restore one from a copy, or remove "
-            f"{ckpt_dir} to start the run afresh"
-        )
-    if last_problem:
-        warn(f"{last_problem}; no checkpoint found, starting afresh")
-    return None
-
-
-def latest_finite_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
-    """The newest checkpoint whose manifest records ``finite: true`` (sizes checked, no hashing): what
-    to name in an error about non-finite values."""
-    for ckpt in reversed(_checkpoints(Path(ckpt_dir))):
-        try:
-            verify_checkpoint(ckpt, checksums=False)
-        except CheckpointError:
-            continue
-        return ckpt
-    return None
-
-
-def resolve_checkpoint(path: str | os.PathLike, verify: bool = True) -> Path:
-    """A checkpoint file or DCP directory, its ``checkpoints/`` directory, or a run dir -> a verified
-    checkpoint (the newest intact one for a directory of checkpoints)."""
-    path = Path(path)
-    if path.is_file() or (path / META).is_file():
-        verify_checkpoint(path, checksums=verify)
-        return path
-    for ckpt_dir in (path, path / "checkpoints"):
-        found = latest_checkpoint(ckpt_dir, verify) if ckpt_dir.is_dir() else None
-        if found is not None:
-            return found
-    raise CheckpointError(
-        f"no checkpoint at {path}: expected a step_*.pt file, a DCP checkpoint directory, "
-        "a checkpoints/ directory or a run dir containing one"
-    )
-
-
 # ---- writing ----------------------------------------------------------------------------------------
 def _save_synced(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path`` (bytes: as they are) and fsync it (the caller renames it into place)."""
@@ -344,7 +165,7 @@ def _remove(path: Path) -> None:
 def _prune(ckpt_dir: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints, never the newest finite one, and manifests
     whose checkpoint is gone. Tolerates files that vanish meanwhile."""
-    found = _checkpoints(ckpt_dir)
+    found = list_checkpoints(ckpt_dir)
     protected = latest_finite_checkpoint(ckpt_dir)
     for old in found[: -max(1, keep)]:
         if old != protected:
@@ -509,10 +330,10 @@ class PendingCheckpoint:
             if self.future is not None:
                 self.future.result()
             if self.is_main and self.meta is None:  # one file: its manifest lies beside it
-                _write_manifest({self.final.name: self.tmp}, self.step, manifest_path(self.final))
+                write_manifest({self.final.name: self.tmp}, self.step, manifest_path(self.final))
             elif self.is_main:
                 _save_synced(self.meta, self.tmp / META)
-                _write_manifest(_files(self.tmp), self.step, self.tmp / MANIFEST)
+                write_manifest(directory_files(self.tmp), self.step, self.tmp / MANIFEST)
         except (OSError, RuntimeError, CheckpointException) as e:  # CheckpointException is a BaseException
             if self.is_main:
                 _remove(self.tmp)
@@ -606,8 +427,8 @@ def adopt_checkpoint(path: str | os.PathLike) -> Path:
     bad = check_finite_state(state)
     if bad:
         raise NonFiniteCheckpointError(f"not adopting {path}: NaN or inf in {', '.join(bad[:4])}")
-    files = _files(path) if path.is_dir() else {path.name: path}
-    _write_manifest(files, int(state.get("step", -1)), manifest_path(path))
+    files = directory_files(path) if path.is_dir() else {path.name: path}
+    write_manifest(files, int(state.get("step", -1)), manifest_path(path))
     return path
 
 
