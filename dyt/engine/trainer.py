@@ -375,13 +375,7 @@ class Trainer:
 
     def _task_means(self, task_logs: dict[str, list[Any]]) -> dict[str, float]:
         """The mean of each task log over the step's ``grad_accum`` micro-batches (host floats)."""
-        means = {}
-        for k, values in task_logs.items():
-            total = 0.0
-            for v in values:
-                total += float(v) / self.accum
-            means[k] = total
-        return means
+        return {k: sum(float(v) / self.accum for v in values) for k, values in task_logs.items()}
 
     def _train_step(self, batches: Iterator[Any], preemption: PreemptionHandler) -> bool:
         """One optimizer step over ``grad_accum`` micro-batches; returns whether to stop (signal)."""
